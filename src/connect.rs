@@ -1,0 +1,263 @@
+//! Establishing connections: DNS, TCP with keep-alive options, TLS. Knows nothing of pooling.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{Origin, Scheme};
+
+/// TCP settings taken from the agent's configuration.
+#[derive(Clone, Debug)]
+pub struct TcpSettings {
+    /// `Some(idle)` sets SO_KEEPALIVE with TCP_KEEPIDLE = idle; `None` leaves it off.
+    pub keepalive_idle: Option<Duration>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_probes: Option<u32>,
+}
+
+/// What one connect cost, phase by phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectTimings {
+    pub dns: Duration,
+    pub tcp: Duration,
+    pub tls: Duration,
+}
+
+/// Byte counters shared between a connection's I/O and the requests that use it.
+/// `bytes_read` tells whether any response byte arrived since a request was sent, which
+/// is what decides whether a failed request on a reused connection may be retried.
+#[derive(Debug, Default)]
+pub struct IoProbe {
+    bytes_read: AtomicU64,
+}
+
+impl IoProbe {
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+}
+
+enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A connected byte stream (plain or TLS) that counts what it reads.
+pub struct Stream {
+    transport: Transport,
+    probe: Arc<IoProbe>,
+}
+
+impl Stream {
+    pub fn probe(&self) -> Arc<IoProbe> {
+        self.probe.clone()
+    }
+
+    /// The TCP socket underneath, for inspecting socket options in tests.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.transport {
+            Transport::Tcp(s) => s,
+            Transport::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = match &mut this.transport {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.probe.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().transport {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().transport {
+            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.transport {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().transport {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().transport {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn resolve(origin: &Origin) -> Result<Vec<SocketAddr>> {
+    if let Ok(ip) = origin.host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, origin.port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Dns,
+                format!("cannot resolve {}: {e}", origin.host),
+            )
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Dns,
+            format!("{} resolved to no address", origin.host),
+        ));
+    }
+    Ok(addrs)
+}
+
+fn configure(sock: &TcpSocket, tcp: &TcpSettings) -> io::Result<()> {
+    sock.set_nodelay(true)?;
+    if let Some(idle) = tcp.keepalive_idle {
+        let mut ka = socket2::TcpKeepalive::new().with_time(idle);
+        if let Some(iv) = tcp.keepalive_interval {
+            ka = ka.with_interval(iv);
+        }
+        if let Some(n) = tcp.keepalive_probes {
+            ka = ka.with_retries(n);
+        }
+        socket2::SockRef::from(sock).set_tcp_keepalive(&ka)?;
+    }
+    Ok(())
+}
+
+async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    configure(&sock, tcp)?;
+    sock.connect(addr).await
+}
+
+fn connect_error(origin: &Origin, addr: SocketAddr, e: io::Error) -> Error {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
+        _ => ErrorKind::Connect,
+    };
+    Error::new(
+        kind,
+        format!("connect to {} ({addr}) failed: {e}", origin.authority()),
+    )
+}
+
+/// Opens a connection to `origin`: every resolved address in turn, then TLS for https.
+/// The caller bounds the whole thing with the connect timeout.
+pub async fn connect(
+    origin: &Origin,
+    tcp: &TcpSettings,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<(Stream, ConnectTimings)> {
+    let mut t = ConnectTimings::default();
+    let start = Instant::now();
+    let addrs = resolve(origin).await?;
+    t.dns = start.elapsed();
+
+    let tcp_start = Instant::now();
+    let mut last_err = None;
+    let mut stream = None;
+    for addr in addrs {
+        match connect_tcp(addr, tcp).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(connect_error(origin, addr, e)),
+        }
+    }
+    let stream = match stream {
+        Some(s) => s,
+        None => {
+            return Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address")));
+        }
+    };
+    t.tcp = tcp_start.elapsed();
+
+    let transport = match origin.scheme {
+        Scheme::Http => Transport::Tcp(stream),
+        Scheme::Https => {
+            let config = tls.ok_or_else(|| Error::new(ErrorKind::Internal, "no TLS config"))?;
+            let tls_start = Instant::now();
+            let name = ServerName::try_from(origin.host.clone()).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!("{} is not a valid TLS server name: {e}", origin.host),
+                )
+            })?;
+            let s = TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Tls,
+                        format!("TLS handshake with {} failed: {e}", origin.authority()),
+                    )
+                })?;
+            t.tls = tls_start.elapsed();
+            Transport::Tls(Box::new(s))
+        }
+    };
+    Ok((
+        Stream {
+            transport,
+            probe: Arc::new(IoProbe::default()),
+        },
+        t,
+    ))
+}

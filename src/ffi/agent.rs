@@ -1,0 +1,416 @@
+//! `agent`: creation, requests (blocking and async), cancellation, statistics, freeing.
+
+use std::ffi::{c_char, c_void};
+
+use super::options::agent_options;
+use super::response::agent_response;
+use super::{
+    agent_code, borrow, c_bytes, c_str, ensure_atfork, fail, guard, guard_value, null, out_ptr,
+};
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::http::{Request, parse_header, request_timeout};
+use crate::options::Options;
+use crate::pool::Stats;
+
+/// An HTTP/1.1 client with a keep-alive connection pool.
+///
+/// Create with `agent_new` or `agent_new_with_options`; send with `agent_request`
+/// (blocking) or `agent_request_async` (callback); read `agent_stats`; free with
+/// `agent_free`.
+///
+/// Thread safety: one agent may be used from any number of threads at once (its functions
+/// take `const agent *`); `agent_free` must not race any other call on the same agent.
+pub struct agent {
+    inner: Agent,
+}
+
+/// One request header: NUL-terminated UTF-8 name and value. Names must be HTTP tokens;
+/// values must not contain CR, LF, NUL or other control characters (tab is allowed).
+/// The same name may appear more than once.
+#[repr(C)]
+pub struct agent_header {
+    pub name: *const c_char,
+    pub value: *const c_char,
+}
+
+/// Counters and gauges of an agent (or of one origin). Counters only grow; gauges
+/// (`active`, `idle`, `queued`) are a snapshot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct agent_pool_stats {
+    /// Connections established (TCP, plus TLS for https).
+    pub connections_opened: u64,
+    /// Connections that ended, for any reason (idle timeout, server close, error, free).
+    pub connections_closed: u64,
+    /// Connections dropped because a request on them timed out.
+    pub connections_timed_out: u64,
+    /// Connections dropped because a request on them failed.
+    pub connections_errored: u64,
+    /// Requests finished, successfully or not (a transparent retry is not counted again).
+    pub requests: u64,
+    /// Successful requests sent on a connection that had served an earlier request.
+    pub reused_requests: u64,
+    /// Transparent retries after a stale reused connection (retry_stale).
+    pub retries: u64,
+    /// Requests that failed with a timeout code.
+    pub timeouts: u64,
+    /// Requests that failed with any code (timeouts and cancellations included).
+    pub errors: u64,
+    /// Connections connecting or serving a request now.
+    pub active: u64,
+    /// Connections idle in the pool now.
+    pub idle: u64,
+    /// Requests waiting for a connection now.
+    pub queued: u64,
+    /// The effective keep-alive setting of the agent (after the environment switch).
+    pub keep_alive: bool,
+}
+
+/// Completion callback of `agent_request_async`. Called exactly once per started request,
+/// on a library thread, with `code == AGENT_CODE_OK` and a response the callee owns (free
+/// it with `agent_response_free`, from any thread), or with an error code and `response`
+/// NULL; `agent_last_error` on that thread then gives the message. A cancelled request,
+/// or one still in flight when its agent is freed, completes with `AGENT_CODE_CANCELLED`.
+///
+/// The callback must not block for long (it holds a library thread) and must not call
+/// `agent_request` (refused with `AGENT_CODE_WOULD_BLOCK`); it may call
+/// `agent_request_async`, `agent_request_cancel`, `agent_stats` and the response functions.
+pub type agent_callback = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, code: agent_code, response: *mut agent_response),
+>;
+
+fn create(opts: &Options) -> Result<*mut agent> {
+    ensure_atfork();
+    let inner = Agent::new(opts)?;
+    Ok(Box::into_raw(Box::new(agent { inner })))
+}
+
+/// Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
+/// `keep_alive_msecs` (0 = default 1000; see `agent_options_set_keep_alive_msecs`), all
+/// other options at their defaults. `keep_alive` given here always wins over the
+/// environment switch. Returns NULL on failure (`agent_last_error` says why, e.g. an
+/// out-of-range `keep_alive_msecs`). Free with `agent_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_new(keep_alive: bool, keep_alive_msecs: u32) -> *mut agent {
+    let mut out = std::ptr::null_mut();
+    let code = guard(|| {
+        out = create(&Options {
+            keep_alive: Some(keep_alive),
+            keep_alive_msecs: Some(keep_alive_msecs),
+            ..Options::default()
+        })?;
+        Ok(())
+    });
+    if code == agent_code::AGENT_CODE_OK {
+        out
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+/// Creates an agent from options, validating every value: a bad value gives
+/// `AGENT_CODE_INVALID_OPTION` (and a message naming it), a NULL argument
+/// `AGENT_CODE_INVALID_ARGUMENT`. On success `*out` receives the agent (free it with
+/// `agent_free`); on failure `*out` is untouched. The options are copied.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_new_with_options(
+    options: *const agent_options,
+    out: *mut *mut agent,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let opts = unsafe { borrow(options, "options") }?;
+        let out = out_ptr(out, "out")?;
+        out.write(create(&opts.opts)?);
+        Ok(())
+    })
+}
+
+/// Frees an agent: cancels its in-flight async requests (their callbacks run with
+/// `AGENT_CODE_CANCELLED`), closes every connection, and waits up to 5 s for both —
+/// unless called on a library thread (from a callback), where it does not wait. NULL is
+/// ignored. Must not race other calls on the same agent.
+///
+/// # Safety
+/// `agent` is NULL or came from `agent_new`/`agent_new_with_options`, not freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_free(agent: *mut agent) {
+    guard_value((), || {
+        if !agent.is_null() {
+            // SAFETY: created by Box::into_raw in `create`, freed once (caller's promise).
+            let a = unsafe { Box::from_raw(agent) };
+            a.inner.close();
+            drop(a);
+        }
+    })
+}
+
+/// Builds and validates a request from C arguments. Nothing is sent when this fails.
+///
+/// # Safety
+/// Pointers as documented for `agent_request`.
+unsafe fn build_request(
+    method: *const c_char,
+    url: *const c_char,
+    headers: *const agent_header,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    timeout_msecs: u32,
+) -> Result<Request> {
+    // SAFETY: forwarded contract.
+    let method = unsafe { c_str(method, "method") }?;
+    // SAFETY: forwarded contract.
+    let url = unsafe { c_str(url, "url") }?;
+    let mut req = Request::new(method, url)?;
+    if header_count > 0 {
+        if headers.is_null() {
+            return Err(null("headers"));
+        }
+        // SAFETY: `headers` points to `header_count` entries (caller's promise).
+        let hs = unsafe { std::slice::from_raw_parts(headers, header_count) };
+        req.headers.reserve(hs.len());
+        for (i, h) in hs.iter().enumerate() {
+            if h.name.is_null() || h.value.is_null() {
+                return Err(Error::invalid_argument(format!(
+                    "headers[{i}] has a NULL name or value"
+                )));
+            }
+            // SAFETY: non-NULL, NUL-terminated (caller's promise).
+            let (n, v) = unsafe {
+                (
+                    std::ffi::CStr::from_ptr(h.name),
+                    std::ffi::CStr::from_ptr(h.value),
+                )
+            };
+            let (n, v) = parse_header(n.to_bytes(), v.to_bytes())?;
+            req.headers.append(n, v);
+        }
+    }
+    // SAFETY: forwarded contract.
+    let body = unsafe { c_bytes(body, body_len, "body") }?;
+    req.body = bytes::Bytes::copy_from_slice(body);
+    req.timeout = request_timeout(timeout_msecs)?;
+    Ok(req)
+}
+
+/// Sends a request and blocks until the whole response has arrived.
+///
+/// - `method`: an HTTP token such as "GET" or "POST".
+/// - `url`: an absolute http:// or https:// URL.
+/// - `headers`/`header_count`: any number of headers (NULL when 0). `Host` and
+///   `User-Agent` are added unless given; `Content-Length` follows the body.
+/// - `body`/`body_len`: the request body, copied (NULL when 0).
+/// - `timeout_msecs`: overall deadline covering queueing, connecting, sending and reading
+///   (0 = none; at most 2147483647).
+/// - `out`: receives the response on success (free with `agent_response_free`).
+///
+/// Returns `AGENT_CODE_OK`, or: `INVALID_ARGUMENT` (NULL, non-UTF-8, header injection,
+/// bad method — nothing is sent), `INVALID_URL`, `DNS`, `CONNECT_REFUSED`,
+/// `CONNECT_TIMEOUT`, `CONNECT`, `TLS`, `HEADERS_TIMEOUT`, `BODY_TIMEOUT`, `TIMEOUT`,
+/// `CONNECTION_RESET`, `CONNECTION_CLOSED`, `BROKEN_PIPE`, `STALE_CONNECTION`, `PROTOCOL`,
+/// `RESPONSE_TOO_LARGE`, `WOULD_BLOCK` (called from a completion callback), `FORKED`.
+/// Any HTTP status, including 4xx and 5xx, is a success.
+///
+/// # Safety
+/// `agent` is NULL or live; strings are NULL or NUL-terminated; `headers` points to
+/// `header_count` entries; `body` to `body_len` bytes; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_request(
+    agent: *const agent,
+    method: *const c_char,
+    url: *const c_char,
+    headers: *const agent_header,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    timeout_msecs: u32,
+    out: *mut *mut agent_response,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        let out = out_ptr(out, "out")?;
+        // SAFETY: forwarded contract.
+        let req = unsafe {
+            build_request(
+                method,
+                url,
+                headers,
+                header_count,
+                body,
+                body_len,
+                timeout_msecs,
+            )
+        }?;
+        let resp = a.inner.request_blocking(req)?;
+        out.write(agent_response::boxed(resp));
+        Ok(())
+    })
+}
+
+/// The caller's userdata, carried to the completion callback on a library thread.
+struct Userdata(*mut c_void);
+// SAFETY: the pointer is opaque to us and only handed back to the caller's callback, which
+// the caller documented (by using this API) as safe to run on another thread.
+unsafe impl Send for Userdata {}
+
+/// Starts a request and returns at once; `callback(userdata, code, response)` runs exactly
+/// once on a library thread when it completes (see `agent_callback`). Arguments as for
+/// `agent_request` (all copied before this returns). `out_id`, if not NULL, receives an id
+/// for `agent_request_cancel`.
+///
+/// When this returns an error code (bad argument, agent being freed), the callback is NOT
+/// called. `callback` NULL is `AGENT_CODE_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// As `agent_request`; `userdata` must stay valid until the callback has run.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_request_async(
+    agent: *const agent,
+    method: *const c_char,
+    url: *const c_char,
+    headers: *const agent_header,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    timeout_msecs: u32,
+    callback: agent_callback,
+    userdata: *mut c_void,
+    out_id: *mut u64,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        let cb = callback.ok_or_else(|| null("callback"))?;
+        // SAFETY: forwarded contract.
+        let req = unsafe {
+            build_request(
+                method,
+                url,
+                headers,
+                header_count,
+                body,
+                body_len,
+                timeout_msecs,
+            )
+        }?;
+        let ud = Userdata(userdata);
+        let id = a.inner.request_async(req, move |res| {
+            let ud = ud;
+            let (code, resp) = match res {
+                Ok(r) => (agent_code::AGENT_CODE_OK, agent_response::boxed(r)),
+                Err(e) => (fail(&e), std::ptr::null_mut()),
+            };
+            // SAFETY: the caller's callback with the caller's userdata, as documented.
+            unsafe { cb(ud.0, code, resp) };
+        })?;
+        if !out_id.is_null() {
+            // SAFETY: non-NULL and writable (caller's promise).
+            unsafe { out_id.write(id) };
+        }
+        Ok(())
+    })
+}
+
+/// Cancels an async request by id. Its callback runs (once) with `AGENT_CODE_CANCELLED`
+/// and its connection, if it was mid-response, is closed. Returns `AGENT_CODE_NOT_FOUND`
+/// when the request already completed or the id is unknown; a completed request's pooled
+/// connection is never affected.
+///
+/// # Safety
+/// `agent` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_request_cancel(agent: *const agent, id: u64) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        if a.inner.cancel(id) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                crate::error::ErrorKind::NotFound,
+                format!("no request {id} in flight"),
+            ))
+        }
+    })
+}
+
+fn to_c(s: Stats, keep_alive: bool) -> agent_pool_stats {
+    agent_pool_stats {
+        connections_opened: s.connections_opened,
+        connections_closed: s.connections_closed,
+        connections_timed_out: s.connections_timed_out,
+        connections_errored: s.connections_errored,
+        requests: s.requests,
+        reused_requests: s.reused_requests,
+        retries: s.retries,
+        timeouts: s.timeouts,
+        errors: s.errors,
+        active: s.active,
+        idle: s.idle,
+        queued: s.queued,
+        keep_alive,
+    }
+}
+
+/// Writes the agent's counters and gauges (all origins) into `*out`.
+///
+/// # Safety
+/// `agent` is NULL or live; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stats(
+    agent: *const agent,
+    out: *mut agent_pool_stats,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        let out = out_ptr(out, "out")?;
+        out.write(to_c(a.inner.stats(), a.inner.config().keep_alive));
+        Ok(())
+    })
+}
+
+/// Writes the counters and gauges of one origin, named by a URL such as
+/// `"https://example.com"` (scheme, host and port matter; the path is ignored). An origin
+/// never used gives all zeros.
+///
+/// # Safety
+/// `agent` is NULL or live; `origin_url` is NUL-terminated; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_origin_stats(
+    agent: *const agent,
+    origin_url: *const c_char,
+    out: *mut agent_pool_stats,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        // SAFETY: forwarded contract.
+        let url = unsafe { c_str(origin_url, "origin_url") }?;
+        let out = out_ptr(out, "out")?;
+        out.write(to_c(
+            a.inner.origin_stats(url)?,
+            a.inner.config().keep_alive,
+        ));
+        Ok(())
+    })
+}
+
+/// The effective keep-alive setting: what `agent_new`'s argument, the options, or the
+/// environment switch decided. False for NULL.
+///
+/// # Safety
+/// `agent` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_keep_alive_enabled(agent: *const agent) -> bool {
+    // SAFETY: forwarded contract.
+    guard_value(false, || {
+        unsafe { agent.as_ref() }.is_some_and(|a| a.inner.config().keep_alive)
+    })
+}

@@ -1,0 +1,322 @@
+//! The C ABI. Every `unsafe` block and every `extern "C"` function of the crate lives under
+//! this module. Conventions (also in the header and the README):
+//!
+//! - Opaque handles; every `_new` has a NULL-safe `_free`.
+//! - Fallible functions return an `agent_code`; outputs go through out-parameters that are
+//!   written only on success.
+//! - A panic never crosses the boundary: it becomes `AGENT_CODE_PANIC`.
+//! - The last failure's message on this thread is available from `agent_last_error`.
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub mod agent;
+pub mod options;
+pub mod response;
+
+/// Result codes. Values are explicit and never reused; a retired value stays reserved.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum agent_code {
+    /// Success.
+    AGENT_CODE_OK = 0,
+    /// A NULL or otherwise unusable argument: NULL pointer, non-UTF-8 string, a header name
+    /// or value with CR, LF or NUL, a method that is not an HTTP token, an absurd timeout.
+    AGENT_CODE_INVALID_ARGUMENT = 1,
+    /// The URL is malformed, relative, has credentials, or its scheme is not http/https.
+    AGENT_CODE_INVALID_URL = 2,
+    /// An option is out of range or unknown; returned by agent creation.
+    AGENT_CODE_INVALID_OPTION = 3,
+    /// A looked-up header is absent, or a cancelled request id is unknown or finished.
+    AGENT_CODE_NOT_FOUND = 4,
+    /// A blocking call was made on a library thread (from inside a completion callback).
+    AGENT_CODE_WOULD_BLOCK = 5,
+    /// The host name did not resolve (Node: ENOTFOUND).
+    AGENT_CODE_DNS = 10,
+    /// The server refused the connection (Node: ECONNREFUSED).
+    AGENT_CODE_CONNECT_REFUSED = 11,
+    /// DNS + TCP + TLS did not complete within connect_timeout_msecs (Node: ETIMEDOUT).
+    AGENT_CODE_CONNECT_TIMEOUT = 12,
+    /// Another failure to connect (unreachable network, no address, ...).
+    AGENT_CODE_CONNECT = 13,
+    /// The TLS handshake failed: untrusted, expired or wrong-host certificate, protocol.
+    AGENT_CODE_TLS = 20,
+    /// The response head did not complete within headers_timeout_msecs.
+    AGENT_CODE_HEADERS_TIMEOUT = 30,
+    /// No body data arrived for body_timeout_msecs.
+    AGENT_CODE_BODY_TIMEOUT = 31,
+    /// The request's overall deadline (timeout_msecs) passed.
+    AGENT_CODE_TIMEOUT = 32,
+    /// The peer reset the connection during the request (Node: ECONNRESET).
+    AGENT_CODE_CONNECTION_RESET = 40,
+    /// The peer closed the connection before the response was complete.
+    AGENT_CODE_CONNECTION_CLOSED = 41,
+    /// Writing the request failed: the peer had closed (Node: EPIPE).
+    AGENT_CODE_BROKEN_PIPE = 42,
+    /// A reused keep-alive connection failed before any response byte and the request was
+    /// not retried (not idempotent, or retry_stale off). The request may not have been
+    /// processed; the connection was reused.
+    AGENT_CODE_STALE_CONNECTION = 43,
+    /// The response violated HTTP/1.1 (bad status line, headers, framing, head too large).
+    AGENT_CODE_PROTOCOL = 44,
+    /// The body exceeded max_response_bytes; the connection was dropped.
+    AGENT_CODE_RESPONSE_TOO_LARGE = 45,
+    /// The request was cancelled, or its agent was freed while it was in flight.
+    AGENT_CODE_CANCELLED = 50,
+    /// The agent's state was locked by another thread when the process forked.
+    AGENT_CODE_FORKED = 51,
+    /// A panic was caught inside the library. Please report it.
+    AGENT_CODE_PANIC = 60,
+    /// An internal error. Please report it.
+    AGENT_CODE_INTERNAL = 61,
+}
+
+use agent_code::*;
+
+impl agent_code {
+    pub(crate) fn from_kind(kind: ErrorKind) -> agent_code {
+        match kind {
+            ErrorKind::InvalidArgument => AGENT_CODE_INVALID_ARGUMENT,
+            ErrorKind::InvalidUrl => AGENT_CODE_INVALID_URL,
+            ErrorKind::InvalidOption => AGENT_CODE_INVALID_OPTION,
+            ErrorKind::NotFound => AGENT_CODE_NOT_FOUND,
+            ErrorKind::WouldBlock => AGENT_CODE_WOULD_BLOCK,
+            ErrorKind::Dns => AGENT_CODE_DNS,
+            ErrorKind::ConnectRefused => AGENT_CODE_CONNECT_REFUSED,
+            ErrorKind::ConnectTimeout => AGENT_CODE_CONNECT_TIMEOUT,
+            ErrorKind::Connect => AGENT_CODE_CONNECT,
+            ErrorKind::Tls => AGENT_CODE_TLS,
+            ErrorKind::HeadersTimeout => AGENT_CODE_HEADERS_TIMEOUT,
+            ErrorKind::BodyTimeout => AGENT_CODE_BODY_TIMEOUT,
+            ErrorKind::Timeout => AGENT_CODE_TIMEOUT,
+            ErrorKind::ConnectionReset => AGENT_CODE_CONNECTION_RESET,
+            ErrorKind::ConnectionClosed => AGENT_CODE_CONNECTION_CLOSED,
+            ErrorKind::BrokenPipe => AGENT_CODE_BROKEN_PIPE,
+            ErrorKind::StaleConnection => AGENT_CODE_STALE_CONNECTION,
+            ErrorKind::Protocol => AGENT_CODE_PROTOCOL,
+            ErrorKind::ResponseTooLarge => AGENT_CODE_RESPONSE_TOO_LARGE,
+            ErrorKind::Cancelled => AGENT_CODE_CANCELLED,
+            ErrorKind::Forked => AGENT_CODE_FORKED,
+            ErrorKind::Panic => AGENT_CODE_PANIC,
+            ErrorKind::Internal => AGENT_CODE_INTERNAL,
+        }
+    }
+
+    fn name(code: u32) -> &'static CStr {
+        match code {
+            0 => c"AGENT_CODE_OK",
+            1 => c"AGENT_CODE_INVALID_ARGUMENT",
+            2 => c"AGENT_CODE_INVALID_URL",
+            3 => c"AGENT_CODE_INVALID_OPTION",
+            4 => c"AGENT_CODE_NOT_FOUND",
+            5 => c"AGENT_CODE_WOULD_BLOCK",
+            10 => c"AGENT_CODE_DNS",
+            11 => c"AGENT_CODE_CONNECT_REFUSED",
+            12 => c"AGENT_CODE_CONNECT_TIMEOUT",
+            13 => c"AGENT_CODE_CONNECT",
+            20 => c"AGENT_CODE_TLS",
+            30 => c"AGENT_CODE_HEADERS_TIMEOUT",
+            31 => c"AGENT_CODE_BODY_TIMEOUT",
+            32 => c"AGENT_CODE_TIMEOUT",
+            40 => c"AGENT_CODE_CONNECTION_RESET",
+            41 => c"AGENT_CODE_CONNECTION_CLOSED",
+            42 => c"AGENT_CODE_BROKEN_PIPE",
+            43 => c"AGENT_CODE_STALE_CONNECTION",
+            44 => c"AGENT_CODE_PROTOCOL",
+            45 => c"AGENT_CODE_RESPONSE_TOO_LARGE",
+            50 => c"AGENT_CODE_CANCELLED",
+            51 => c"AGENT_CODE_FORKED",
+            60 => c"AGENT_CODE_PANIC",
+            61 => c"AGENT_CODE_INTERNAL",
+            _ => c"AGENT_CODE_UNKNOWN",
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+pub(crate) fn set_last_error(msg: &str) {
+    LAST_ERROR.with(|e| {
+        let mut e = e.borrow_mut();
+        e.clear();
+        // Interior NULs would truncate the C string; show them instead.
+        e.extend(msg.chars().map(|c| if c == '\0' { '?' } else { c }));
+    });
+}
+
+/// Records `err` as this thread's last error and returns its code.
+pub(crate) fn fail(err: &Error) -> agent_code {
+    set_last_error(err.message());
+    agent_code::from_kind(err.kind())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic inside keepalive-agent: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic inside keepalive-agent: {s}")
+    } else {
+        "panic inside keepalive-agent".to_string()
+    }
+}
+
+/// The panic boundary for functions returning a code. The closure reports failures as
+/// `Err`; a panic becomes `AGENT_CODE_PANIC` with its message.
+pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> agent_code {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => AGENT_CODE_OK,
+        Ok(Err(e)) => fail(&e),
+        Err(p) => {
+            set_last_error(&panic_message(&*p));
+            AGENT_CODE_PANIC
+        }
+    }
+}
+
+/// The panic boundary for infallible getters: a panic yields `default`.
+pub(crate) fn guard_value<T>(default: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            set_last_error(&panic_message(&*p));
+            default
+        }
+    }
+}
+
+pub(crate) fn null(what: &str) -> Error {
+    Error::invalid_argument(format!("{what} is NULL"))
+}
+
+/// Borrows a handle. NULL is an invalid argument.
+///
+/// # Safety
+/// `p` is NULL or points to a live `T` for `'a`.
+pub(crate) unsafe fn borrow<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
+    debug_assert!(!p.is_null(), "{what} is NULL");
+    // SAFETY: the caller promises `p` is NULL or valid for 'a; NULL is mapped to an error.
+    unsafe { p.as_ref() }.ok_or_else(|| null(what))
+}
+
+/// Borrows a handle mutably. NULL is an invalid argument.
+///
+/// # Safety
+/// `p` is NULL or points to a live `T` for `'a`, not aliased by another thread.
+pub(crate) unsafe fn borrow_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
+    debug_assert!(!p.is_null(), "{what} is NULL");
+    // SAFETY: the caller promises `p` is NULL or valid and unaliased for 'a.
+    unsafe { p.as_mut() }.ok_or_else(|| null(what))
+}
+
+/// Reads a NUL-terminated UTF-8 string.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string valid for `'a`.
+pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    debug_assert!(!p.is_null(), "{what} is NULL");
+    if p.is_null() {
+        return Err(null(what));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller's promise.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map_err(|_| Error::invalid_argument(format!("{what} is not valid UTF-8")))
+}
+
+/// Reads `(ptr, len)` bytes; a zero length tolerates NULL.
+///
+/// # Safety
+/// When `len > 0`, `p` points to `len` readable bytes valid for `'a`.
+pub(crate) unsafe fn c_bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::invalid_argument(format!(
+            "{what} is NULL with length {len}"
+        )));
+    }
+    // SAFETY: non-NULL with `len` readable bytes per the caller's promise.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Writes an out-parameter. Checked for NULL before any work by `out_ptr`.
+pub(crate) fn out_ptr<'a, T>(p: *mut T, what: &str) -> Result<&'a mut std::mem::MaybeUninit<T>> {
+    debug_assert!(!p.is_null(), "{what} is NULL");
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`; the caller promises `p` is NULL or
+    // valid for writes; nothing is read through it.
+    unsafe { p.cast::<std::mem::MaybeUninit<T>>().as_mut() }.ok_or_else(|| null(what))
+}
+
+static ATFORK: Once = Once::new();
+
+extern "C" fn atfork_child() {
+    crate::runtime::note_fork_in_child();
+}
+
+/// Registers the fork handler once per process (from every constructor).
+pub(crate) fn ensure_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic (async-signal-safe).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+        debug_assert_eq!(rc, 0);
+    });
+}
+
+/// The library version, e.g. `"0.1.0"`: a static NUL-terminated string (never free it).
+/// Matches the `KEEPALIVE_AGENT_VERSION` macro of the header it was built with.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The name of a code, e.g. `"AGENT_CODE_CONNECT_REFUSED"`, as a static NUL-terminated
+/// string (never free it). Unknown values give `"AGENT_CODE_UNKNOWN"`.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_code_str(code: u32) -> *const c_char {
+    agent_code::name(code).as_ptr()
+}
+
+/// Copies the message of the last failure on this thread into `buf` (at most `cap - 1`
+/// bytes, always NUL-terminated when `cap > 0`) and returns the message's full length in
+/// bytes, without the NUL. A return value `>= cap` means the message was truncated: call
+/// again with a buffer of at least the returned length + 1. `buf` may be NULL when `cap`
+/// is 0 (to ask for the length). Returns 0 when no failure happened on this thread.
+/// Inside a completion callback, this is the message of that callback's failure.
+///
+/// # Safety
+/// `buf` is NULL or points to `cap` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_last_error(buf: *mut c_char, cap: usize) -> usize {
+    guard_value(0, || {
+        LAST_ERROR.with(|e| {
+            let e = e.borrow();
+            let msg = e.as_bytes();
+            if !buf.is_null() && cap > 0 {
+                let n = msg.len().min(cap - 1);
+                // SAFETY: `buf` has `cap` writable bytes and `n + 1 <= cap`; the source is
+                // our own string, which cannot overlap the caller's buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+            }
+            msg.len()
+        })
+    })
+}
+
+/// Panics inside the panic boundary and returns what the boundary made of it:
+/// `AGENT_CODE_PANIC`, with a message from `agent_last_error`. For binding test suites
+/// that check their handling of that code.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_test_panic() -> agent_code {
+    guard(|| panic!("agent_test_panic was called"))
+}

@@ -1,0 +1,237 @@
+//! `agent_response`: a complete response, owned by the caller until `agent_response_free`.
+
+use std::ffi::c_char;
+
+use super::{agent_code, borrow, c_str, guard, guard_value, out_ptr};
+use crate::error::{Error, ErrorKind};
+use crate::http::Response;
+
+/// A complete response: status, version, headers, whole body, whether the connection was
+/// reused, timings. Returned by `agent_request` and passed to completion callbacks; the
+/// caller owns it and frees it with `agent_response_free`. Pointers obtained from it
+/// (header names and values, body) stay valid until then. Not synchronized: one thread at
+/// a time (reading from several threads at once is fine, freeing is not).
+pub struct agent_response {
+    pub(crate) resp: Response,
+}
+
+impl agent_response {
+    pub(crate) fn boxed(resp: Response) -> *mut agent_response {
+        Box::into_raw(Box::new(agent_response { resp }))
+    }
+}
+
+/// Timings of one request in microseconds. `queued_us`, `dns_us`, `connect_us` and `tls_us`
+/// are phase durations (0 when the phase did not happen, e.g. no connect on a reused
+/// connection). `sent_us`, `ttfb_us` and `total_us` count from the start of the request,
+/// like curl's `CURLINFO_PRETRANSFER_TIME_T`, `CURLINFO_STARTTRANSFER_TIME_T` and
+/// `CURLINFO_TOTAL_TIME_T`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct agent_timings {
+    /// Waiting for a connection or a free slot (max_sockets, max_total_sockets).
+    pub queued_us: u64,
+    /// Name resolution (0 for IP literals and reused connections).
+    pub dns_us: u64,
+    /// TCP connect.
+    pub connect_us: u64,
+    /// TLS handshake.
+    pub tls_us: u64,
+    /// From the start until the request was handed to the connection.
+    pub sent_us: u64,
+    /// From the start until the response head was received.
+    pub ttfb_us: u64,
+    /// From the start until the body was complete.
+    pub total_us: u64,
+}
+
+/// Frees a response. NULL is ignored.
+///
+/// # Safety
+/// `response` is NULL or a response from this library not freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_free(response: *mut agent_response) {
+    guard_value((), || {
+        if !response.is_null() {
+            // SAFETY: created by Box::into_raw in `agent_response::boxed`, freed once.
+            drop(unsafe { Box::from_raw(response) });
+        }
+    })
+}
+
+/// Borrows the response for a getter.
+///
+/// # Safety
+/// `response` is NULL or a live response.
+unsafe fn resp<'a>(response: *const agent_response) -> Option<&'a Response> {
+    // SAFETY: per this function's contract.
+    unsafe { response.as_ref() }.map(|r| &r.resp)
+}
+
+/// The status code (e.g. 200), or 0 for NULL.
+///
+/// # Safety
+/// `response` is NULL or a live response.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_status(response: *const agent_response) -> u16 {
+    // SAFETY: forwarded contract.
+    guard_value(0, || unsafe { resp(response) }.map_or(0, |r| r.status))
+}
+
+/// The HTTP version as a number: 10 for HTTP/1.0, 11 for HTTP/1.1; 0 for NULL.
+///
+/// # Safety
+/// `response` is NULL or a live response.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_version(response: *const agent_response) -> u32 {
+    // SAFETY: forwarded contract.
+    guard_value(0, || {
+        unsafe { resp(response) }.map_or(0, |r| r.version_number())
+    })
+}
+
+/// Whether the request was sent on a connection that had served an earlier request
+/// (false for NULL).
+///
+/// # Safety
+/// `response` is NULL or a live response.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_reused(response: *const agent_response) -> bool {
+    // SAFETY: forwarded contract.
+    guard_value(false, || {
+        unsafe { resp(response) }.is_some_and(|r| r.reused)
+    })
+}
+
+/// The number of header lines (repeated names count once per line); 0 for NULL.
+///
+/// # Safety
+/// `response` is NULL or a live response.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_header_count(response: *const agent_response) -> usize {
+    // SAFETY: forwarded contract.
+    guard_value(0, || {
+        unsafe { resp(response) }.map_or(0, |r| r.headers.len())
+    })
+}
+
+/// The header line at `index` (0-based, < `agent_response_header_count`): its name
+/// (lowercase) and value as pointer + length. The bytes are NOT NUL-terminated and stay
+/// valid until the response is freed. Repeated names appear once per line, grouped by
+/// name in first-seen order. Out of range: `AGENT_CODE_NOT_FOUND`.
+///
+/// # Safety
+/// `response` is NULL or a live response; each out pointer is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_header_at(
+    response: *const agent_response,
+    index: usize,
+    name: *mut *const c_char,
+    name_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        let (name, name_len) = (out_ptr(name, "name")?, out_ptr(name_len, "name_len")?);
+        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+        let (k, v) = r.headers.iter().nth(index).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "header index {index} out of range ({} headers)",
+                    r.headers.len()
+                ),
+            )
+        })?;
+        name.write(k.as_str().as_ptr().cast());
+        name_len.write(k.as_str().len());
+        value.write(v.as_bytes().as_ptr().cast());
+        value_len.write(v.as_bytes().len());
+        Ok(())
+    })
+}
+
+/// Looks up the first value of header `name` (case-insensitive). The value is pointer +
+/// length, NOT NUL-terminated, valid until the response is freed. Absent:
+/// `AGENT_CODE_NOT_FOUND` (outputs untouched). To read every value of a repeated header,
+/// iterate with `agent_response_header_at`.
+///
+/// # Safety
+/// `response` is NULL or a live response; `name` is a NUL-terminated string; out pointers
+/// are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_header(
+    response: *const agent_response,
+    name: *const c_char,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        // SAFETY: forwarded contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+        match r.header(name) {
+            Some(v) => {
+                value.write(v.as_bytes().as_ptr().cast());
+                value_len.write(v.as_bytes().len());
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no header {name:?} in the response"),
+            )),
+        }
+    })
+}
+
+/// The whole body as pointer + length (valid until the response is freed; the pointer may
+/// be non-NULL with length 0). Not NUL-terminated.
+///
+/// # Safety
+/// `response` is NULL or a live response; out pointers are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_body(
+    response: *const agent_response,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        let (data, len) = (out_ptr(data, "data")?, out_ptr(len, "len")?);
+        data.write(r.body.as_ptr());
+        len.write(r.body.len());
+        Ok(())
+    })
+}
+
+/// The request's timings (see `agent_timings`).
+///
+/// # Safety
+/// `response` is NULL or a live response; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_timings(
+    response: *const agent_response,
+    out: *mut agent_timings,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        let out = out_ptr(out, "out")?;
+        let t = r.timings;
+        out.write(agent_timings {
+            queued_us: t.queued_us,
+            dns_us: t.dns_us,
+            connect_us: t.connect_us,
+            tls_us: t.tls_us,
+            sent_us: t.sent_us,
+            ttfb_us: t.ttfb_us,
+            total_us: t.total_us,
+        });
+        Ok(())
+    })
+}

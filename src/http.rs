@@ -1,0 +1,490 @@
+//! The request/response model: URL parsing, header validation, the response handed back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::MAX_MSECS;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// A pool key: scheme, host (without IPv6 brackets, lowercased) and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    /// `host:port` as it appears in a URL (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn default_port(scheme: Scheme) -> u16 {
+        match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{s}://{}", self.authority())
+    }
+}
+
+/// A parsed request URL: where to connect and what to put in the request line.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub origin: Arc<Origin>,
+    /// Origin-form request target (`/path?query`).
+    pub path: Uri,
+    /// The `Host` header value (port only when not the scheme's default).
+    pub host: HeaderValue,
+}
+
+fn url_error(url: &str, why: impl fmt::Display) -> Error {
+    let shown: String = url.chars().take(200).collect();
+    Error::new(
+        ErrorKind::InvalidUrl,
+        format!("invalid URL {shown:?}: {why}"),
+    )
+}
+
+/// Parses an absolute `http://` or `https://` URL. A fragment is dropped (it is never
+/// sent); credentials in the URL are refused (send an `Authorization` header).
+pub fn parse_url(url: &str) -> Result<Target> {
+    let without_fragment = url.split('#').next().unwrap_or("");
+    let uri: Uri = without_fragment
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_error(url, e))?;
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        Some(s) => return Err(url_error(url, format!("unsupported scheme {s:?}"))),
+        None => {
+            return Err(url_error(
+                url,
+                "expected an absolute http:// or https:// URL",
+            ));
+        }
+    };
+    let authority = uri.authority().ok_or_else(|| url_error(url, "no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(url_error(
+            url,
+            "credentials in the URL are not supported; send an Authorization header",
+        ));
+    }
+    let raw_host = authority.host();
+    if raw_host.is_empty() {
+        return Err(url_error(url, "empty host"));
+    }
+    let host = raw_host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = match authority.port() {
+        Some(p) => p.as_u16(),
+        None if authority.as_str().ends_with(':') => return Err(url_error(url, "empty port")),
+        None => Origin::default_port(scheme),
+    };
+    if port == 0 {
+        return Err(url_error(url, "port 0"));
+    }
+    let path: Uri = match uri.path_and_query() {
+        Some(pq) if !pq.as_str().is_empty() && pq.as_str().starts_with('/') => {
+            Uri::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+        }
+        Some(pq) if pq.as_str().starts_with('?') => Uri::try_from(format!("/{}", pq.as_str())),
+        _ => Ok(Uri::from_static("/")),
+    }
+    .map_err(|e| url_error(url, e))?;
+    let host_header = if port == Origin::default_port(scheme) {
+        HeaderValue::from_str(raw_host)
+    } else {
+        HeaderValue::from_str(&format!("{raw_host}:{port}"))
+    }
+    .map_err(|e| url_error(url, e))?;
+    Ok(Target {
+        origin: Arc::new(Origin { scheme, host, port }),
+        path,
+        host: host_header,
+    })
+}
+
+/// Validates a method: an HTTP token (RFC 9110), so it cannot smuggle bytes into the
+/// request line.
+pub fn parse_method(method: &str) -> Result<Method> {
+    if method.is_empty() {
+        return Err(Error::invalid_argument("method is empty"));
+    }
+    Method::from_bytes(method.as_bytes()).map_err(|_| {
+        Error::invalid_argument(format!(
+            "method {:?} is not an HTTP token",
+            method.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// Validates one header. CR, LF, NUL and other control bytes are refused in values;
+/// names must be tokens.
+pub fn parse_header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue)> {
+    let n = HeaderName::from_bytes(name).map_err(|_| {
+        Error::invalid_argument(format!(
+            "header name {:?} is not an HTTP token",
+            String::from_utf8_lossy(&name[..name.len().min(60)])
+        ))
+    })?;
+    let v = HeaderValue::from_bytes(value).map_err(|_| {
+        Error::invalid_argument(format!(
+            "header {n}: value contains CR, LF, NUL or another control character"
+        ))
+    })?;
+    Ok((n, v))
+}
+
+/// Converts a per-request timeout (0 = none) after range checking.
+pub fn request_timeout(msecs: u32) -> Result<Option<Duration>> {
+    match msecs {
+        0 => Ok(None),
+        v if v > MAX_MSECS => Err(Error::invalid_argument(format!(
+            "timeout_msecs = {v} is out of range (0..={MAX_MSECS}, 0 = none)"
+        ))),
+        v => Ok(Some(Duration::from_millis(u64::from(v)))),
+    }
+}
+
+/// A validated request, ready for the pool.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: Method,
+    pub target: Target,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Overall deadline: queueing, connecting, sending and reading.
+    pub timeout: Option<Duration>,
+}
+
+impl Request {
+    pub fn new(method: &str, url: &str) -> Result<Request> {
+        Ok(Request {
+            method: parse_method(method)?,
+            target: parse_url(url)?,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            timeout: None,
+        })
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Result<Request> {
+        let (n, v) = parse_header(name.as_bytes(), value.as_bytes())?;
+        self.headers.append(n, v);
+        Ok(self)
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Request {
+        self.body = body.into();
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Request {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether a failure before the first response byte may be retried on a new connection:
+    /// idempotent methods (RFC 9110 §9.2.2), or any method with an `Idempotency-Key`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        ) || self.headers.contains_key("idempotency-key")
+    }
+
+    /// Builds the hyper request. `keep_alive` false adds `Connection: close`.
+    pub(crate) fn to_hyper(
+        &self,
+        keep_alive: bool,
+        user_agent: &HeaderValue,
+    ) -> http::Request<http_body_util::Full<Bytes>> {
+        let mut req = http::Request::new(http_body_util::Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.target.path.clone();
+        let h = req.headers_mut();
+        h.reserve(self.headers.len() + 3);
+        if !self.headers.contains_key(HOST) {
+            h.insert(HOST, self.target.host.clone());
+        }
+        if !self.headers.contains_key(http::header::USER_AGENT) {
+            h.insert(http::header::USER_AGENT, user_agent.clone());
+        }
+        for (k, v) in &self.headers {
+            h.append(k, v.clone());
+        }
+        if !keep_alive {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        req
+    }
+}
+
+/// Per-response timings in microseconds. Phase durations (`queued_us`, `dns_us`,
+/// `connect_us`, `tls_us`) are 0 when the phase did not happen (a reused connection has
+/// no connect); `sent_us`, `ttfb_us` and `total_us` count from the start of the request,
+/// as curl's `CURLINFO_PRETRANSFER_TIME`, `CURLINFO_STARTTRANSFER_TIME` and
+/// `CURLINFO_TOTAL_TIME` do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub queued_us: u64,
+    pub dns_us: u64,
+    pub connect_us: u64,
+    pub tls_us: u64,
+    pub sent_us: u64,
+    pub ttfb_us: u64,
+    pub total_us: u64,
+}
+
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A complete response: head, whole body, and how it was obtained.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// True when the request went out on a connection that had served an earlier request.
+    pub reused: bool,
+    pub timings: Timings,
+}
+
+impl Response {
+    /// The first value of `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+
+    /// HTTP version as a number: 10, 11 or 20.
+    pub fn version_number(&self) -> u32 {
+        match self.version {
+            Version::HTTP_09 => 9,
+            Version::HTTP_10 => 10,
+            Version::HTTP_11 => 11,
+            Version::HTTP_2 => 20,
+            Version::HTTP_3 => 30,
+            _ => 0,
+        }
+    }
+}
+
+/// What a response says about reusing its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReuseHint {
+    /// `Connection: close`, or HTTP/1.0 without keep-alive.
+    Close,
+    /// Keep it; `Some(t)` is a `Keep-Alive: timeout=t` hint.
+    Keep(Option<Duration>),
+}
+
+/// Reads `Connection` and `Keep-Alive` from a response head. A malformed `Keep-Alive`
+/// header is ignored (SPEC §6.11).
+pub fn reuse_hint(version: Version, headers: &HeaderMap) -> ReuseHint {
+    let mut close = version == Version::HTTP_10;
+    for v in headers.get_all(CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let t = token.trim_ascii();
+            if t.eq_ignore_ascii_case(b"close") {
+                return ReuseHint::Close;
+            }
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    if close {
+        return ReuseHint::Close;
+    }
+    ReuseHint::Keep(
+        headers
+            .get("keep-alive")
+            .and_then(|v| parse_keep_alive_timeout(v.as_bytes())),
+    )
+}
+
+/// Parses the `timeout=N` parameter (seconds) of a `Keep-Alive` header.
+pub fn parse_keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    let s = std::str::from_utf8(value).ok()?;
+    for part in s.split(',') {
+        let mut kv = part.splitn(2, '=');
+        let k = kv.next()?.trim();
+        if k.eq_ignore_ascii_case("timeout") {
+            let v = kv.next()?.trim().trim_matches('"');
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 9 {
+                return None;
+            }
+            return v.parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_origin_path_and_host() {
+        let t = parse_url("http://127.0.0.1:8080/a/b?x=1#frag").unwrap();
+        assert_eq!(t.origin.scheme, Scheme::Http);
+        assert_eq!(t.origin.host, "127.0.0.1");
+        assert_eq!(t.origin.port, 8080);
+        assert_eq!(t.path, "/a/b?x=1");
+        assert_eq!(t.host, "127.0.0.1:8080");
+
+        let t = parse_url("HTTPS://Example.COM").unwrap();
+        assert_eq!(t.origin.scheme, Scheme::Https);
+        assert_eq!(t.origin.host, "example.com");
+        assert_eq!(t.origin.port, 443);
+        assert_eq!(t.path, "/");
+        assert_eq!(t.host, "Example.COM");
+
+        let t = parse_url("http://[::1]:9/?q").unwrap();
+        assert_eq!(t.origin.host, "::1");
+        assert_eq!(t.origin.authority(), "[::1]:9");
+        assert_eq!(t.host, "[::1]:9");
+        assert_eq!(t.path, "/?q");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in [
+            "",
+            "not a url",
+            "/relative",
+            "ftp://host/",
+            "http://",
+            "http://user:pw@host/",
+            "http://host:0/",
+            "http://host:99999/",
+            "http://ho st/",
+            "http://host/\r\nX: y",
+        ] {
+            let e = parse_url(url).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        assert!(parse_header(b"X-Ok", b"fine value").is_ok());
+        for (n, v) in [
+            (&b"X-A"[..], &b"a\r\nInjected: 1"[..]),
+            (b"X-A", b"a\nb"),
+            (b"X-A", b"a\0b"),
+            (b"X A", b"v"),
+            (b"X-A\r\n", b"v"),
+            (b"", b"v"),
+        ] {
+            let e = parse_header(n, v).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        }
+        assert!(parse_method("GET").is_ok());
+        assert!(parse_method("PROPFIND").is_ok());
+        for m in ["", "GE T", "GET\r\n", "G(ET"] {
+            assert_eq!(
+                parse_method(m).unwrap_err().kind(),
+                ErrorKind::InvalidArgument
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_hints() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert_eq!(reuse_hint(Version::HTTP_11, &h(&[])), ReuseHint::Keep(None));
+        assert_eq!(
+            reuse_hint(Version::HTTP_11, &h(&[("connection", "Close")])),
+            ReuseHint::Close
+        );
+        assert_eq!(reuse_hint(Version::HTTP_10, &h(&[])), ReuseHint::Close);
+        assert_eq!(
+            reuse_hint(Version::HTTP_10, &h(&[("connection", "keep-alive")])),
+            ReuseHint::Keep(None)
+        );
+        assert_eq!(
+            reuse_hint(
+                Version::HTTP_11,
+                &h(&[("keep-alive", "timeout=3, max=100")])
+            ),
+            ReuseHint::Keep(Some(Duration::from_secs(3)))
+        );
+        for bad in [
+            "timeout=",
+            "timeout=abc",
+            "timeout=-1",
+            "max=5",
+            "timeout=1.5",
+            "garbage",
+        ] {
+            assert_eq!(parse_keep_alive_timeout(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retryable_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(Request::new(m, "http://h/").unwrap().is_retryable(), "{m}");
+        }
+        let post = Request::new("POST", "http://h/").unwrap();
+        assert!(!post.is_retryable());
+        assert!(
+            post.header("Idempotency-Key", "abc")
+                .unwrap()
+                .is_retryable()
+        );
+    }
+
+    #[test]
+    fn absurd_timeouts_are_refused() {
+        assert_eq!(request_timeout(0).unwrap(), None);
+        assert_eq!(request_timeout(5).unwrap(), Some(Duration::from_millis(5)));
+        assert_eq!(
+            request_timeout(u32::MAX).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+}

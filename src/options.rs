@@ -1,0 +1,389 @@
+//! Agent options: raw values as callers set them, and their validated form.
+//!
+//! Setters never fail on range; [`Options::validate`] checks everything when an agent is
+//! created, so a bad value is refused at creation with a specific message (SPEC §2).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Which idle connection is reused first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// Most recently released first (Node's and undici's default): keeps few connections warm.
+    #[default]
+    Lifo,
+    /// Least recently released first: spreads load over all idle connections.
+    Fifo,
+}
+
+/// The two environment variables of SPEC §3, in lookup order.
+pub const ENV_REUSE: &str = "KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED";
+pub const ENV_REUSE_AWS: &str = "AWS_NODEJS_CONNECTION_REUSE_ENABLED";
+
+/// Largest millisecond value accepted for timeouts (as Node's timers: 2^31 - 1).
+pub const MAX_MSECS: u32 = i32::MAX as u32;
+/// The kernel's limit for TCP_KEEPIDLE / TCP_KEEPINTVL is 32767 seconds.
+pub const MAX_KEEPALIVE_MSECS: u32 = 32_767_000;
+/// The kernel's limit for TCP_KEEPCNT.
+pub const MAX_KEEPALIVE_PROBES: u32 = 127;
+/// Upper bound on any connection-count limit.
+pub const MAX_SOCKETS_LIMIT: u32 = 1 << 20;
+
+/// Options as set by the caller. `None` means "not set, use the default".
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub keep_alive: Option<bool>,
+    pub keep_alive_msecs: Option<u32>,
+    pub keep_alive_interval_msecs: Option<u32>,
+    pub keep_alive_probes: Option<u32>,
+    pub max_sockets: Option<u32>,
+    pub max_total_sockets: Option<u32>,
+    pub max_free_sockets: Option<u32>,
+    /// Raw value from C (0 = lifo, 1 = fifo); anything else is refused at creation.
+    pub scheduling: Option<u32>,
+    pub free_socket_timeout_msecs: Option<u32>,
+    pub keep_alive_timeout_buffer_msecs: Option<u32>,
+    pub max_keep_alive_timeout_msecs: Option<u32>,
+    pub max_socket_lifetime_msecs: Option<u32>,
+    pub connect_timeout_msecs: Option<u32>,
+    pub headers_timeout_msecs: Option<u32>,
+    pub body_timeout_msecs: Option<u32>,
+    pub retry_stale: Option<bool>,
+    pub max_response_bytes: Option<u64>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_file: Option<String>,
+    pub use_system_roots: Option<bool>,
+    pub danger_accept_invalid_certs: Option<bool>,
+    pub user_agent: Option<String>,
+}
+
+/// Validated options with defaults applied. Durations of `None` mean "no limit".
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub keep_alive: bool,
+    /// Whether `keep_alive` came from the caller (true) or from the environment/default.
+    pub keep_alive_explicit: bool,
+    pub keep_alive_msecs: u32,
+    pub keep_alive_interval: Option<Duration>,
+    pub keep_alive_probes: Option<u32>,
+    pub max_sockets: Option<usize>,
+    pub max_total_sockets: Option<usize>,
+    pub max_free_sockets: usize,
+    pub scheduling: Scheduling,
+    pub free_socket_timeout: Option<Duration>,
+    pub keep_alive_timeout_buffer: Duration,
+    pub max_keep_alive_timeout: Duration,
+    pub max_socket_lifetime: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub headers_timeout: Option<Duration>,
+    pub body_timeout: Option<Duration>,
+    pub retry_stale: bool,
+    pub max_response_bytes: Option<u64>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_file: Option<String>,
+    pub use_system_roots: bool,
+    pub danger_accept_invalid_certs: bool,
+    pub user_agent: String,
+}
+
+pub const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
+pub const DEFAULT_MAX_FREE_SOCKETS: u32 = 256;
+pub const DEFAULT_FREE_SOCKET_TIMEOUT_MSECS: u32 = 4000;
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_BUFFER_MSECS: u32 = 1000;
+pub const DEFAULT_MAX_KEEP_ALIVE_TIMEOUT_MSECS: u32 = 600_000;
+pub const DEFAULT_CONNECT_TIMEOUT_MSECS: u32 = 10_000;
+pub const DEFAULT_HEADERS_TIMEOUT_MSECS: u32 = 300_000;
+pub const DEFAULT_BODY_TIMEOUT_MSECS: u32 = 300_000;
+
+/// The library's default `User-Agent`.
+pub fn default_user_agent() -> String {
+    format!("keepalive-agent/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Reads SPEC §3's switch from an environment lookup: `Some(false)` for `false`/`0`,
+/// `Some(true)` for `true`/`1` (any case, surrounding blanks ignored), `None` otherwise.
+/// The library's own variable is read first; the AWS SDK's name is the alias.
+pub fn reuse_from_env(get: impl Fn(&str) -> Option<String>) -> Option<bool> {
+    [ENV_REUSE, ENV_REUSE_AWS]
+        .iter()
+        .find_map(|name| get(name).and_then(|v| parse_switch(&v)))
+}
+
+fn parse_switch(value: &str) -> Option<bool> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("false") || v == "0" {
+        Some(false)
+    } else if v.eq_ignore_ascii_case("true") || v == "1" {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+fn msecs(name: &str, value: Option<u32>, default: u32) -> Result<u32> {
+    let v = value.unwrap_or(default);
+    if v > MAX_MSECS {
+        return Err(Error::invalid_option(format!(
+            "{name} = {v} is out of range (0..={MAX_MSECS})"
+        )));
+    }
+    Ok(v)
+}
+
+/// A millisecond option where 0 means "none".
+fn optional_duration(name: &str, value: Option<u32>, default: u32) -> Result<Option<Duration>> {
+    let v = msecs(name, value, default)?;
+    Ok((v > 0).then(|| Duration::from_millis(u64::from(v))))
+}
+
+fn limit(name: &str, value: Option<u32>) -> Result<Option<usize>> {
+    match value.unwrap_or(0) {
+        0 => Ok(None),
+        v if v > MAX_SOCKETS_LIMIT => Err(Error::invalid_option(format!(
+            "{name} = {v} is out of range (0..={MAX_SOCKETS_LIMIT}, 0 = unlimited)"
+        ))),
+        v => Ok(Some(v as usize)),
+    }
+}
+
+impl Options {
+    /// Applies defaults and the environment, and checks every range.
+    pub fn validate(&self) -> Result<Config> {
+        self.validate_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// As [`Options::validate`], with the environment supplied by the caller (for tests).
+    pub fn validate_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let keep_alive = self
+            .keep_alive
+            .or_else(|| reuse_from_env(env))
+            .unwrap_or(true);
+
+        let keep_alive_msecs = match self.keep_alive_msecs.unwrap_or(DEFAULT_KEEP_ALIVE_MSECS) {
+            0 => DEFAULT_KEEP_ALIVE_MSECS,
+            v if v > MAX_KEEPALIVE_MSECS => {
+                return Err(Error::invalid_option(format!(
+                    "keep_alive_msecs = {v} is out of range (0..={MAX_KEEPALIVE_MSECS}; the kernel takes at most 32767 s)"
+                )));
+            }
+            v => v,
+        };
+        let keep_alive_interval = match self.keep_alive_interval_msecs.unwrap_or(0) {
+            0 => None,
+            v if v > MAX_KEEPALIVE_MSECS => {
+                return Err(Error::invalid_option(format!(
+                    "keep_alive_interval_msecs = {v} is out of range (0..={MAX_KEEPALIVE_MSECS})"
+                )));
+            }
+            v => Some(Duration::from_millis(u64::from(v))),
+        };
+        let keep_alive_probes = match self.keep_alive_probes.unwrap_or(0) {
+            0 => None,
+            v if v > MAX_KEEPALIVE_PROBES => {
+                return Err(Error::invalid_option(format!(
+                    "keep_alive_probes = {v} is out of range (0..={MAX_KEEPALIVE_PROBES})"
+                )));
+            }
+            v => Some(v),
+        };
+
+        let scheduling = match self.scheduling.unwrap_or(0) {
+            0 => Scheduling::Lifo,
+            1 => Scheduling::Fifo,
+            v => {
+                return Err(Error::invalid_option(format!(
+                    "scheduling = {v} is unknown (0 = lifo, 1 = fifo)"
+                )));
+            }
+        };
+
+        let max_free_sockets = self.max_free_sockets.unwrap_or(DEFAULT_MAX_FREE_SOCKETS);
+        if max_free_sockets > MAX_SOCKETS_LIMIT {
+            return Err(Error::invalid_option(format!(
+                "max_free_sockets = {max_free_sockets} is out of range (0..={MAX_SOCKETS_LIMIT})"
+            )));
+        }
+
+        let user_agent = match &self.user_agent {
+            Some(ua) => {
+                if http::HeaderValue::from_str(ua).is_err() {
+                    return Err(Error::invalid_option(
+                        "user_agent contains a character not allowed in a header value",
+                    ));
+                }
+                ua.clone()
+            }
+            None => default_user_agent(),
+        };
+
+        Ok(Config {
+            keep_alive,
+            keep_alive_explicit: self.keep_alive.is_some(),
+            keep_alive_msecs,
+            keep_alive_interval,
+            keep_alive_probes,
+            max_sockets: limit("max_sockets", self.max_sockets)?,
+            max_total_sockets: limit("max_total_sockets", self.max_total_sockets)?,
+            max_free_sockets: max_free_sockets as usize,
+            scheduling,
+            free_socket_timeout: optional_duration(
+                "free_socket_timeout_msecs",
+                self.free_socket_timeout_msecs,
+                DEFAULT_FREE_SOCKET_TIMEOUT_MSECS,
+            )?,
+            keep_alive_timeout_buffer: Duration::from_millis(u64::from(msecs(
+                "keep_alive_timeout_buffer_msecs",
+                self.keep_alive_timeout_buffer_msecs,
+                DEFAULT_KEEP_ALIVE_TIMEOUT_BUFFER_MSECS,
+            )?)),
+            max_keep_alive_timeout: Duration::from_millis(u64::from(msecs(
+                "max_keep_alive_timeout_msecs",
+                self.max_keep_alive_timeout_msecs,
+                DEFAULT_MAX_KEEP_ALIVE_TIMEOUT_MSECS,
+            )?)),
+            max_socket_lifetime: optional_duration(
+                "max_socket_lifetime_msecs",
+                self.max_socket_lifetime_msecs,
+                0,
+            )?,
+            connect_timeout: optional_duration(
+                "connect_timeout_msecs",
+                self.connect_timeout_msecs,
+                DEFAULT_CONNECT_TIMEOUT_MSECS,
+            )?,
+            headers_timeout: optional_duration(
+                "headers_timeout_msecs",
+                self.headers_timeout_msecs,
+                DEFAULT_HEADERS_TIMEOUT_MSECS,
+            )?,
+            body_timeout: optional_duration(
+                "body_timeout_msecs",
+                self.body_timeout_msecs,
+                DEFAULT_BODY_TIMEOUT_MSECS,
+            )?,
+            retry_stale: self.retry_stale.unwrap_or(true),
+            max_response_bytes: self.max_response_bytes.filter(|&n| n > 0),
+            ca_pem: self.ca_pem.clone(),
+            ca_file: self.ca_file.clone(),
+            use_system_roots: self.use_system_roots.unwrap_or(true),
+            danger_accept_invalid_certs: self.danger_accept_invalid_certs.unwrap_or(false),
+            user_agent,
+        })
+    }
+}
+
+impl Config {
+    /// `TCP_KEEPIDLE` in whole seconds: `max(1, ceil(msecs / 1000))` (SPEC §2).
+    pub fn keep_alive_idle_secs(&self) -> u64 {
+        u64::from(self.keep_alive_msecs).div_ceil(1000).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Options::default().validate_with_env(no_env).unwrap();
+        assert!(c.keep_alive);
+        assert!(!c.keep_alive_explicit);
+        assert_eq!(c.keep_alive_msecs, 1000);
+        assert_eq!(c.max_free_sockets, 256);
+        assert_eq!(c.free_socket_timeout, Some(Duration::from_millis(4000)));
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.scheduling, Scheduling::Lifo);
+        assert!(c.retry_stale);
+        assert!(c.user_agent.starts_with("keepalive-agent/"));
+    }
+
+    #[test]
+    fn keepidle_is_rounded_up_to_whole_seconds() {
+        let with = |ms| {
+            Options {
+                keep_alive_msecs: Some(ms),
+                ..Default::default()
+            }
+            .validate_with_env(no_env)
+            .unwrap()
+            .keep_alive_idle_secs()
+        };
+        assert_eq!(with(1000), 1);
+        assert_eq!(with(1), 1);
+        assert_eq!(with(1001), 2);
+        assert_eq!(with(0), 1); // 0 = default 1000 ms
+        assert_eq!(with(30_000), 30);
+    }
+
+    #[test]
+    fn environment_switch_and_alias() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let ka = |o: &Options, pairs| o.validate_with_env(env(pairs)).unwrap().keep_alive;
+        let unset = Options::default();
+        assert!(!ka(&unset, &[(ENV_REUSE, "false")]));
+        assert!(!ka(&unset, &[(ENV_REUSE, "FALSE")]));
+        assert!(!ka(&unset, &[(ENV_REUSE, "0")]));
+        assert!(!ka(&unset, &[(ENV_REUSE_AWS, "False")]));
+        assert!(ka(&unset, &[(ENV_REUSE, "banana")]));
+        assert!(ka(&unset, &[(ENV_REUSE, "true"), (ENV_REUSE_AWS, "0")]));
+        // An unparseable value of the first name falls through to the alias.
+        assert!(!ka(&unset, &[(ENV_REUSE, "maybe"), (ENV_REUSE_AWS, "0")]));
+        let explicit = Options {
+            keep_alive: Some(true),
+            ..Default::default()
+        };
+        assert!(ka(&explicit, &[(ENV_REUSE, "false")]));
+        let explicit_off = Options {
+            keep_alive: Some(false),
+            ..Default::default()
+        };
+        assert!(!ka(&explicit_off, &[(ENV_REUSE, "true")]));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_message() {
+        let cases = [
+            Options {
+                scheduling: Some(7),
+                ..Default::default()
+            },
+            Options {
+                max_sockets: Some(MAX_SOCKETS_LIMIT + 1),
+                ..Default::default()
+            },
+            Options {
+                keep_alive_msecs: Some(MAX_KEEPALIVE_MSECS + 1),
+                ..Default::default()
+            },
+            Options {
+                keep_alive_probes: Some(1000),
+                ..Default::default()
+            },
+            Options {
+                connect_timeout_msecs: Some(u32::MAX),
+                ..Default::default()
+            },
+            Options {
+                user_agent: Some("a\r\nb".into()),
+                ..Default::default()
+            },
+        ];
+        for o in cases {
+            let e = o.validate_with_env(no_env).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidOption, "{o:?}");
+            assert!(!e.message().is_empty());
+        }
+    }
+}

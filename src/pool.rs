@@ -1,0 +1,672 @@
+//! The connection pool of one agent: per-origin idle lists, limits, a FIFO queue of waiting
+//! requests, idle timers and statistics. It hands out connections and takes them back; it
+//! does not know how a request is sent.
+//!
+//! Accounting: every connection, from the moment its connect starts until its driver task
+//! ends, holds one *slot* in its origin and one in the agent (`max_sockets`,
+//! `max_total_sockets`). A slot is freed exactly once, by whichever happens first: the
+//! driver ending, or the pool retiring the connection to make room for another origin.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, oneshot};
+
+use crate::connect::{IoProbe, Stream};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::Origin;
+use crate::options::{Config, Scheduling};
+use crate::runtime::ForkMutex;
+
+pub(crate) type Sender = http1::SendRequest<Full<Bytes>>;
+type Driver = http1::Connection<TokioIo<Stream>, Full<Bytes>>;
+
+/// Counters and gauges of an agent or of one origin (SPEC §4, `agent_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections established (TCP, and TLS where it applies).
+    pub connections_opened: u64,
+    /// Connections that ended, for any reason.
+    pub connections_closed: u64,
+    /// Connections dropped because a request on them timed out.
+    pub connections_timed_out: u64,
+    /// Connections dropped because a request on them failed.
+    pub connections_errored: u64,
+    /// Requests started (a retry is not a new request).
+    pub requests: u64,
+    /// Requests sent on a connection that had served an earlier request.
+    pub reused_requests: u64,
+    /// Transparent retries after a stale reused connection.
+    pub retries: u64,
+    /// Requests that failed with a timeout code.
+    pub timeouts: u64,
+    /// Requests that failed with any code (timeouts and cancellations included).
+    pub errors: u64,
+    /// Connections connecting or serving a request.
+    pub active: u64,
+    /// Connections idle in the pool.
+    pub idle: u64,
+    /// Requests waiting for a connection.
+    pub queued: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.connections_opened += o.connections_opened;
+        self.connections_closed += o.connections_closed;
+        self.connections_timed_out += o.connections_timed_out;
+        self.connections_errored += o.connections_errored;
+        self.requests += o.requests;
+        self.reused_requests += o.reused_requests;
+        self.retries += o.retries;
+        self.timeouts += o.timeouts;
+        self.errors += o.errors;
+        self.active += o.active;
+        self.idle += o.idle;
+        self.queued += o.queued;
+    }
+}
+
+#[derive(Default)]
+struct TimerState {
+    /// When the pool wants this idle connection closed; `None` while it serves a request.
+    wanted: Option<Instant>,
+    /// What the driver is currently sleeping until.
+    armed: Option<Instant>,
+}
+
+/// Shared between a pooled connection and its driver task.
+struct ConnCtl {
+    id: u64,
+    timer: Mutex<TimerState>,
+    notify: Notify,
+    close: AtomicBool,
+    /// Whether this connection still holds its slot (cleared when the pool retires it).
+    counted: AtomicBool,
+}
+
+impl ConnCtl {
+    fn lock_timer(&self) -> MutexGuard<'_, TimerState> {
+        self.timer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the idle deadline; wakes the driver only when it must fire earlier than armed.
+    fn set_idle_deadline(&self, deadline: Option<Instant>) {
+        let mut t = self.lock_timer();
+        t.wanted = deadline;
+        let wake = matches!((deadline, t.armed), (Some(d), Some(a)) if d < a)
+            || (deadline.is_some() && t.armed.is_none());
+        drop(t);
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.lock_timer().wanted
+    }
+
+    fn arm(&self) -> Option<Instant> {
+        let mut t = self.lock_timer();
+        t.armed = t.wanted;
+        t.armed
+    }
+
+    fn request_close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// A connection checked out of the pool (or freshly made), owned by one request.
+pub(crate) struct Conn {
+    pub sender: Sender,
+    pub probe: Arc<IoProbe>,
+    pub origin: Arc<Origin>,
+    ctl: Arc<ConnCtl>,
+    created: Instant,
+    /// Requests this connection served before the current one.
+    pub served: u64,
+}
+
+impl Conn {
+    /// Whether `max_socket_lifetime` retired this connection.
+    pub fn expired(&self, lifetime: Option<Duration>, now: Instant) -> bool {
+        lifetime.is_some_and(|l| now.duration_since(self.created) >= l)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Not returned to the pool: make sure the socket closes even if hyper would keep
+        // it open (an idle keep-alive connection whose sender is dropped does close, but
+        // say so explicitly).
+        self.ctl.request_close();
+    }
+}
+
+struct Idle {
+    conn: Conn,
+}
+
+enum Grant {
+    Conn(Conn),
+    Slot,
+}
+
+struct Waiter {
+    id: u64,
+    origin: Arc<Origin>,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct OriginState {
+    idle: VecDeque<Idle>,
+    /// Slots held by this origin (connecting + active + idle).
+    slots: usize,
+    queued: usize,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct State {
+    origins: HashMap<Arc<Origin>, OriginState>,
+    slots: usize,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+    closed: bool,
+    /// Counters for requests that failed before reaching an origin entry.
+    stray: Stats,
+}
+
+/// How a request gets its connection.
+pub(crate) enum Checkout {
+    /// An idle connection, ready for a request.
+    Reused(Conn),
+    /// A slot to open a new connection with.
+    Connect(SlotGuard),
+}
+
+/// A reserved slot. Dropped without [`Pool::register`], it is given back.
+pub(crate) struct SlotGuard {
+    pool: Arc<Pool>,
+    origin: Arc<Origin>,
+    armed: bool,
+}
+
+impl SlotGuard {
+    pub fn origin(&self) -> &Arc<Origin> {
+        &self.origin
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Ok(mut st) = self.pool.lock() {
+                self.pool.free_slot(&mut st, &self.origin);
+            }
+        }
+    }
+}
+
+/// Removes a queued request's entry if it stops waiting (timeout, cancel).
+struct WaitGuard<'a> {
+    pool: &'a Arc<Pool>,
+    id: u64,
+    origin: Arc<Origin>,
+    done: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(mut st) = self.pool.lock() {
+            if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
+                st.waiters.remove(pos);
+                if let Some(o) = st.origins.get_mut(&self.origin) {
+                    o.queued -= 1;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Pool {
+    cfg: Arc<Config>,
+    state: ForkMutex<State>,
+    drained: Condvar,
+    next_conn: AtomicU64,
+    me: Weak<Pool>,
+}
+
+/// Why a finished request's connection should not go back to the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Discard {
+    Error,
+    Timeout,
+}
+
+impl Pool {
+    pub fn new(cfg: Arc<Config>) -> Arc<Pool> {
+        Arc::new_cyclic(|me| Pool {
+            cfg,
+            state: ForkMutex::new(State::default()),
+            drained: Condvar::new(),
+            next_conn: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    fn arc(&self) -> Arc<Pool> {
+        self.me.upgrade().expect("pool alive while borrowed")
+    }
+
+    /// Locks the state. In a child after `fork()`, the parent's connections and waiters
+    /// are forgotten (leaked, never touched) and the pool starts empty.
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock()
+    }
+
+    fn can_open(&self, st: &State, origin: &Origin) -> bool {
+        let per_origin = st.origins.get(origin).map_or(0, |o| o.slots);
+        self.cfg.max_sockets.is_none_or(|m| per_origin < m)
+            && self.cfg.max_total_sockets.is_none_or(|m| st.slots < m)
+    }
+
+    fn take_slot(&self, st: &mut State, origin: &Arc<Origin>) {
+        st.slots += 1;
+        st.origins.entry(origin.clone()).or_default().slots += 1;
+    }
+
+    fn free_slot(&self, st: &mut State, origin: &Arc<Origin>) {
+        st.slots -= 1;
+        if let Some(o) = st.origins.get_mut(origin) {
+            o.slots -= 1;
+        }
+        self.dispatch_slots(st);
+        if st.slots == 0 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Gives free slots to queued requests, oldest first, skipping those whose origin is
+    /// at its own limit.
+    fn dispatch_slots(&self, st: &mut State) {
+        let mut i = 0;
+        while i < st.waiters.len() {
+            if self.cfg.max_total_sockets.is_some_and(|m| st.slots >= m) {
+                break;
+            }
+            let origin = st.waiters[i].origin.clone();
+            if !self.can_open(st, &origin) {
+                i += 1;
+                continue;
+            }
+            let w = st.waiters.remove(i).expect("index in range");
+            if let Some(o) = st.origins.get_mut(&origin) {
+                o.queued -= 1;
+            }
+            self.take_slot(st, &origin);
+            if w.tx.send(Grant::Slot).is_err() {
+                // The waiter left; its slot goes back.
+                st.slots -= 1;
+                if let Some(o) = st.origins.get_mut(&origin) {
+                    o.slots -= 1;
+                }
+            }
+        }
+    }
+
+    /// Closes the oldest idle connection of another origin so that a request blocked only
+    /// by `max_total_sockets` can open one (as Node's `http.Agent` does).
+    fn evict_for(&self, st: &mut State, origin: &Arc<Origin>) -> bool {
+        let victim = st
+            .origins
+            .iter()
+            .filter(|(k, o)| *k != origin && !o.idle.is_empty())
+            .map(|(k, _)| k.clone())
+            .next();
+        let Some(victim) = victim else {
+            return false;
+        };
+        let o = st.origins.get_mut(&victim).expect("victim exists");
+        let idle = o.idle.pop_front().expect("victim has idle");
+        o.slots -= 1;
+        st.slots -= 1;
+        idle.conn.ctl.counted.store(false, Ordering::Release);
+        drop(idle);
+        true
+    }
+
+    fn pop_idle(&self, o: &mut OriginState) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            let idle = match self.cfg.scheduling {
+                Scheduling::Lifo => o.idle.pop_back(),
+                Scheduling::Fifo => o.idle.pop_front(),
+            }?;
+            let c = idle.conn;
+            let stale = c.sender.is_closed()
+                || !c.sender.is_ready()
+                || c.ctl.idle_deadline().is_some_and(|d| d <= now)
+                || c.expired(self.cfg.max_socket_lifetime, now);
+            if stale {
+                // Dropping requests the close; the driver frees the slot.
+                continue;
+            }
+            c.ctl.set_idle_deadline(None);
+            return Some(c);
+        }
+    }
+
+    /// Gets a connection for `origin`: an idle one (unless `fresh`), a slot to open one,
+    /// or a place in the queue until either is available.
+    pub async fn acquire(&self, origin: &Arc<Origin>, fresh: bool) -> Result<Checkout> {
+        let rx = {
+            let mut st = self.lock()?;
+            if st.closed {
+                return Err(Error::new(ErrorKind::Cancelled, "the agent was closed"));
+            }
+            if !fresh {
+                let o = st.origins.entry(origin.clone()).or_default();
+                if let Some(conn) = self.pop_idle(o) {
+                    return Ok(Checkout::Reused(conn));
+                }
+            }
+            let queued_here = st.origins.get(origin).is_some_and(|o| o.queued > 0);
+            if !queued_here && !self.can_open(&st, origin) {
+                let per_origin_ok = self
+                    .cfg
+                    .max_sockets
+                    .is_none_or(|m| st.origins.get(origin).map_or(0, |o| o.slots) < m);
+                if per_origin_ok {
+                    self.evict_for(&mut st, origin);
+                }
+            }
+            if !queued_here && self.can_open(&st, origin) {
+                self.take_slot(&mut st, origin);
+                return Ok(Checkout::Connect(SlotGuard {
+                    pool: self.arc(),
+                    origin: origin.clone(),
+                    armed: true,
+                }));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.next_waiter += 1;
+            let id = st.next_waiter;
+            st.waiters.push_back(Waiter {
+                id,
+                origin: origin.clone(),
+                tx,
+            });
+            st.origins.entry(origin.clone()).or_default().queued += 1;
+            (rx, id)
+        };
+        let (rx, id) = rx;
+        let pool = self.arc();
+        let mut guard = WaitGuard {
+            pool: &pool,
+            id,
+            origin: origin.clone(),
+            done: false,
+        };
+        let grant = rx.await;
+        guard.done = true;
+        match grant {
+            Ok(Grant::Conn(c)) => {
+                c.ctl.set_idle_deadline(None);
+                Ok(Checkout::Reused(c))
+            }
+            Ok(Grant::Slot) => Ok(Checkout::Connect(SlotGuard {
+                pool: self.arc(),
+                origin: origin.clone(),
+                armed: true,
+            })),
+            Err(_) => Err(Error::new(
+                ErrorKind::Cancelled,
+                "the agent was closed while the request was queued",
+            )),
+        }
+    }
+
+    /// Turns a slot and a finished handshake into a pooled connection, and starts the task
+    /// that drives it. Counts the connection as opened.
+    pub fn register(
+        &self,
+        mut slot: SlotGuard,
+        sender: Sender,
+        driver: Driver,
+        probe: Arc<IoProbe>,
+    ) -> Result<Conn> {
+        let ctl = Arc::new(ConnCtl {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            timer: Mutex::new(TimerState::default()),
+            notify: Notify::new(),
+            close: AtomicBool::new(false),
+            counted: AtomicBool::new(true),
+        });
+        let origin = slot.origin.clone();
+        {
+            let mut st = self.lock()?;
+            st.origins
+                .entry(origin.clone())
+                .or_default()
+                .stats
+                .connections_opened += 1;
+        }
+        slot.armed = false;
+        tokio::spawn(drive(self.me.clone(), origin.clone(), ctl.clone(), driver));
+        Ok(Conn {
+            sender,
+            probe,
+            origin,
+            ctl,
+            created: Instant::now(),
+            served: 0,
+        })
+    }
+
+    /// Gives a connection back after a complete response. `keep` is the idle timeout to
+    /// use, or `None` when the connection must not be reused.
+    pub fn release(&self, mut conn: Conn, keep: Option<Option<Duration>>) {
+        let Ok(mut st) = self.lock() else {
+            return;
+        };
+        conn.served += 1;
+        let Some(idle_timeout) = keep else {
+            return; // dropped: closed by its driver
+        };
+        if st.closed || conn.sender.is_closed() {
+            return;
+        }
+        // A queued request for this origin gets it first (oldest first).
+        while let Some(pos) = st.waiters.iter().position(|w| w.origin == conn.origin) {
+            let w = st.waiters.remove(pos).expect("index in range");
+            if let Some(o) = st.origins.get_mut(&conn.origin) {
+                o.queued -= 1;
+            }
+            match w.tx.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(c)) => conn = c,
+                Err(Grant::Slot) => unreachable!("sent a connection"),
+            }
+        }
+        // Requests for other origins are blocked by the agent-wide limit: close this one
+        // to make room rather than keep it idle.
+        if self.cfg.max_total_sockets.is_some_and(|m| st.slots >= m)
+            && st.waiters.iter().any(|w| w.origin != conn.origin)
+        {
+            conn.ctl.counted.store(false, Ordering::Release);
+            st.slots -= 1;
+            if let Some(o) = st.origins.get_mut(&conn.origin) {
+                o.slots -= 1;
+            }
+            drop(conn);
+            self.dispatch_slots(&mut st);
+            return;
+        }
+        let o = st.origins.entry(conn.origin.clone()).or_default();
+        if o.idle.len() >= self.cfg.max_free_sockets {
+            return;
+        }
+        conn.ctl
+            .set_idle_deadline(idle_timeout.map(|t| Instant::now() + t));
+        o.idle.push_back(Idle { conn });
+    }
+
+    /// Records a finished request in the origin's counters.
+    pub fn record(&self, origin: &Arc<Origin>, f: impl FnOnce(&mut Stats)) {
+        if let Ok(mut st) = self.lock() {
+            match st.origins.get_mut(origin) {
+                Some(o) => f(&mut o.stats),
+                None => f(&mut st.stray),
+            }
+        }
+    }
+
+    /// Called by a driver when its timer fires: closes the connection if it is still idle
+    /// and past its deadline.
+    fn expire(&self, origin: &Arc<Origin>, id: u64) -> bool {
+        let Ok(mut st) = self.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        let Some(o) = st.origins.get_mut(origin) else {
+            return false;
+        };
+        match o.idle.iter().position(|i| i.conn.ctl.id == id) {
+            Some(pos)
+                if o.idle[pos]
+                    .conn
+                    .ctl
+                    .idle_deadline()
+                    .is_some_and(|d| d <= now) =>
+            {
+                o.idle.remove(pos);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Called by a driver when its connection has ended.
+    fn closed(&self, origin: &Arc<Origin>, ctl: &ConnCtl) {
+        let Ok(mut st) = self.lock() else {
+            return;
+        };
+        if let Some(o) = st.origins.get_mut(origin) {
+            o.stats.connections_closed += 1;
+            if let Some(pos) = o.idle.iter().position(|i| i.conn.ctl.id == ctl.id) {
+                o.idle.remove(pos);
+            }
+        }
+        if ctl.counted.swap(false, Ordering::AcqRel) {
+            self.free_slot(&mut st, origin);
+        } else {
+            self.notify_if_drained(&st);
+        }
+    }
+
+    fn notify_if_drained(&self, st: &State) {
+        if st.slots == 0 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Statistics for the whole agent.
+    pub fn stats(&self) -> Stats {
+        let Ok(st) = self.lock() else {
+            return Stats::default();
+        };
+        let mut total = st.stray;
+        for o in st.origins.values() {
+            total.add(&origin_stats(o));
+        }
+        total
+    }
+
+    /// Statistics for one origin (all zero if it was never used).
+    pub fn origin_stats(&self, origin: &Origin) -> Stats {
+        let Ok(st) = self.lock() else {
+            return Stats::default();
+        };
+        st.origins.get(origin).map(origin_stats).unwrap_or_default()
+    }
+
+    /// Closes the pool: idle connections close now, queued requests fail with
+    /// `Cancelled`, active connections close when their request ends. Waits up to
+    /// `wait` for every connection to be gone.
+    pub fn close(&self, wait: Duration) {
+        let Ok(mut st) = self.lock() else {
+            return;
+        };
+        st.closed = true;
+        st.waiters.clear();
+        for o in st.origins.values_mut() {
+            o.queued = 0;
+            o.idle.clear();
+        }
+        let deadline = Instant::now() + wait;
+        while st.slots > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = match self.drained.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+fn origin_stats(o: &OriginState) -> Stats {
+    let mut s = o.stats;
+    s.idle = o.idle.len() as u64;
+    s.active = (o.slots - o.idle.len()) as u64;
+    s.queued = o.queued as u64;
+    s
+}
+
+/// Drives one connection: hyper's protocol state machine, the idle timer, and close
+/// requests from the pool.
+async fn drive(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>, driver: Driver) {
+    let mut driver = std::pin::pin!(driver);
+    loop {
+        let armed = ctl.arm();
+        if ctl.close.load(Ordering::Acquire) {
+            break;
+        }
+        let sleep = async move {
+            match armed {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut driver => break,
+            _ = ctl.notify.notified() => {}
+            _ = sleep => {
+                match pool.upgrade() {
+                    Some(p) if !p.expire(&origin, ctl.id) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+    drop(driver);
+    if let Some(p) = pool.upgrade() {
+        p.closed(&origin, &ctl);
+    }
+}
