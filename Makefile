@@ -1,0 +1,101 @@
+# keepalive-agent: two commands do everything on a fresh machine.
+#   make demo   builds, starts local servers, shows keep-alive on vs off from C, Python, Node
+#   make test   every check in every language (installs what it needs, idempotently)
+# Language-specific rules live in mk/*.mk and are included below.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+ROOT        := $(abspath .)
+CARGO       ?= cargo
+LIB_DIR     := $(ROOT)/target/release
+SO          := $(LIB_DIR)/libkeepalive_agent.so
+STATIC_LIB  := $(LIB_DIR)/libkeepalive_agent.a
+TESTSERVER  := $(LIB_DIR)/keepalive-testserver
+HEADER      := $(ROOT)/include/keepalive_agent.h
+BUILD       := $(ROOT)/build
+# System libraries the static library needs (cargo rustc --print native-static-libs).
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+# Debian packages the tests, demo and benchmarks use. Installed only when missing.
+APT_PACKAGES := nginx-light valgrind clang libclang-rt-14-dev cmake pkg-config wrk curl \
+                libcurl4-openssl-dev openssl iproute2 python3-venv
+
+.PHONY: all lib testserver deps deps-apt test test-rust fmt-check clippy header-check \
+        cargo-test demo bench clean
+
+all: lib
+
+# ---------------------------------------------------------------------------------------
+# Build
+
+lib: $(SO)
+testserver: $(TESTSERVER)
+
+RUST_SOURCES := $(shell find src -name '*.rs') build.rs cbindgen.toml Cargo.toml
+$(SO) $(STATIC_LIB): $(RUST_SOURCES)
+	$(CARGO) build --release -p keepalive-agent
+	@touch $(SO) $(STATIC_LIB)
+
+$(TESTSERVER): $(shell find tests/server/src -name '*.rs') tests/server/Cargo.toml
+	$(CARGO) build --release -p keepalive-testserver
+	@touch $@
+
+# ---------------------------------------------------------------------------------------
+# Dependencies (idempotent: nothing is installed twice)
+
+deps: deps-apt
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# ---------------------------------------------------------------------------------------
+# Tests
+
+test: deps
+	$(MAKE) test-rust
+	$(MAKE) test-c
+	$(MAKE) test-python
+	$(MAKE) test-node
+	@echo "make test: all suites passed"
+
+test-rust: fmt-check clippy header-check cargo-test
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The committed header must be what build.rs generates from the sources.
+header-check: lib
+	@if ! git diff --quiet -- include/keepalive_agent.h; then \
+	  git --no-pager diff --stat -- include/keepalive_agent.h; \
+	  echo "include/keepalive_agent.h is out of date: commit the regenerated header"; exit 1; \
+	fi
+	@echo "header matches the sources"
+
+cargo-test:
+	$(CARGO) test --workspace
+
+# ---------------------------------------------------------------------------------------
+# Demo and benchmarks (rows are added by each language's mk file)
+
+demo: deps lib testserver
+	$(MAKE) demo-c
+	$(MAKE) demo-python
+	$(MAKE) demo-node
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)
+
+-include mk/*.mk
