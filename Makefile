@@ -60,11 +60,12 @@ deps-apt:
 # ---------------------------------------------------------------------------------------
 # Tests
 
+# Each mk/*.mk adds its suite's target to TEST_SUITES.
+TEST_SUITES :=
+
 test: deps
 	$(MAKE) test-rust
-	$(MAKE) test-c
-	$(MAKE) test-python
-	$(MAKE) test-node
+	@for t in $(TEST_SUITES); do $(MAKE) $$t || exit 1; done
 	@echo "make test: all suites passed"
 
 test-rust: fmt-check clippy header-check cargo-test
@@ -89,10 +90,13 @@ cargo-test:
 # ---------------------------------------------------------------------------------------
 # Demo and benchmarks (rows are added by each language's mk file)
 
+# Each mk/*.mk adds a program to DEMO_PROGRAMS (and its build to DEMO_DEPS).
+DEMO_PROGRAMS :=
+DEMO_DEPS :=
+
 demo: deps lib testserver
-	$(MAKE) demo-c
-	$(MAKE) demo-python
-	$(MAKE) demo-node
+	$(MAKE) $(DEMO_DEPS)
+	scripts/demo.sh $(DEMO_PROGRAMS)
 
 clean:
 	$(CARGO) clean

@@ -104,14 +104,15 @@ pub fn parse_url(url: &str) -> Result<Target> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    let port = match authority.port() {
-        Some(p) => p.as_u16(),
-        None if authority.as_str().ends_with(':') => return Err(url_error(url, "empty port")),
+    // The text after the host (and after `]` for IPv6), if any, must be a port 1..=65535.
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or("");
+    let port = match after_host.rsplit_once(':') {
+        Some((_, p)) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(url_error(url, format!("bad port {p:?}"))),
+        },
         None => Origin::default_port(scheme),
     };
-    if port == 0 {
-        return Err(url_error(url, "port 0"));
-    }
     let path: Uri = match uri.path_and_query() {
         Some(pq) if !pq.as_str().is_empty() && pq.as_str().starts_with('/') => {
             Uri::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))

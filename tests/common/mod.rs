@@ -10,7 +10,7 @@ use keepalive_agent::ffi::agent::*;
 use keepalive_agent::ffi::agent_code::{self, *};
 use keepalive_agent::ffi::options::*;
 use keepalive_agent::ffi::response::*;
-use keepalive_agent::ffi::{agent_last_error, agent_code as Code};
+use keepalive_agent::ffi::{agent_code as Code, agent_last_error};
 
 pub use keepalive_testserver::{Server, Stats as ServerStats};
 
@@ -51,7 +51,10 @@ impl Options {
             Ok(Agent(out))
         } else {
             assert!(out.is_null(), "out written on failure");
-            Err(Failure { code, message: last_error() })
+            Err(Failure {
+                code,
+                message: last_error(),
+            })
         }
     }
 }
@@ -64,17 +67,29 @@ impl Drop for Options {
 }
 
 /// Options builder shorthands.
-pub fn opt_u32(f: unsafe extern "C" fn(*mut agent_options, u32) -> Code, v: u32) -> impl FnOnce(*mut agent_options) -> Code {
+pub fn opt_u32(
+    f: unsafe extern "C" fn(*mut agent_options, u32) -> Code,
+    v: u32,
+) -> impl FnOnce(*mut agent_options) -> Code {
     // SAFETY: called with live options.
     move |o| unsafe { f(o, v) }
 }
-pub fn opt_bool(f: unsafe extern "C" fn(*mut agent_options, bool) -> Code, v: bool) -> impl FnOnce(*mut agent_options) -> Code {
+pub fn opt_bool(
+    f: unsafe extern "C" fn(*mut agent_options, bool) -> Code,
+    v: bool,
+) -> impl FnOnce(*mut agent_options) -> Code {
     // SAFETY: called with live options.
     move |o| unsafe { f(o, v) }
 }
 
 pub struct Response(pub *mut agent_response);
 unsafe impl Send for Response {}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Response(status {})", self.status())
+    }
+}
 
 impl Response {
     pub fn status(&self) -> u16 {
@@ -103,17 +118,25 @@ impl Response {
         (0..n)
             .map(|i| {
                 let (mut k, mut kl, mut v, mut vl) = (std::ptr::null(), 0, std::ptr::null(), 0);
-                let code = unsafe { agent_response_header_at(self.0, i, &mut k, &mut kl, &mut v, &mut vl) };
+                let code = unsafe {
+                    agent_response_header_at(self.0, i, &mut k, &mut kl, &mut v, &mut vl)
+                };
                 assert_eq!(code, AGENT_CODE_OK);
                 let k = unsafe { std::slice::from_raw_parts(k.cast::<u8>(), kl) };
                 let v = unsafe { std::slice::from_raw_parts(v.cast::<u8>(), vl) };
-                (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned())
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
             })
             .collect()
     }
     pub fn body(&self) -> Vec<u8> {
         let (mut p, mut len) = (std::ptr::null(), 0usize);
-        assert_eq!(unsafe { agent_response_body(self.0, &mut p, &mut len) }, AGENT_CODE_OK);
+        assert_eq!(
+            unsafe { agent_response_body(self.0, &mut p, &mut len) },
+            AGENT_CODE_OK
+        );
         if len == 0 {
             return Vec::new();
         }
@@ -124,12 +147,18 @@ impl Response {
     }
     pub fn timings(&self) -> agent_timings {
         let mut t = agent_timings::default();
-        assert_eq!(unsafe { agent_response_timings(self.0, &mut t) }, AGENT_CODE_OK);
+        assert_eq!(
+            unsafe { agent_response_timings(self.0, &mut t) },
+            AGENT_CODE_OK
+        );
         t
     }
     /// The test server's X-Remote-Port: which connection served this response.
     pub fn port(&self) -> u16 {
-        self.header("x-remote-port").expect("x-remote-port").parse().unwrap()
+        self.header("x-remote-port")
+            .expect("x-remote-port")
+            .parse()
+            .unwrap()
     }
 }
 
@@ -149,7 +178,13 @@ pub struct Req<'a> {
 
 impl<'a> Req<'a> {
     pub fn get(url: impl Into<String>) -> Req<'a> {
-        Req { method: "GET", url: url.into(), headers: vec![], body: vec![], timeout_msecs: 0 }
+        Req {
+            method: "GET",
+            url: url.into(),
+            headers: vec![],
+            body: vec![],
+            timeout_msecs: 0,
+        }
     }
     pub fn method(mut self, m: &'a str) -> Self {
         self.method = m;
@@ -178,12 +213,23 @@ struct CArgs {
 }
 
 fn c_args(r: &Req) -> CArgs {
-    let names: Vec<CString> = r.headers.iter().map(|(k, _)| CString::new(k.as_str()).unwrap()).collect();
-    let values: Vec<CString> = r.headers.iter().map(|(_, v)| CString::new(v.as_str()).unwrap()).collect();
+    let names: Vec<CString> = r
+        .headers
+        .iter()
+        .map(|(k, _)| CString::new(k.as_str()).unwrap())
+        .collect();
+    let values: Vec<CString> = r
+        .headers
+        .iter()
+        .map(|(_, v)| CString::new(v.as_str()).unwrap())
+        .collect();
     let headers = names
         .iter()
         .zip(&values)
-        .map(|(n, v)| agent_header { name: n.as_ptr(), value: v.as_ptr() })
+        .map(|(n, v)| agent_header {
+            name: n.as_ptr(),
+            value: v.as_ptr(),
+        })
         .collect();
     CArgs {
         method: CString::new(r.method).unwrap(),
@@ -201,7 +247,10 @@ extern "C" fn on_done(userdata: *mut c_void, code: agent_code, resp: *mut agent_
         Ok(Response(resp))
     } else {
         assert!(resp.is_null());
-        Err(Failure { code, message: last_error() })
+        Err(Failure {
+            code,
+            message: last_error(),
+        })
     };
     let _ = tx.send(res);
 }
@@ -233,7 +282,10 @@ impl Agent {
             Ok(Response(out))
         } else {
             assert!(out.is_null(), "out written on failure");
-            Err(Failure { code, message: last_error() })
+            Err(Failure {
+                code,
+                message: last_error(),
+            })
         }
     }
 
@@ -279,7 +331,10 @@ impl Agent {
     pub fn origin_stats(&self, url: &str) -> agent_pool_stats {
         let u = CString::new(url).unwrap();
         let mut s = agent_pool_stats::default();
-        assert_eq!(unsafe { agent_origin_stats(self.0, u.as_ptr(), &mut s) }, AGENT_CODE_OK);
+        assert_eq!(
+            unsafe { agent_origin_stats(self.0, u.as_ptr(), &mut s) },
+            AGENT_CODE_OK
+        );
         s
     }
 
