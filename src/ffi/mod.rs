@@ -200,7 +200,6 @@ pub(crate) fn null(what: &str) -> Error {
 /// # Safety
 /// `p` is NULL or points to a live `T` for `'a`.
 pub(crate) unsafe fn borrow<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
-    debug_assert!(!p.is_null(), "{what} is NULL");
     // SAFETY: the caller promises `p` is NULL or valid for 'a; NULL is mapped to an error.
     unsafe { p.as_ref() }.ok_or_else(|| null(what))
 }
@@ -210,7 +209,6 @@ pub(crate) unsafe fn borrow<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
 /// # Safety
 /// `p` is NULL or points to a live `T` for `'a`, not aliased by another thread.
 pub(crate) unsafe fn borrow_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
-    debug_assert!(!p.is_null(), "{what} is NULL");
     // SAFETY: the caller promises `p` is NULL or valid and unaliased for 'a.
     unsafe { p.as_mut() }.ok_or_else(|| null(what))
 }
@@ -220,7 +218,6 @@ pub(crate) unsafe fn borrow_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut 
 /// # Safety
 /// `p` is NULL or points to a NUL-terminated string valid for `'a`.
 pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
-    debug_assert!(!p.is_null(), "{what} is NULL");
     if p.is_null() {
         return Err(null(what));
     }
@@ -249,7 +246,6 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const u8, len: usize, what: &str) -> Result
 
 /// Writes an out-parameter. Checked for NULL before any work by `out_ptr`.
 pub(crate) fn out_ptr<'a, T>(p: *mut T, what: &str) -> Result<&'a mut std::mem::MaybeUninit<T>> {
-    debug_assert!(!p.is_null(), "{what} is NULL");
     // SAFETY: `MaybeUninit<T>` has the layout of `T`; the caller promises `p` is NULL or
     // valid for writes; nothing is read through it.
     unsafe { p.cast::<std::mem::MaybeUninit<T>>().as_mut() }.ok_or_else(|| null(what))

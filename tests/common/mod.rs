@@ -28,6 +28,7 @@ pub struct Failure {
     pub message: String,
 }
 
+#[derive(Debug)]
 pub struct Agent(pub *mut agent);
 // SAFETY (tests): agents are documented as usable from any thread.
 unsafe impl Send for Agent {}
