@@ -240,6 +240,10 @@ struct Completion<F: FnOnce(Result<Response>)> {
 impl<F: FnOnce(Result<Response>)> Completion<F> {
     fn finish(&mut self, res: Result<Response>) {
         if let Some(done) = self.done.take() {
+            // From here on the request cannot be cancelled: `cancel` reports it finished.
+            if let Ok(mut calls) = self.inner.calls.lock() {
+                calls.pending.remove(&self.id);
+            }
             done(res);
         }
     }
@@ -256,7 +260,6 @@ impl<F: FnOnce(Result<Response>)> Drop for Completion<F> {
             self.finish(Err(err));
         }
         if let Ok(mut calls) = self.inner.calls.lock() {
-            calls.pending.remove(&self.id);
             calls.running -= 1;
             if calls.running == 0 {
                 self.inner.calls_done.notify_all();

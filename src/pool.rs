@@ -3,9 +3,10 @@
 //! does not know how a request is sent.
 //!
 //! Accounting: every connection, from the moment its connect starts until its driver task
-//! ends, holds one *slot* in its origin and one in the agent (`max_sockets`,
-//! `max_total_sockets`). A slot is freed exactly once, by whichever happens first: the
-//! driver ending, or the pool retiring the connection to make room for another origin.
+//! has closed the socket, holds one *slot* in its origin and one in the agent
+//! (`max_sockets`, `max_total_sockets`), so the limits hold for sockets, not just for
+//! requests. A connection closed to make room for another origin keeps its slot until its
+//! socket is closed; the slot then goes to the oldest waiting request.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,8 +88,9 @@ struct ConnCtl {
     timer: Mutex<TimerState>,
     notify: Notify,
     close: AtomicBool,
-    /// Whether this connection still holds its slot (cleared when the pool retires it).
-    counted: AtomicBool,
+    /// Set when the pool closes this connection to make room for another origin: its slot
+    /// frees (and goes to the waiting request) once the socket is actually closed.
+    retiring: AtomicBool,
 }
 
 impl ConnCtl {
@@ -181,6 +183,8 @@ struct State {
     slots: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    /// Connections being closed to make room for other origins.
+    retiring: usize,
     closed: bool,
     /// Counters for requests that failed before reaching an origin entry.
     stray: Stats,
@@ -328,8 +332,12 @@ impl Pool {
     }
 
     /// Closes the oldest idle connection of another origin so that a request blocked only
-    /// by `max_total_sockets` can open one (as Node's `http.Agent` does).
-    fn evict_for(&self, st: &mut State, origin: &Arc<Origin>) -> bool {
+    /// by `max_total_sockets` can open one once the socket is closed (as Node's
+    /// `http.Agent` does). At most one retirement per waiting request is in progress.
+    fn evict_for(&self, st: &mut State, origin: &Arc<Origin>) {
+        if st.retiring > st.waiters.len() {
+            return;
+        }
         let victim = st
             .origins
             .iter()
@@ -337,15 +345,13 @@ impl Pool {
             .map(|(k, _)| k.clone())
             .next();
         let Some(victim) = victim else {
-            return false;
+            return;
         };
         let o = st.origins.get_mut(&victim).expect("victim exists");
         let idle = o.idle.pop_front().expect("victim has idle");
-        o.slots -= 1;
-        st.slots -= 1;
-        idle.conn.ctl.counted.store(false, Ordering::Release);
-        drop(idle);
-        true
+        idle.conn.ctl.retiring.store(true, Ordering::Release);
+        st.retiring += 1;
+        drop(idle); // requests the close
     }
 
     fn pop_idle(&self, o: &mut OriginState) -> Option<Conn> {
@@ -384,15 +390,11 @@ impl Pool {
                 }
             }
             let queued_here = st.origins.get(origin).is_some_and(|o| o.queued > 0);
-            if !queued_here && !self.can_open(&st, origin) {
-                let per_origin_ok = self
+            let blocked_by_total = !self.can_open(&st, origin)
+                && self
                     .cfg
                     .max_sockets
                     .is_none_or(|m| st.origins.get(origin).map_or(0, |o| o.slots) < m);
-                if per_origin_ok {
-                    self.evict_for(&mut st, origin);
-                }
-            }
             if !queued_here && self.can_open(&st, origin) {
                 self.take_slot(&mut st, origin);
                 return Ok(Checkout::Connect(SlotGuard {
@@ -410,6 +412,9 @@ impl Pool {
                 tx,
             });
             st.origins.entry(origin.clone()).or_default().queued += 1;
+            if blocked_by_total {
+                self.evict_for(&mut st, origin);
+            }
             (rx, id)
         };
         let (rx, id) = rx;
@@ -453,7 +458,7 @@ impl Pool {
             timer: Mutex::new(TimerState::default()),
             notify: Notify::new(),
             close: AtomicBool::new(false),
-            counted: AtomicBool::new(true),
+            retiring: AtomicBool::new(false),
         });
         let origin = slot.origin.clone();
         {
@@ -504,16 +509,11 @@ impl Pool {
         // Requests for other origins are blocked by the agent-wide limit: close this one
         // to make room rather than keep it idle.
         if self.cfg.max_total_sockets.is_some_and(|m| st.slots >= m)
-            && st.waiters.iter().any(|w| w.origin != conn.origin)
+            && st.retiring < st.waiters.len()
         {
-            conn.ctl.counted.store(false, Ordering::Release);
-            st.slots -= 1;
-            if let Some(o) = st.origins.get_mut(&conn.origin) {
-                o.slots -= 1;
-            }
-            drop(conn);
-            self.dispatch_slots(&mut st);
-            return;
+            conn.ctl.retiring.store(true, Ordering::Release);
+            st.retiring += 1;
+            return; // dropped: closed by its driver, which then frees the slot
         }
         let o = st.origins.entry(conn.origin.clone()).or_default();
         if o.idle.len() >= self.cfg.max_free_sockets {
@@ -570,17 +570,10 @@ impl Pool {
                 o.idle.remove(pos);
             }
         }
-        if ctl.counted.swap(false, Ordering::AcqRel) {
-            self.free_slot(&mut st, origin);
-        } else {
-            self.notify_if_drained(&st);
+        if ctl.retiring.load(Ordering::Acquire) {
+            st.retiring -= 1;
         }
-    }
-
-    fn notify_if_drained(&self, st: &State) {
-        if st.slots == 0 {
-            self.drained.notify_all();
-        }
+        self.free_slot(&mut st, origin);
     }
 
     /// Statistics for the whole agent.
@@ -641,7 +634,7 @@ fn origin_stats(o: &OriginState) -> Stats {
 /// Drives one connection: hyper's protocol state machine, the idle timer, and close
 /// requests from the pool.
 async fn drive(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>, driver: Driver) {
-    let mut driver = std::pin::pin!(driver);
+    let mut driver = Box::pin(driver);
     loop {
         let armed = ctl.arm();
         if ctl.close.load(Ordering::Acquire) {

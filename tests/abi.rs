@@ -244,7 +244,7 @@ fn a_panic_inside_an_export_becomes_a_code() {
 fn outputs_are_written_only_on_success_and_small_buffers_are_detectable() {
     let s = Server::start();
     let a = Agent::new(true);
-    let sentinel = 0x1 as *mut agent_response;
+    let sentinel = std::ptr::dangling_mut::<agent_response>();
     let mut out = sentinel;
     let u = c"http://127.0.0.1:1/";
     let code = unsafe {
@@ -278,10 +278,10 @@ fn outputs_are_written_only_on_success_and_small_buffers_are_detectable() {
     assert_eq!(&big[..7], &small[..7]);
 
     let r = a.get(url(&s, "/")).unwrap();
-    let (mut v, mut l) = (0x1 as *const c_char, 77usize);
+    let (mut v, mut l) = (std::ptr::dangling::<c_char>(), 77usize);
     let code = unsafe { agent_response_header(r.0, c"x-absent".as_ptr(), &mut v, &mut l) };
     assert_eq!(code, C::AGENT_CODE_NOT_FOUND);
-    assert_eq!((v as usize, l), (1, 77));
+    assert_eq!((v, l), (std::ptr::dangling::<c_char>(), 77));
     let mut o = std::ptr::null_mut();
     let opts = agent_options_new();
     unsafe {
@@ -421,7 +421,7 @@ fn async_callbacks_fire_exactly_once_and_blocking_inside_them_is_refused() {
         let mut out = std::ptr::null_mut();
         let c = unsafe {
             agent_request(
-                *agent as *const agent,
+                *agent as *const keepalive_agent::ffi::agent::agent,
                 c"GET".as_ptr(),
                 c"http://127.0.0.1:1/".as_ptr(),
                 std::ptr::null(),
@@ -448,7 +448,7 @@ fn async_callbacks_fire_exactly_once_and_blocking_inside_them_is_refused() {
             0,
             0,
             Some(blocking_inside),
-            (&*ud as *const _ as *mut std::ffi::c_void),
+            &*ud as *const _ as *mut std::ffi::c_void,
             std::ptr::null_mut(),
         )
     };

@@ -1,6 +1,6 @@
 //! Helpers for the integration tests: thin safe wrappers over the C ABI, so every test
 //! exercises exactly what C callers use.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::sync::mpsc;
