@@ -33,8 +33,12 @@ lib: $(SO)
 testserver: $(TESTSERVER)
 
 RUST_SOURCES := $(shell find src -name '*.rs') build.rs cbindgen.toml Cargo.toml
+SONAME      := libkeepalive_agent.so.$(shell sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -1)
+
 $(SO) $(STATIC_LIB): $(RUST_SOURCES)
 	$(CARGO) build --release -p keepalive-agent
+	@# Programs linked with -lkeepalive_agent record the SONAME; make it resolvable in place.
+	ln -sf libkeepalive_agent.so $(LIB_DIR)/$(SONAME)
 	@touch $(SO) $(STATIC_LIB)
 
 $(TESTSERVER): $(shell find tests/server/src -name '*.rs') tests/server/Cargo.toml

@@ -18,7 +18,7 @@ use crate::connect::{self, TcpSettings};
 use crate::error::{Error, ErrorKind, Result, chain_message, find_io_error};
 use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros, reuse_hint};
 use crate::options::{Config, Options};
-use crate::pool::{Checkout, Conn, Discard, Pool, SlotGuard, Stats};
+use crate::pool::{Checkout, Conn, Discard, Driver, Pool, SlotGuard, Stats};
 use crate::runtime::{self, ForkMutex};
 
 /// How long `close` waits for connections to finish closing and callbacks to run.
@@ -57,6 +57,8 @@ pub struct Agent {
 enum Failure {
     Stale(Error),
     Other(Error),
+    /// The connection ended before anything was sent: safe to retry for any method.
+    NotSent,
 }
 
 impl Agent {
@@ -125,7 +127,7 @@ impl Agent {
                 .recv()
                 .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "request task vanished")));
         }
-        handle.block_on(run(inner, req))
+        runtime::block_on(&handle, run(inner, req))
     }
 
     /// Starts a request and returns its id at once. `done` runs exactly once, on a library
@@ -319,6 +321,7 @@ impl Inner {
             match self.exchange(conn, req, reused, start, t).await {
                 Ok(r) => return Ok(r),
                 Err(Failure::Other(e)) => return Err(e),
+                Err(Failure::NotSent) => continue,
                 Err(Failure::Stale(e)) => {
                     if !fresh && self.cfg.retry_stale && req.is_retryable() {
                         self.pool.record(origin, |s| s.retries += 1);
@@ -370,7 +373,7 @@ impl Inner {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Error::new(ErrorKind::Connect, chain_message(&e)))?;
-        self.pool.register(slot, sender, driver, probe)
+        self.pool.register(slot, sender, Box::pin(driver), probe)
     }
 
     fn discard(&self, conn: Conn, why: Discard) {
@@ -412,9 +415,13 @@ impl Inner {
         mut t: Timings,
     ) -> std::result::Result<Response, Failure> {
         let before = conn.probe.bytes_read();
+        if !crate::pool::adopt_driver(&mut conn.driver).await || conn.sender.is_closed() {
+            return Err(Failure::NotSent);
+        }
         let hreq = req.to_hyper(self.cfg.keep_alive, &self.user_agent);
         t.sent_us = micros(start.elapsed());
         let fut = conn.sender.send_request(hreq);
+        let fut = crate::pool::drive(&mut conn.driver, fut);
         let head = match self.cfg.headers_timeout {
             Some(d) => match tokio::time::timeout(d, fut).await {
                 Ok(r) => r,
@@ -428,10 +435,17 @@ impl Inner {
             },
             None => fut.await,
         };
+        let head = match head {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(map_hyper_error(&e)),
+            None => Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "connection closed before the response head",
+            )),
+        };
         let resp = match head {
             Ok(r) => r,
-            Err(e) => {
-                let err = map_hyper_error(&e);
+            Err(err) => {
                 let nothing_received = conn.probe.bytes_read() == before;
                 self.discard(conn, Discard::Error);
                 let stale_kind = matches!(
@@ -449,7 +463,7 @@ impl Inner {
         };
         t.ttfb_us = micros(start.elapsed());
         let (parts, mut body) = resp.into_parts();
-        let body = match read_body(&mut body, &parts, &self.cfg).await {
+        let body = match read_body(&mut body, &mut conn.driver, &parts, &self.cfg).await {
             Ok(b) => b,
             Err(e) => {
                 let why = if e.is_timeout() {
@@ -464,8 +478,9 @@ impl Inner {
         let keep = self.keep_for(&conn, &parts);
         let keep = match keep {
             Some(k) if !conn.sender.is_ready() => {
-                match tokio::time::timeout(READY_WAIT, conn.sender.ready()).await {
-                    Ok(Ok(())) => Some(k),
+                let ready = crate::pool::drive(&mut conn.driver, conn.sender.ready());
+                match tokio::time::timeout(READY_WAIT, ready).await {
+                    Ok(Some(Ok(()))) => Some(k),
                     _ => None,
                 }
             }
@@ -487,6 +502,7 @@ impl Inner {
 /// Reads a whole body, enforcing the gap timeout and the size cap.
 async fn read_body(
     body: &mut Incoming,
+    driver: &mut Option<Driver>,
     parts: &http::response::Parts,
     cfg: &Config,
 ) -> Result<Bytes> {
@@ -513,14 +529,21 @@ async fn read_body(
     let mut rest: Option<BytesMut> = None;
     let mut total: u64 = 0;
     loop {
+        let next = crate::pool::drive(driver, body.frame());
         let frame = match cfg.body_timeout {
-            Some(d) => tokio::time::timeout(d, body.frame()).await.map_err(|_| {
+            Some(d) => tokio::time::timeout(d, next).await.map_err(|_| {
                 Error::new(
                     ErrorKind::BodyTimeout,
                     format!("no body data for {} ms", d.as_millis()),
                 )
             })?,
-            None => body.frame().await,
+            None => next.await,
+        };
+        let Some(frame) = frame else {
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "connection closed before the response body was complete",
+            ));
         };
         let data = match frame {
             None => break,

@@ -49,9 +49,72 @@ impl IoProbe {
     }
 }
 
+/// A TCP stream that tries the `read` system call before asking the reactor: a blocking
+/// caller that busy-waits for its response (see `runtime::block_on`) then reads it
+/// without waiting for the reactor thread to notice the data first.
+pub struct Tcp(TcpStream);
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let dst = buf.initialize_unfilled();
+        if dst.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match io::Read::read(&mut &*socket2::SockRef::from(&this.0), dst) {
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Pin::new(&mut this.0).poll_read(cx, buf)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 enum Transport {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tcp(Tcp),
+    Tls(Box<TlsStream<Tcp>>),
 }
 
 /// A connected byte stream (plain or TLS) that counts what it reads.
@@ -68,8 +131,8 @@ impl Stream {
     /// The TCP socket underneath, for inspecting socket options in tests.
     pub fn tcp(&self) -> &TcpStream {
         match &self.transport {
-            Transport::Tcp(s) => s,
-            Transport::Tls(s) => s.get_ref().0,
+            Transport::Tcp(s) => &s.0,
+            Transport::Tls(s) => &s.get_ref().0.0,
         }
     }
 }
@@ -119,7 +182,7 @@ impl AsyncWrite for Stream {
 
     fn is_write_vectored(&self) -> bool {
         match &self.transport {
-            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Tcp(s) => s.0.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -222,7 +285,7 @@ pub async fn connect(
         }
     }
     let stream = match stream {
-        Some(s) => s,
+        Some(s) => Tcp(s),
         None => {
             return Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address")));
         }

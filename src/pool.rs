@@ -9,8 +9,10 @@
 //! socket is closed; the slot then goes to the oldest waiting request.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +28,10 @@ use crate::options::{Config, Scheduling};
 use crate::runtime::ForkMutex;
 
 pub(crate) type Sender = http1::SendRequest<Full<Bytes>>;
-type Driver = http1::Connection<TokioIo<Stream>, Full<Bytes>>;
+/// hyper's protocol state machine for one connection. It is polled by the request that
+/// holds the connection (inline, on that request's thread: no hand-off per request) and,
+/// while the connection is idle, by its monitor task (to notice a server close at once).
+pub(crate) type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>;
 
 /// Counters and gauges of an agent or of one origin (SPEC §4, `agent_stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,6 +96,11 @@ struct ConnCtl {
     /// Set when the pool closes this connection to make room for another origin: its slot
     /// frees (and goes to the waiting request) once the socket is actually closed.
     retiring: AtomicBool,
+    /// The driver while the connection is idle; `None` while a request holds it or after
+    /// the connection ended.
+    driver: Mutex<Option<Driver>>,
+    /// The monitor task's waker, for parking the driver without waking the monitor.
+    monitor_waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ConnCtl {
@@ -124,10 +134,20 @@ impl ConnCtl {
         self.close.store(true, Ordering::Release);
         self.notify.notify_one();
     }
+
+    fn lock_driver(&self) -> MutexGuard<'_, Option<Driver>> {
+        self.driver.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_monitor_waker(&self) -> MutexGuard<'_, Option<std::task::Waker>> {
+        self.monitor_waker.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// A connection checked out of the pool (or freshly made), owned by one request.
+/// A connection checked out of the pool (or freshly made), owned by one request. The
+/// request polls `driver` itself while it waits for its response.
 pub(crate) struct Conn {
+    pub driver: Option<Driver>,
     pub sender: Sender,
     pub probe: Arc<IoProbe>,
     pub origin: Arc<Origin>,
@@ -146,11 +166,92 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Not returned to the pool: make sure the socket closes even if hyper would keep
-        // it open (an idle keep-alive connection whose sender is dropped does close, but
-        // say so explicitly).
+        // Not returned to the pool: the driver (and with it the socket) is dropped here;
+        // the monitor task reports the close to the pool.
+        self.driver = None;
         self.ctl.request_close();
     }
+}
+
+impl Conn {
+    /// Hands the driver back to the monitor task before the connection goes idle.
+    ///
+    /// The driver is polled once here with the monitor's waker, so that the socket's
+    /// readiness (a server close) wakes the monitor, without waking the monitor now: a
+    /// request costs no wake-up of another thread.
+    fn park_driver(&mut self) {
+        let Some(mut d) = self.driver.take() else {
+            return;
+        };
+        let waker = self.ctl.lock_monitor_waker().clone();
+        let Some(waker) = waker else {
+            *self.ctl.lock_driver() = Some(d);
+            self.ctl.notify.notify_one();
+            return;
+        };
+        let mut slot = self.ctl.lock_driver();
+        if d.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            *slot = Some(d);
+        } else {
+            drop(slot);
+            drop(d); // ended while being parked: the monitor reports it
+            self.ctl.request_close();
+        }
+    }
+
+    /// Takes the driver from the monitor task. False if the connection has ended.
+    fn unpark_driver(&mut self) -> bool {
+        if self.driver.is_none() {
+            self.driver = self.ctl.lock_driver().take();
+        }
+        self.driver.is_some()
+    }
+}
+
+/// Polls the driver once with the current task's waker, so that what it waits on (the
+/// socket, the request channel) wakes this task rather than the idle monitor. `false`:
+/// the connection has ended.
+pub(crate) async fn adopt_driver(driver: &mut Option<Driver>) -> bool {
+    std::future::poll_fn(|cx| {
+        if let Some(d) = driver.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                *driver = None;
+            }
+        }
+        Poll::Ready(driver.is_some())
+    })
+    .await
+}
+
+/// Polls `fut` to completion while also polling the connection's driver on the same task,
+/// so the request's bytes are written and read without waking another thread. `None`:
+/// the connection ended and `fut` can no longer complete.
+pub(crate) async fn drive<T>(
+    driver: &mut Option<Driver>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let Some(d) = driver.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if d.as_mut().poll(cx).is_ready() {
+            // The connection ended; hyper has handed any in-flight exchange its error.
+            *driver = None;
+            return Poll::Ready(match fut.as_mut().poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            });
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 struct Idle {
@@ -361,8 +462,9 @@ impl Pool {
                 Scheduling::Lifo => o.idle.pop_back(),
                 Scheduling::Fifo => o.idle.pop_front(),
             }?;
-            let c = idle.conn;
-            let stale = c.sender.is_closed()
+            let mut c = idle.conn;
+            let stale = !c.unpark_driver()
+                || c.sender.is_closed()
                 || !c.sender.is_ready()
                 || c.ctl.idle_deadline().is_some_and(|d| d <= now)
                 || c.expired(self.cfg.max_socket_lifetime, now);
@@ -428,8 +530,9 @@ impl Pool {
         let grant = rx.await;
         guard.done = true;
         match grant {
-            Ok(Grant::Conn(c)) => {
+            Ok(Grant::Conn(mut c)) => {
                 c.ctl.set_idle_deadline(None);
+                c.unpark_driver();
                 Ok(Checkout::Reused(c))
             }
             Ok(Grant::Slot) => Ok(Checkout::Connect(SlotGuard {
@@ -459,6 +562,8 @@ impl Pool {
             notify: Notify::new(),
             close: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
+            driver: Mutex::new(None),
+            monitor_waker: Mutex::new(None),
         });
         let origin = slot.origin.clone();
         {
@@ -470,8 +575,9 @@ impl Pool {
                 .connections_opened += 1;
         }
         slot.armed = false;
-        tokio::spawn(drive(self.me.clone(), origin.clone(), ctl.clone(), driver));
+        tokio::spawn(monitor(self.me.clone(), origin.clone(), ctl.clone()));
         Ok(Conn {
+            driver: Some(driver),
             sender,
             probe,
             origin,
@@ -519,6 +625,7 @@ impl Pool {
         if o.idle.len() >= self.cfg.max_free_sockets {
             return;
         }
+        conn.park_driver();
         conn.ctl
             .set_idle_deadline(idle_timeout.map(|t| Instant::now() + t));
         o.idle.push_back(Idle { conn });
@@ -631,10 +738,11 @@ fn origin_stats(o: &OriginState) -> Stats {
     s
 }
 
-/// Drives one connection: hyper's protocol state machine, the idle timer, and close
-/// requests from the pool.
-async fn drive(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>, driver: Driver) {
-    let mut driver = Box::pin(driver);
+/// Watches one connection for its whole life: polls its driver while it is idle (so a
+/// server's FIN or RST takes it out of the pool at once), fires the idle timer, and obeys
+/// close requests. A request that checks the connection out takes the driver and polls it
+/// inline; handing it back wakes this task.
+async fn monitor(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>) {
     loop {
         let armed = ctl.arm();
         if ctl.close.load(Ordering::Acquire) {
@@ -646,10 +754,23 @@ async fn drive(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>, driver:
                 None => std::future::pending().await,
             }
         };
+        let idle_driver = std::future::poll_fn(|cx| {
+            {
+                let mut w = ctl.lock_monitor_waker();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+            }
+            let mut slot = ctl.lock_driver();
+            match slot.as_mut() {
+                Some(d) => d.as_mut().poll(cx).map(|_| ()),
+                None => Poll::Pending, // in use; handing it back notifies us
+            }
+        });
         tokio::select! {
             biased;
-            _ = &mut driver => break,
             _ = ctl.notify.notified() => {}
+            _ = idle_driver => break,
             _ = sleep => {
                 match pool.upgrade() {
                     Some(p) if !p.expire(&origin, ctl.id) => {}
@@ -658,7 +779,8 @@ async fn drive(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>, driver:
             }
         }
     }
-    drop(driver);
+    // Closes the socket if the driver is parked here (a request holding it drops it).
+    drop(ctl.lock_driver().take());
     if let Some(p) = pool.upgrade() {
         p.closed(&origin, &ctl);
     }

@@ -7,8 +7,11 @@
 //! thread is gone) is reported as [`ErrorKind::Forked`] instead of hanging.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime};
 
@@ -141,6 +144,73 @@ pub fn handle() -> Result<Handle> {
     });
     RUNTIME_GENERATION.store(generation, Ordering::Release);
     Ok(handle)
+}
+
+/// How long a blocking call busy-waits for its wake-up before sleeping (microseconds).
+/// On loopback and in the same data centre a response often arrives within this window,
+/// and spinning saves the cost of a sleeping thread's wake-up. `KEEPALIVE_AGENT_SPIN_USECS`
+/// overrides it; 0 turns spinning off.
+pub const ENV_SPIN_USECS: &str = "KEEPALIVE_AGENT_SPIN_USECS";
+const DEFAULT_SPIN_USECS: u64 = 50;
+
+fn spin_budget() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var(ENV_SPIN_USECS)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SPIN_USECS)
+            .min(10_000);
+        Duration::from_micros(us)
+    })
+}
+
+struct ThreadWaker {
+    thread: std::thread::Thread,
+    woken: AtomicBool,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Runs `fut` to completion on the calling thread, inside the runtime's context (its I/O
+/// and timers are driven by the runtime's threads). Unlike `Handle::block_on`, it spins
+/// briefly before sleeping, so a quick response costs no thread wake-up.
+pub fn block_on<F: Future>(handle: &Handle, fut: F) -> F::Output {
+    let _ctx = handle.enter();
+    let me = Arc::new(ThreadWaker {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+    });
+    let waker = Waker::from(me.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let spin = spin_budget();
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // Busy-poll: each poll retries the socket directly (see `connect::Tcp`), so a
+        // response that arrives within the budget is read without any thread wake-up.
+        let start = Instant::now();
+        while !me.woken.load(Ordering::Acquire) && start.elapsed() < spin {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+        while !me.woken.swap(false, Ordering::AcqRel) {
+            std::thread::park();
+        }
+    }
 }
 
 #[cfg(test)]
