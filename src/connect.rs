@@ -17,6 +17,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, Scheme};
+use crate::runtime;
 
 /// TCP settings taken from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -49,10 +50,83 @@ impl IoProbe {
     }
 }
 
-/// A TCP stream that tries the `read` system call before asking the reactor: a blocking
-/// caller that busy-waits for its response (see `runtime::block_on`) then reads it
-/// without waiting for the reactor thread to notice the data first.
-pub struct Tcp(TcpStream);
+/// A TCP stream that follows the thread polling it. Polled by a library thread, it is a
+/// tokio stream driven by the reactor. Polled by a blocking caller inside
+/// [`runtime::block_on`], it leaves the reactor and the caller does its own system calls
+/// and waits on the socket itself, as libcurl does: the response wakes the caller
+/// directly, with no other thread involved. The switch is an `epoll_ctl` each way and
+/// happens only when the kind of poller changes.
+pub struct Tcp(Sock, Blocked);
+
+/// The wait epoch at which each direction last saw `EAGAIN` in direct mode.
+#[derive(Default)]
+struct Blocked {
+    read: Option<u64>,
+    write: Option<u64>,
+}
+
+enum Sock {
+    Reactor(TcpStream),
+    Direct(std::net::TcpStream),
+    /// Only during a switch; a failed switch leaves it here and the connection errors.
+    Moving,
+}
+
+impl Tcp {
+    fn new(s: TcpStream) -> Tcp {
+        Tcp(Sock::Reactor(s), Blocked::default())
+    }
+
+    /// Puts the socket in the mode the current thread needs.
+    fn align(&mut self) -> io::Result<()> {
+        let direct = runtime::direct_io_thread();
+        match (&self.0, direct) {
+            (Sock::Reactor(_), true) => {
+                if let Sock::Reactor(s) = std::mem::replace(&mut self.0, Sock::Moving) {
+                    self.0 = Sock::Direct(s.into_std()?);
+                }
+            }
+            (Sock::Direct(_), false) => {
+                if let Sock::Direct(s) = std::mem::replace(&mut self.0, Sock::Moving) {
+                    self.0 = Sock::Reactor(TcpStream::from_std(s)?);
+                }
+            }
+            (Sock::Moving, _) => return Err(io::Error::other("socket lost while switching modes")),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A direct system call: `WouldBlock` becomes "wait for this socket" for the caller.
+    /// After an `EAGAIN`, the call is not retried until a wait has happened.
+    fn direct<T>(
+        s: &std::net::TcpStream,
+        interest: runtime::Wait,
+        blocked: &mut Option<u64>,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+        let epoch = runtime::wait_epoch();
+        if *blocked == Some(epoch) {
+            runtime::wait_for(fd, interest);
+            return Poll::Pending;
+        }
+        loop {
+            match op(s) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *blocked = Some(epoch);
+                    runtime::wait_for(fd, interest);
+                    return Poll::Pending;
+                }
+                r => {
+                    *blocked = None;
+                    return Poll::Ready(r);
+                }
+            }
+        }
+    }
+}
 
 impl AsyncRead for Tcp {
     fn poll_read(
@@ -61,23 +135,21 @@ impl AsyncRead for Tcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let dst = buf.initialize_unfilled();
-        if dst.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        match io::Read::read(&mut &*socket2::SockRef::from(&this.0), dst) {
-            Ok(n) => {
+        this.align()?;
+        match &mut this.0 {
+            Sock::Reactor(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Direct(s) => {
+                let dst = buf.initialize_unfilled();
+                let n = std::task::ready!(Tcp::direct(
+                    s,
+                    runtime::Wait::Read,
+                    &mut this.1.read,
+                    |mut s| io::Read::read(&mut s, dst)
+                ))?;
                 buf.advance(n);
                 Poll::Ready(Ok(()))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Pin::new(&mut this.0).poll_read(cx, buf)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Err(e) => Poll::Ready(Err(e)),
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
         }
     }
 }
@@ -88,7 +160,15 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.align()?;
+        match &mut this.0 {
+            Sock::Reactor(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut this.1.write, |mut s| {
+                io::Write::write(&mut s, buf)
+            }),
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
+        }
     }
 
     fn poll_write_vectored(
@@ -96,19 +176,34 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.align()?;
+        match &mut this.0 {
+            Sock::Reactor(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut this.1.write, |mut s| {
+                io::Write::write_vectored(&mut s, bufs)
+            }),
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        match &mut self.get_mut().0 {
+            Sock::Reactor(s) => Pin::new(s).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        match &mut self.get_mut().0 {
+            Sock::Reactor(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Direct(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
+            Sock::Moving => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -126,14 +221,6 @@ pub struct Stream {
 impl Stream {
     pub fn probe(&self) -> Arc<IoProbe> {
         self.probe.clone()
-    }
-
-    /// The TCP socket underneath, for inspecting socket options in tests.
-    pub fn tcp(&self) -> &TcpStream {
-        match &self.transport {
-            Transport::Tcp(s) => &s.0,
-            Transport::Tls(s) => &s.get_ref().0.0,
-        }
     }
 }
 
@@ -182,7 +269,7 @@ impl AsyncWrite for Stream {
 
     fn is_write_vectored(&self) -> bool {
         match &self.transport {
-            Transport::Tcp(s) => s.0.is_write_vectored(),
+            Transport::Tcp(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -285,7 +372,7 @@ pub async fn connect(
         }
     }
     let stream = match stream {
-        Some(s) => Tcp(s),
+        Some(s) => Tcp::new(s),
         None => {
             return Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address")));
         }

@@ -237,3 +237,41 @@ fn request_and_response_details() {
     assert_eq!(r2.status(), 404);
     assert_eq!(r2.timings().connect_us, 0, "reused: no connect");
 }
+
+#[test]
+fn one_connection_serves_blocking_and_async_callers_and_other_threads() {
+    for tls in [false, true] {
+        let s = Server::start();
+        let a = if tls {
+            tls_agent(&s, true)
+        } else {
+            Agent::new(true)
+        };
+        let u = if tls {
+            tls_url(s.https_port(), "/")
+        } else {
+            url(&s, "/")
+        };
+        for i in 0..6 {
+            let r = if i % 2 == 0 {
+                a.get(u.clone()).unwrap()
+            } else {
+                a.start(Req::get(u.clone())).1.recv().unwrap().unwrap()
+            };
+            assert_eq!(r.text(), "hello, world\n");
+            assert_eq!(r.reused(), i > 0, "request {i}");
+        }
+        std::thread::scope(|sc| {
+            for _ in 0..2 {
+                sc.spawn(|| {
+                    for _ in 0..3 {
+                        assert_eq!(a.get(u.clone()).unwrap().status(), 200);
+                        std::thread::sleep(Duration::from_millis(30)); // idle: the monitor adopts it
+                    }
+                });
+            }
+        });
+        assert!(s.stats().accepted <= 2, "tls {tls}: {:?}", s.stats());
+        assert_eq!(a.stats().errors, 0);
+    }
+}
