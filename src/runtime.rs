@@ -122,9 +122,33 @@ fn build() -> Result<&'static Runtime> {
     Ok(Box::leak(Box::new(rt)))
 }
 
+thread_local! {
+    /// This thread's copy of the current handle: the common case takes no lock.
+    static HANDLE: RefCell<Option<(u64, Handle)>> = const { RefCell::new(None) };
+}
+
 /// The handle of this process's runtime, building it on first use and after a fork.
 pub fn handle() -> Result<Handle> {
     let generation = fork_generation();
+    let cached = HANDLE.with(|h| match &*h.borrow() {
+        Some((g, handle)) if *g == generation => Some(handle.clone()),
+        _ => None,
+    });
+    if let Some(h) = cached {
+        return Ok(h);
+    }
+    let h = shared_handle(generation)?;
+    HANDLE.with(|c| {
+        if let Some(old) = c.borrow_mut().replace((generation, h.clone())) {
+            if old.0 != generation {
+                std::mem::forget(old); // the parent's, after a fork
+            }
+        }
+    });
+    Ok(h)
+}
+
+fn shared_handle(generation: u64) -> Result<Handle> {
     let same =
         matches!(RUNTIME_GENERATION.load(Ordering::Acquire), g if g == generation || g == NONE);
     let mut slot = fork_safe_lock(&RUNTIME, same)?;
