@@ -158,9 +158,16 @@ impl Agent {
         let inner = self.inner.clone();
         handle.spawn(async move {
             let mut completion = completion;
+            let origin = req.target.origin.clone();
             let res = tokio::select! {
-                r = run(inner, req) => r,
-                _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
+                r = run(inner.clone(), req) => r,
+                _ = cancel_rx => {
+                    inner.pool.record(&origin, |s| {
+                        s.requests += 1;
+                        s.errors += 1;
+                    });
+                    Err(Error::new(ErrorKind::Cancelled, "request cancelled"))
+                }
             };
             completion.finish(res);
         });

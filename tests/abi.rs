@@ -472,6 +472,12 @@ fn cancelling_an_async_request() {
         .unwrap_err();
     assert_eq!(e.code, C::AGENT_CODE_CANCELLED);
     assert_eq!(a.cancel(id), C::AGENT_CODE_NOT_FOUND);
+    let st = a.stats();
+    assert_eq!(
+        (st.requests, st.errors),
+        (1, 1),
+        "a cancelled request counts as a failed one"
+    );
     // The half-done connection was dropped, not pooled: the client closed it.
     assert!(a.wait_stats(Duration::from_secs(2), |st| st.active == 0 && st.idle == 0));
     assert!(s.wait_for(Duration::from_secs(3), |st| st.open == 0

@@ -1,0 +1,58 @@
+"""keepalive_agent: a keep-alive HTTP/1.1 client for Python over the keepalive-agent engine.
+
+Quick start::
+
+    import keepalive_agent
+
+    with keepalive_agent.Agent() as agent:              # keep-alive on (unless the env says off)
+        r = agent.get("https://example.com/", timeout=5)
+        print(r.status, r.headers["content-type"], r.reused, r.json())
+
+    off = keepalive_agent.Agent(keep_alive=False)       # every request on a fresh connection
+
+asyncio: ``await agent.request_async("GET", url)`` (or ``aget``, ``apost``, ...).
+requests: ``session.mount("https://", keepalive_agent.requests_adapter.KeepAliveAdapter())``.
+Errors: :mod:`keepalive_agent.errors`.
+"""
+
+from ._version import __version__
+from . import errors
+from ._native import LIBRARY_PATH as library_path, LIBRARY_VERSION as library_version
+from ._response import Headers, PoolStats, Response, Timings
+from ._agent import Agent
+from .errors import (
+    AgentError,
+    CancelledError,
+    ConnectError,
+    InvalidArgumentError,
+    InvalidOptionError,
+    InvalidURLError,
+    ProtocolError,
+    ResponseTooLargeError,
+    StaleConnectionError,
+    TimeoutError,
+    TLSError,
+)
+
+__all__ = [
+    "__version__",
+    "library_path",
+    "library_version",
+    "Agent",
+    "Response",
+    "Headers",
+    "Timings",
+    "PoolStats",
+    "errors",
+    "AgentError",
+    "InvalidArgumentError",
+    "InvalidURLError",
+    "InvalidOptionError",
+    "ConnectError",
+    "TimeoutError",
+    "TLSError",
+    "ProtocolError",
+    "ResponseTooLargeError",
+    "StaleConnectionError",
+    "CancelledError",
+]

@@ -1,0 +1,715 @@
+"""Agent: a keep-alive HTTP/1.1 client over the native library (blocking and asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ctypes
+import itertools
+import json as _json
+import math
+import os
+import re
+import threading
+import weakref
+from ctypes import byref, c_uint64, c_void_p
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+)
+
+from . import _native, errors
+from ._native import lib
+from ._response import Headers, PoolStats, Response, Timings
+
+__all__ = ["Agent", "HeadersArg", "BodyArg"]
+
+HeadersArg = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
+"""Request headers: a mapping, or ``(name, value)`` pairs (repeated names allowed)."""
+BodyArg = Union[bytes, bytearray, memoryview, str, None]
+"""A request body: bytes-like, or ``str`` (sent as UTF-8)."""
+
+_U32_MAX = 0xFFFF_FFFF
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+_MAX_TIMEOUT_MSECS = 2_147_483_647
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except tab
+_BAD_URL = re.compile(r"[\x00-\x20\x7f]")
+_VERSIONS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
+
+# ---------------------------------------------------------------------------------------
+# Argument checking and encoding: everything is refused here, before C sees it.
+
+
+def _invalid(message: str) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(_native.INVALID_ARGUMENT, message)
+
+
+def _text(what: str, value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _invalid(f"{what} is not valid UTF-8") from None
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def _encode_method(method: Any) -> bytes:
+    m = _text("method", method)
+    if not _TOKEN.fullmatch(m.decode("utf-8")):
+        raise _invalid(f"method {method!r} is not an HTTP token")
+    return m
+
+
+def _encode_url(url: Any) -> bytes:
+    if not isinstance(url, str):
+        raise TypeError(f"url must be str, not {type(url).__name__}")
+    if _BAD_URL.search(url):
+        raise errors.InvalidURLError(
+            _native.INVALID_URL, f"url {url[:80]!r} contains whitespace or a control character"
+        )
+    return url.encode("utf-8")
+
+
+def _header_pairs(headers: HeadersArg) -> List[Tuple[Any, Any]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Headers):
+        return headers.multi_items()
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    if isinstance(headers, (str, bytes)):
+        raise TypeError("headers must be a mapping or (name, value) pairs, not a string")
+    pairs = []
+    for item in headers:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"headers: expected (name, value) pairs, got {item!r}")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _encode_headers(pairs: List[Tuple[Any, Any]]) -> Tuple[Optional[ctypes.Array], int]:
+    if not pairs:
+        return None, 0
+    encoded = []
+    for name, value in pairs:
+        nb = _text("header name", name)
+        if not _TOKEN.fullmatch(nb.decode("utf-8")):
+            raise _invalid(f"header name {name!r} is not an HTTP token")
+        vb = _text(f"header {nb.decode()!s} value", value)
+        if _BAD_VALUE.search(vb.decode("utf-8")):
+            raise _invalid(
+                f"header {nb.decode()}: value contains CR, LF, NUL or another control character"
+            )
+        encoded.append(_native.agent_header(nb, vb))
+    # The array keeps references to the bytes objects while it lives (ctypes _objects).
+    return (_native.agent_header * len(encoded))(*encoded), len(encoded)
+
+
+def _encode_body(body: BodyArg) -> Optional[bytes]:
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        return body or None
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body) or None
+    if isinstance(body, str):
+        return body.encode("utf-8") or None
+    raise TypeError(f"body must be bytes, bytearray, memoryview or str, not {type(body).__name__}")
+
+
+def _timeout_msecs(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return 0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise _invalid(f"timeout must be > 0 seconds (None = no deadline), got {timeout!r}")
+    ms = max(1, math.ceil(timeout * 1000))
+    if ms > _MAX_TIMEOUT_MSECS:
+        raise _invalid(f"timeout {timeout!r} s is too large (at most {_MAX_TIMEOUT_MSECS / 1000} s)")
+    return ms
+
+
+class _Prepared:
+    __slots__ = ("method", "url", "headers", "n_headers", "body", "body_len", "timeout")
+
+    def __init__(
+        self,
+        method: Any,
+        url: Any,
+        headers: HeadersArg,
+        body: BodyArg,
+        timeout: Optional[float],
+        json: Any,
+    ) -> None:
+        self.method = _encode_method(method)
+        self.url = _encode_url(url)
+        pairs = _header_pairs(headers)
+        if json is not None:
+            if body is not None:
+                raise _invalid("give body or json, not both")
+            body = _json.dumps(json, separators=(",", ":")).encode("utf-8")
+            if not any(isinstance(n, (str, bytes)) and _lower(n) == "content-type" for n, _ in pairs):
+                pairs.append(("Content-Type", "application/json"))
+        self.headers, self.n_headers = _encode_headers(pairs)
+        self.body = _encode_body(body)
+        self.body_len = len(self.body) if self.body else 0
+        self.timeout = _timeout_msecs(timeout)
+
+
+def _lower(name: Union[str, bytes]) -> str:
+    return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
+
+
+def _make_response(handle: int, method: str, url: str) -> Response:
+    """Copies a native response into a Response and frees the native one."""
+    try:
+        status, version, reused, headers, body, t = _native.read_response(handle)
+    finally:
+        lib.agent_response_free(handle)
+    return Response(
+        status=status,
+        http_version=_VERSIONS.get(version, str(version)),
+        headers=Headers(headers),
+        body=body,
+        reused=bool(reused),
+        timings=Timings(
+            t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
+        ),
+        url=url,
+        method=method,
+    )
+
+
+def _pool_stats(s: _native.agent_pool_stats) -> PoolStats:
+    return PoolStats(
+        connections_opened=s.connections_opened,
+        connections_closed=s.connections_closed,
+        connections_timed_out=s.connections_timed_out,
+        connections_errored=s.connections_errored,
+        requests=s.requests,
+        reused_requests=s.reused_requests,
+        retries=s.retries,
+        timeouts=s.timeouts,
+        errors=s.errors,
+        active=s.active,
+        idle=s.idle,
+        queued=s.queued,
+        keep_alive=bool(s.keep_alive),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Async completions. One module-level C callback for every request; userdata is an integer
+# token naming the pending future, so no Python object's address ever reaches C and the
+# callback object lives as long as the module.
+
+_pending: Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[Response]", str, str]] = {}
+_tokens = itertools.count(1)
+# [callbacks run, callbacks that found their future] -- for tests (SPEC §6.30). Callbacks
+# run on several library threads at once: `+=` is not atomic, hence the lock.
+_callback_counts = [0, 0]
+_callback_counts_lock = threading.Lock()
+
+
+def _settle(fut: "asyncio.Future[Response]", result: Optional[Response], error: Optional[BaseException]) -> None:
+    # Runs on the event loop. A future whose task was cancelled is already done.
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)  # type: ignore[arg-type]
+
+
+def _complete(userdata: Optional[int], code: int, response: Optional[int]) -> None:
+    # Runs on a library thread (ctypes takes the GIL). Copy the response out, free it, and
+    # hand the result to the future's loop; never raise, never block.
+    try:
+        entry = _pending.pop(userdata or 0, None)  # atomic: the entry is taken exactly once
+        with _callback_counts_lock:
+            _callback_counts[0] += 1
+            if entry is not None:
+                _callback_counts[1] += 1
+        result: Optional[Response] = None
+        error: Optional[BaseException] = None
+        if code == _native.OK:
+            if not response:
+                error = _native.error_for(_native.INTERNAL, "completion without a response")
+            else:
+                method, url = (entry[2], entry[3]) if entry is not None else ("", "")
+                try:
+                    result = _make_response(response, method, url)
+                except BaseException as e:  # pragma: no cover - defensive
+                    error = e
+        else:
+            error = _native.error_for(code)  # agent_last_error of this callback
+        if entry is None:
+            return
+        loop, fut = entry[0], entry[1]
+        try:
+            loop.call_soon_threadsafe(_settle, fut, result, error)
+        except RuntimeError:  # the loop was closed meanwhile: nobody is waiting
+            pass
+    except BaseException:  # pragma: no cover - an exception must not escape into C
+        pass
+
+
+_on_complete = _native.agent_callback(_complete)
+
+# ---------------------------------------------------------------------------------------
+# Live agents: closed at interpreter exit (so that no callback runs during finalization)
+# and given fresh locks in a forked child.
+
+_live: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for agent in list(_live):
+        try:
+            agent._close(wait_for_users=False)
+        except Exception:
+            pass
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held one of these locks when the process forked; the child
+    # has only this thread, so nobody else uses them now.
+    global _callback_counts_lock
+    _callback_counts_lock = threading.Lock()
+    for agent in list(_live):
+        agent._cond = threading.Condition(threading.Lock())
+        agent._users = 0
+    _pending.clear()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------------------------
+# Option checking
+
+
+def _opt_u32(name: str, value: Any, limit: int = _U32_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= limit:
+        raise errors.InvalidOptionError(
+            _native.INVALID_OPTION, f"{name} = {value} is out of range (0..={limit})"
+        )
+    return value
+
+
+def _opt_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+class Agent:
+    """An HTTP/1.1 client with a keep-alive connection pool (one native ``agent``).
+
+    Every option of the C options builder is a keyword argument (SPEC §2)::
+
+        keep_alive                    None = as the environment says (default on; off when
+                                      KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or
+                                      AWS_NODEJS_CONNECTION_REUSE_ENABLED is false/0);
+                                      True/False always wins over the environment
+        keep_alive_msecs=1000         TCP keep-alive probe delay (0 = default)
+        keep_alive_interval_msecs=0   TCP_KEEPINTVL (0 = OS default)
+        keep_alive_probes=0           TCP_KEEPCNT, 1..127 (0 = OS default)
+        max_sockets=0                 connections per origin (0 = unlimited)
+        max_total_sockets=0           connections across origins (0 = unlimited)
+        max_free_sockets=256          idle connections kept per origin
+        scheduling="lifo"             "lifo" or "fifo": which idle connection is reused
+        free_socket_timeout_msecs=4000  idle connections close after this
+        keep_alive_timeout_buffer_msecs=1000  subtracted from Keep-Alive: timeout hints
+        max_keep_alive_timeout_msecs=600000   cap on those hints
+        max_socket_lifetime_msecs=0   connections older than this are not reused (0 = none)
+        connect_timeout_msecs=10000   DNS + TCP + TLS
+        headers_timeout_msecs=300000  request sent -> response head complete
+        body_timeout_msecs=300000     longest gap between body chunks
+        retry_stale=True              retry idempotent requests once on a stale connection
+        max_response_bytes=0          larger bodies fail (0 = unlimited)
+        ca_pem=None                   extra trust anchors (PEM bytes or str)
+        ca_file=None                  extra trust anchors from a PEM file
+        use_system_roots=True         trust the platform's CA store
+        danger_accept_invalid_certs=False   tests only: accept any certificate
+        user_agent=None               default User-Agent (None = keepalive-agent/<version>)
+
+    Bad values raise :class:`~keepalive_agent.errors.InvalidOptionError` (a ``ValueError``)
+    or ``TypeError`` here, never at the first request.
+
+    One agent may be shared by any number of threads; ctypes releases the GIL while a
+    request runs. Close it with :meth:`close` or a ``with`` block (idempotent; in-flight
+    async requests then fail with :class:`~keepalive_agent.errors.CancelledError`).
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_alive: Optional[bool] = None,
+        keep_alive_msecs: int = 1000,
+        keep_alive_interval_msecs: int = 0,
+        keep_alive_probes: int = 0,
+        max_sockets: int = 0,
+        max_total_sockets: int = 0,
+        max_free_sockets: int = 256,
+        scheduling: str = "lifo",
+        free_socket_timeout_msecs: int = 4000,
+        keep_alive_timeout_buffer_msecs: int = 1000,
+        max_keep_alive_timeout_msecs: int = 600000,
+        max_socket_lifetime_msecs: int = 0,
+        connect_timeout_msecs: int = 10000,
+        headers_timeout_msecs: int = 300000,
+        body_timeout_msecs: int = 300000,
+        retry_stale: bool = True,
+        max_response_bytes: int = 0,
+        ca_pem: Union[bytes, str, None] = None,
+        ca_file: Union[str, "os.PathLike[str]", None] = None,
+        use_system_roots: bool = True,
+        danger_accept_invalid_certs: bool = False,
+        user_agent: Optional[str] = None,
+    ) -> None:
+        self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
+        self._cond = threading.Condition(threading.Lock())
+        self._users = 0
+
+        # Check and encode everything before any native object exists.
+        u32_options = [
+            ("keep_alive_msecs", keep_alive_msecs),
+            ("keep_alive_interval_msecs", keep_alive_interval_msecs),
+            ("keep_alive_probes", keep_alive_probes),
+            ("max_sockets", max_sockets),
+            ("max_total_sockets", max_total_sockets),
+            ("max_free_sockets", max_free_sockets),
+            ("free_socket_timeout_msecs", free_socket_timeout_msecs),
+            ("keep_alive_timeout_buffer_msecs", keep_alive_timeout_buffer_msecs),
+            ("max_keep_alive_timeout_msecs", max_keep_alive_timeout_msecs),
+            ("max_socket_lifetime_msecs", max_socket_lifetime_msecs),
+            ("connect_timeout_msecs", connect_timeout_msecs),
+            ("headers_timeout_msecs", headers_timeout_msecs),
+            ("body_timeout_msecs", body_timeout_msecs),
+        ]
+        for name, value in u32_options:
+            _opt_u32(name, value)
+        _opt_u32("max_response_bytes", max_response_bytes, _U64_MAX)
+        if keep_alive is not None:
+            _opt_bool("keep_alive", keep_alive)
+        _opt_bool("retry_stale", retry_stale)
+        _opt_bool("use_system_roots", use_system_roots)
+        _opt_bool("danger_accept_invalid_certs", danger_accept_invalid_certs)
+        if not isinstance(scheduling, str):
+            raise TypeError(f"scheduling must be 'lifo' or 'fifo', not {type(scheduling).__name__}")
+        sched = _native.SCHEDULING.get(scheduling.lower())
+        if sched is None:
+            raise errors.InvalidOptionError(
+                _native.INVALID_OPTION, f"scheduling = {scheduling!r}: expected 'lifo' or 'fifo'"
+            )
+        pem: Optional[bytes] = None
+        if ca_pem is not None:
+            if isinstance(ca_pem, str):
+                pem = ca_pem.encode("utf-8")
+            elif isinstance(ca_pem, (bytes, bytearray, memoryview)):
+                pem = bytes(ca_pem)
+            else:
+                raise TypeError(f"ca_pem must be bytes or str, not {type(ca_pem).__name__}")
+        ca_path: Optional[bytes] = None
+        if ca_file is not None:
+            if not isinstance(ca_file, (str, os.PathLike)):
+                raise TypeError(f"ca_file must be a path, not {type(ca_file).__name__}")
+            path = os.fsdecode(os.fspath(ca_file))
+            if "\x00" in path:
+                raise errors.InvalidOptionError(_native.INVALID_OPTION, "ca_file contains NUL")
+            ca_path = path.encode("utf-8", "surrogateescape")
+        ua: Optional[bytes] = None
+        if user_agent is not None:
+            if not isinstance(user_agent, str):
+                raise TypeError(f"user_agent must be str, not {type(user_agent).__name__}")
+            if _BAD_VALUE.search(user_agent):
+                raise errors.InvalidOptionError(
+                    _native.INVALID_OPTION, "user_agent contains CR, LF, NUL or another control character"
+                )
+            ua = user_agent.encode("utf-8")
+
+        opts = lib.agent_options_new()
+        try:
+            if keep_alive is not None:
+                lib.agent_options_set_keep_alive(opts, keep_alive)
+            for name, value in u32_options:
+                getattr(lib, "agent_options_set_" + name)(opts, value)
+            lib.agent_options_set_scheduling(opts, sched)
+            lib.agent_options_set_retry_stale(opts, retry_stale)
+            lib.agent_options_set_max_response_bytes(opts, max_response_bytes)
+            if pem is not None:
+                lib.agent_options_set_ca_pem(opts, pem, len(pem))
+            if ca_path is not None:
+                lib.agent_options_set_ca_file(opts, ca_path)
+            lib.agent_options_set_use_system_roots(opts, use_system_roots)
+            lib.agent_options_set_danger_accept_invalid_certs(opts, danger_accept_invalid_certs)
+            if ua is not None:
+                lib.agent_options_set_user_agent(opts, ua)
+            out = c_void_p()
+            lib.agent_new_with_options(opts, byref(out))
+        finally:
+            lib.agent_options_free(opts)
+        self._handle = out.value
+        _live.add(self)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def _acquire(self) -> int:
+        """Marks one native call in progress; close() waits for it (agent_free must not
+        race other calls on the same agent)."""
+        with self._cond:
+            handle = self._handle
+            if handle is None:
+                raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
+            self._users += 1
+            return handle
+
+    def _release(self) -> None:
+        with self._cond:
+            self._users -= 1
+            if self._users == 0:
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Frees the native agent: in-flight async requests fail with
+        :class:`~keepalive_agent.errors.CancelledError`, every connection is closed.
+        Waits for blocking requests running in other threads. Idempotent."""
+        self._close(wait_for_users=True)
+
+    def _close(self, wait_for_users: bool) -> None:
+        cond = self._cond
+        with cond:
+            handle = self._handle
+            if handle is None:
+                return
+            self._handle = None  # new calls are refused from here on
+            if wait_for_users:
+                while self._users:
+                    cond.wait()
+            elif self._users:
+                return  # interpreter exit with a request still running: leak, never race
+        _live.discard(self)
+        lib.agent_free(handle)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Agent":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread, so the event loop keeps running meanwhile."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def __del__(self) -> None:
+        # Defensive: may run at interpreter exit, when module globals are already gone.
+        try:
+            if getattr(self, "_handle", None) is not None:
+                self._close(wait_for_users=False)
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "<keepalive_agent.Agent closed>"
+        return f"<keepalive_agent.Agent keep_alive={self.keep_alive}>"
+
+    # -- introspection --------------------------------------------------------------------
+
+    @property
+    def keep_alive(self) -> bool:
+        """The effective keep-alive setting (after the environment switch)."""
+        handle = self._acquire()
+        try:
+            return bool(lib.agent_keep_alive_enabled(handle))
+        finally:
+            self._release()
+
+    def stats(self) -> PoolStats:
+        """Counters and gauges of the whole agent (``agent_stats``)."""
+        s = _native.agent_pool_stats()
+        handle = self._acquire()
+        try:
+            lib.agent_stats(handle, byref(s))
+        finally:
+            self._release()
+        return _pool_stats(s)
+
+    def origin_stats(self, origin_url: str) -> PoolStats:
+        """Counters and gauges of one origin, e.g. ``"https://example.com"``."""
+        url = _encode_url(origin_url)
+        s = _native.agent_pool_stats()
+        handle = self._acquire()
+        try:
+            lib.agent_origin_stats(handle, url, byref(s))
+        finally:
+            self._release()
+        return _pool_stats(s)
+
+    # -- blocking requests ----------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersArg = None,
+        body: BodyArg = None,
+        timeout: Optional[float] = None,
+        *,
+        json: Any = None,
+    ) -> Response:
+        """Sends a request and returns the complete response (any status is a success).
+
+        ``headers``: a mapping or ``(name, value)`` pairs; ``body``: bytes-like or str
+        (UTF-8); ``json``: an object sent as JSON instead of ``body``; ``timeout``: an
+        overall deadline in seconds covering queueing, connecting and reading (None = none).
+        Raises an :class:`~keepalive_agent.errors.AgentError` subclass on failure.
+        """
+        p = _Prepared(method, url, headers, body, timeout, json)
+        out = c_void_p()
+        handle = self._acquire()
+        try:
+            lib.agent_request(
+                handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout,
+                byref(out),
+            )
+        finally:
+            self._release()
+        return _make_response(out.value, method, url)  # type: ignore[arg-type]
+
+    def get(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
+        return self.request("GET", url, headers, None, timeout)
+
+    def head(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
+        return self.request("HEAD", url, headers, None, timeout)
+
+    def delete(
+        self, url: str, headers: HeadersArg = None, body: BodyArg = None, timeout: Optional[float] = None
+    ) -> Response:
+        return self.request("DELETE", url, headers, body, timeout)
+
+    def post(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return self.request("POST", url, headers, body, timeout, json=json)
+
+    def put(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return self.request("PUT", url, headers, body, timeout, json=json)
+
+    def patch(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return self.request("PATCH", url, headers, body, timeout, json=json)
+
+    # -- asyncio --------------------------------------------------------------------------
+
+    async def request_async(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersArg = None,
+        body: BodyArg = None,
+        timeout: Optional[float] = None,
+        *,
+        json: Any = None,
+    ) -> Response:
+        """As :meth:`request`, without blocking the event loop (``agent_request_async``).
+
+        Cancelling the awaiting task cancels the native request (its connection is closed
+        if it was mid-response) and raises ``asyncio.CancelledError`` as usual.
+        """
+        p = _Prepared(method, url, headers, body, timeout, json)
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Response]" = loop.create_future()
+        token = next(_tokens)
+        rid = c_uint64()
+        handle = self._acquire()
+        try:
+            # Registered before the call: the callback may run before agent_request_async returns.
+            _pending[token] = (loop, fut, method, url)
+            lib.agent_request_async(
+                handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout,
+                _on_complete, token, byref(rid),
+            )
+        except BaseException:
+            _pending.pop(token, None)  # on an error return the callback is never called
+            raise
+        finally:
+            self._release()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                self._cancel(rid.value)
+            raise
+
+    def _cancel(self, request_id: int) -> None:
+        with self._cond:
+            handle = self._handle
+            if handle is None:
+                return  # closing: agent_free cancels everything
+            self._users += 1
+        try:
+            lib.agent_request_cancel(handle, request_id)  # NOT_FOUND: already finished
+        finally:
+            self._release()
+
+    async def aget(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
+        return await self.request_async("GET", url, headers, None, timeout)
+
+    async def ahead(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
+        return await self.request_async("HEAD", url, headers, None, timeout)
+
+    async def adelete(
+        self, url: str, headers: HeadersArg = None, body: BodyArg = None, timeout: Optional[float] = None
+    ) -> Response:
+        return await self.request_async("DELETE", url, headers, body, timeout)
+
+    async def apost(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return await self.request_async("POST", url, headers, body, timeout, json=json)
+
+    async def aput(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return await self.request_async("PUT", url, headers, body, timeout, json=json)
+
+    async def apatch(
+        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        timeout: Optional[float] = None, *, json: Any = None,
+    ) -> Response:
+        return await self.request_async("PATCH", url, headers, body, timeout, json=json)

@@ -1,0 +1,436 @@
+"""Every C declaration of the binding: library lookup, types, prototypes, error checks.
+
+This is the only module that knows the C ABI (``include/keepalive_agent.h``). Each
+function below carries its C prototype as a comment; ``argtypes``/``restype`` follow it
+exactly (pointers are ``c_void_p`` or typed pointers, never the default ``int``).
+Functions returning an ``agent_code`` get :func:`_check` as ``errcheck``: a non-zero code
+becomes the matching :class:`~keepalive_agent.errors.AgentError` subclass, with the
+message from ``agent_last_error`` read on the same thread right after the call.
+
+ctypes releases the GIL around every call into the library, so a blocking request does
+not stop other Python threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import warnings
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    byref,
+    c_bool,
+    c_char_p,
+    c_size_t,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+from . import errors
+from ._version import __version__
+
+LIBRARY_NAME = "libkeepalive_agent.so" if sys.platform != "darwin" else "libkeepalive_agent.dylib"
+ENV_LIBRARY = "KEEPALIVE_AGENT_LIB"
+
+# ---------------------------------------------------------------------------------------
+# Library lookup: $KEEPALIVE_AGENT_LIB, the package's own copy, the repo's target/ dirs.
+
+
+def _repo_root() -> Optional[Path]:
+    """The keepalive-agent checkout this file sits in (src layout), if any."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cargo = parent / "Cargo.toml"
+        if cargo.is_file() and (parent / "include" / "keepalive_agent.h").is_file():
+            return parent
+    return None
+
+
+def candidate_paths() -> List[Path]:
+    """Where the library is looked for, in order."""
+    paths: List[Path] = []
+    env = os.environ.get(ENV_LIBRARY)
+    if env:
+        paths.append(Path(env))
+    paths.append(Path(__file__).resolve().parent / LIBRARY_NAME)
+    root = _repo_root()
+    if root is not None:
+        paths.append(root / "target" / "release" / LIBRARY_NAME)
+        paths.append(root / "target" / "debug" / LIBRARY_NAME)
+    return paths
+
+
+def _load() -> Tuple[ctypes.CDLL, Path]:
+    tried: List[str] = []
+    env = os.environ.get(ENV_LIBRARY)
+    for path in candidate_paths():
+        if not path.is_file():
+            tried.append(f"{path} (not found)")
+            continue
+        try:
+            dll = ctypes.CDLL(str(path))
+        except OSError as e:
+            tried.append(f"{path} ({e})")
+            continue
+        if tried and env:
+            warnings.warn(
+                f"keepalive_agent: {ENV_LIBRARY}={env} is not usable ({tried[0]}); using {path}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return dll, path
+    raise ImportError(
+        "keepalive_agent: cannot load the native library " + LIBRARY_NAME + "; tried:\n  "
+        + "\n  ".join(tried)
+        + f"\nSet {ENV_LIBRARY} to its path, or build it with `cargo build --release`"
+        " (or `make lib`) in the keepalive-agent repository."
+    )
+
+
+lib, LIBRARY_PATH = _load()
+
+# ---------------------------------------------------------------------------------------
+# Types
+
+
+class agent_header(Structure):
+    # typedef struct { const char *name; const char *value; } agent_header;
+    _fields_ = [("name", c_char_p), ("value", c_char_p)]
+
+
+class agent_pool_stats(Structure):
+    # typedef struct { uint64_t connections_opened, connections_closed,
+    #   connections_timed_out, connections_errored, requests, reused_requests, retries,
+    #   timeouts, errors, active, idle, queued; bool keep_alive; } agent_pool_stats;
+    _fields_ = [
+        ("connections_opened", c_uint64),
+        ("connections_closed", c_uint64),
+        ("connections_timed_out", c_uint64),
+        ("connections_errored", c_uint64),
+        ("requests", c_uint64),
+        ("reused_requests", c_uint64),
+        ("retries", c_uint64),
+        ("timeouts", c_uint64),
+        ("errors", c_uint64),
+        ("active", c_uint64),
+        ("idle", c_uint64),
+        ("queued", c_uint64),
+        ("keep_alive", c_bool),
+    ]
+
+
+class agent_timings(Structure):
+    # typedef struct { uint64_t queued_us, dns_us, connect_us, tls_us, sent_us, ttfb_us,
+    #   total_us; } agent_timings;
+    _fields_ = [
+        ("queued_us", c_uint64),
+        ("dns_us", c_uint64),
+        ("connect_us", c_uint64),
+        ("tls_us", c_uint64),
+        ("sent_us", c_uint64),
+        ("ttfb_us", c_uint64),
+        ("total_us", c_uint64),
+    ]
+
+
+# Opaque handles travel as c_void_p (never the default int: 64-bit pointers).
+agent_p = c_void_p
+agent_options_p = c_void_p
+agent_response_p = c_void_p
+agent_code = c_uint32
+
+# typedef void (*agent_callback)(void *userdata, agent_code code, agent_response *response);
+agent_callback = CFUNCTYPE(None, c_void_p, agent_code, agent_response_p)
+
+# #define AGENT_SCHEDULING_LIFO 0 / AGENT_SCHEDULING_FIFO 1
+SCHEDULING = {"lifo": 0, "fifo": 1}
+
+# enum agent_code (values are explicit and never reused)
+OK = 0
+INVALID_ARGUMENT = 1
+INVALID_URL = 2
+INVALID_OPTION = 3
+NOT_FOUND = 4
+WOULD_BLOCK = 5
+DNS = 10
+CONNECT_REFUSED = 11
+CONNECT_TIMEOUT = 12
+CONNECT = 13
+TLS = 20
+HEADERS_TIMEOUT = 30
+BODY_TIMEOUT = 31
+TIMEOUT = 32
+CONNECTION_RESET = 40
+CONNECTION_CLOSED = 41
+BROKEN_PIPE = 42
+STALE_CONNECTION = 43
+PROTOCOL = 44
+RESPONSE_TOO_LARGE = 45
+CANCELLED = 50
+FORKED = 51
+PANIC = 60
+INTERNAL = 61
+
+# ---------------------------------------------------------------------------------------
+# Error checking
+
+
+def last_error() -> str:
+    """The message of the last failure on this thread (``agent_last_error``)."""
+    buf = ctypes.create_string_buffer(256)
+    n = lib.agent_last_error(buf, len(buf))
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        n = lib.agent_last_error(buf, len(buf))
+    return buf.raw[: min(n, len(buf) - 1)].decode("utf-8", "replace")
+
+
+def code_name(code: int) -> str:
+    """``agent_code_str``: e.g. ``"AGENT_CODE_CONNECT_REFUSED"``."""
+    return lib.agent_code_str(code).decode("ascii", "replace")
+
+
+# Which exception class each code raises; codes not listed raise AgentError itself.
+ERROR_CLASSES = {
+    INVALID_ARGUMENT: errors.InvalidArgumentError,
+    INVALID_URL: errors.InvalidURLError,
+    INVALID_OPTION: errors.InvalidOptionError,
+    DNS: errors.ConnectError,
+    CONNECT_REFUSED: errors.ConnectError,
+    CONNECT: errors.ConnectError,
+    CONNECT_TIMEOUT: errors.TimeoutError,
+    HEADERS_TIMEOUT: errors.TimeoutError,
+    BODY_TIMEOUT: errors.TimeoutError,
+    TIMEOUT: errors.TimeoutError,
+    TLS: errors.TLSError,
+    CONNECTION_RESET: errors.ProtocolError,
+    CONNECTION_CLOSED: errors.ProtocolError,
+    BROKEN_PIPE: errors.ProtocolError,
+    PROTOCOL: errors.ProtocolError,
+    RESPONSE_TOO_LARGE: errors.ResponseTooLargeError,
+    STALE_CONNECTION: errors.StaleConnectionError,
+    CANCELLED: errors.CancelledError,
+}
+
+
+def error_for(code: int, message: Optional[str] = None) -> errors.AgentError:
+    """The exception for a failed call; reads ``agent_last_error`` when no message is given."""
+    if message is None:
+        message = last_error()
+    return ERROR_CLASSES.get(code, errors.AgentError)(code, message)
+
+
+def _check(result: int, func: Any, args: Any) -> int:
+    # errcheck of every function returning an agent_code: runs on the calling thread right
+    # after the call, so agent_last_error still holds this call's message.
+    if result != OK:
+        raise error_for(result)
+    return result
+
+
+def _check_not_null(result: Optional[int], func: Any, args: Any) -> int:
+    if not result:
+        raise error_for(INTERNAL, f"{func.__name__} returned NULL: {last_error()}")
+    return result
+
+
+def _declare(name: str, restype: Any, argtypes: List[Any], errcheck: Any = None) -> None:
+    f = getattr(lib, name)
+    f.restype = restype
+    f.argtypes = argtypes
+    if errcheck is not None:
+        f.errcheck = errcheck
+
+
+# ---------------------------------------------------------------------------------------
+# Prototypes (the order of the header)
+
+# const char *agent_version(void);
+_declare("agent_version", c_char_p, [])
+# const char *agent_code_str(uint32_t code);
+_declare("agent_code_str", c_char_p, [c_uint32])
+# size_t agent_last_error(char *buf, size_t cap);
+_declare("agent_last_error", c_size_t, [c_char_p, c_size_t])
+# agent_code agent_test_panic(void);
+_declare("agent_test_panic", agent_code, [], _check)
+# agent *agent_new(bool keep_alive, uint32_t keep_alive_msecs);   (NULL on failure)
+_declare("agent_new", agent_p, [c_bool, c_uint32])
+# agent_code agent_new_with_options(const agent_options *options, agent **out);
+_declare("agent_new_with_options", agent_code, [agent_options_p, POINTER(agent_p)], _check)
+# void agent_free(agent *agent);
+_declare("agent_free", None, [agent_p])
+# agent_code agent_request(const agent *agent, const char *method, const char *url,
+#     const agent_header *headers, size_t header_count, const uint8_t *body,
+#     size_t body_len, uint32_t timeout_msecs, agent_response **out);
+_declare(
+    "agent_request",
+    agent_code,
+    [agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p, c_size_t,
+     c_uint32, POINTER(agent_response_p)],
+    _check,
+)
+# agent_code agent_request_async(const agent *agent, const char *method, const char *url,
+#     const agent_header *headers, size_t header_count, const uint8_t *body,
+#     size_t body_len, uint32_t timeout_msecs, agent_callback callback, void *userdata,
+#     uint64_t *out_id);
+_declare(
+    "agent_request_async",
+    agent_code,
+    [agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p, c_size_t,
+     c_uint32, agent_callback, c_void_p, POINTER(c_uint64)],
+    _check,
+)
+# agent_code agent_request_cancel(const agent *agent, uint64_t id);
+#   (no errcheck: AGENT_CODE_NOT_FOUND just means "already finished")
+_declare("agent_request_cancel", agent_code, [agent_p, c_uint64])
+# agent_code agent_stats(const agent *agent, agent_pool_stats *out);
+_declare("agent_stats", agent_code, [agent_p, POINTER(agent_pool_stats)], _check)
+# agent_code agent_origin_stats(const agent *agent, const char *origin_url,
+#     agent_pool_stats *out);
+_declare("agent_origin_stats", agent_code, [agent_p, c_char_p, POINTER(agent_pool_stats)], _check)
+# bool agent_keep_alive_enabled(const agent *agent);
+_declare("agent_keep_alive_enabled", c_bool, [agent_p])
+
+# agent_options *agent_options_new(void);
+_declare("agent_options_new", agent_options_p, [], _check_not_null)
+# void agent_options_free(agent_options *options);
+_declare("agent_options_free", None, [agent_options_p])
+# agent_code agent_options_set_keep_alive(agent_options *options, bool keep_alive);
+_declare("agent_options_set_keep_alive", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_keep_alive_msecs(agent_options *options, uint32_t msecs);
+_declare("agent_options_set_keep_alive_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_keep_alive_interval_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_keep_alive_interval_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_keep_alive_probes(agent_options *options, uint32_t probes);
+_declare("agent_options_set_keep_alive_probes", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_max_sockets(agent_options *options, uint32_t max);
+_declare("agent_options_set_max_sockets", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_max_total_sockets(agent_options *options, uint32_t max);
+_declare("agent_options_set_max_total_sockets", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_max_free_sockets(agent_options *options, uint32_t max);
+_declare("agent_options_set_max_free_sockets", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_scheduling(agent_options *options, uint32_t scheduling);
+_declare("agent_options_set_scheduling", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_free_socket_timeout_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_free_socket_timeout_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_keep_alive_timeout_buffer_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_keep_alive_timeout_buffer_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_max_keep_alive_timeout_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_max_keep_alive_timeout_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_max_socket_lifetime_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_max_socket_lifetime_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_connect_timeout_msecs(agent_options *options, uint32_t msecs);
+_declare("agent_options_set_connect_timeout_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_headers_timeout_msecs(agent_options *options, uint32_t msecs);
+_declare("agent_options_set_headers_timeout_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_body_timeout_msecs(agent_options *options, uint32_t msecs);
+_declare("agent_options_set_body_timeout_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_retry_stale(agent_options *options, bool retry);
+_declare("agent_options_set_retry_stale", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_max_response_bytes(agent_options *options, uint64_t max);
+_declare("agent_options_set_max_response_bytes", agent_code, [agent_options_p, c_uint64], _check)
+# agent_code agent_options_set_ca_pem(agent_options *options, const uint8_t *pem, size_t len);
+_declare("agent_options_set_ca_pem", agent_code, [agent_options_p, c_char_p, c_size_t], _check)
+# agent_code agent_options_set_ca_file(agent_options *options, const char *path);
+_declare("agent_options_set_ca_file", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_use_system_roots(agent_options *options,
+#     bool use_system_roots);
+_declare("agent_options_set_use_system_roots", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_danger_accept_invalid_certs(agent_options *options,
+#     bool accept);
+_declare("agent_options_set_danger_accept_invalid_certs", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_user_agent(agent_options *options, const char *user_agent);
+_declare("agent_options_set_user_agent", agent_code, [agent_options_p, c_char_p], _check)
+
+# void agent_response_free(agent_response *response);
+_declare("agent_response_free", None, [agent_response_p])
+# uint16_t agent_response_status(const agent_response *response);
+_declare("agent_response_status", c_uint16, [agent_response_p])
+# uint32_t agent_response_version(const agent_response *response);
+_declare("agent_response_version", c_uint32, [agent_response_p])
+# bool agent_response_reused(const agent_response *response);
+_declare("agent_response_reused", c_bool, [agent_response_p])
+# size_t agent_response_header_count(const agent_response *response);
+_declare("agent_response_header_count", c_size_t, [agent_response_p])
+# agent_code agent_response_header_at(const agent_response *response, size_t index,
+#     const char **name, size_t *name_len, const char **value, size_t *value_len);
+_declare(
+    "agent_response_header_at",
+    agent_code,
+    [agent_response_p, c_size_t, POINTER(c_void_p), POINTER(c_size_t), POINTER(c_void_p),
+     POINTER(c_size_t)],
+    _check,
+)
+# agent_code agent_response_header(const agent_response *response, const char *name,
+#     const char **value, size_t *value_len);
+#   (no errcheck: AGENT_CODE_NOT_FOUND means "absent")
+_declare(
+    "agent_response_header",
+    agent_code,
+    [agent_response_p, c_char_p, POINTER(c_void_p), POINTER(c_size_t)],
+)
+# agent_code agent_response_body(const agent_response *response, const uint8_t **data,
+#     size_t *len);
+_declare("agent_response_body", agent_code, [agent_response_p, POINTER(c_void_p), POINTER(c_size_t)], _check)
+# agent_code agent_response_timings(const agent_response *response, agent_timings *out);
+_declare("agent_response_timings", agent_code, [agent_response_p, POINTER(agent_timings)], _check)
+
+# ---------------------------------------------------------------------------------------
+# Version check: the library's major.minor must be the package's.
+
+LIBRARY_VERSION: str = lib.agent_version().decode("ascii")
+
+
+def _major_minor(v: str) -> Tuple[str, ...]:
+    return tuple(v.split(".")[:2])
+
+
+if _major_minor(LIBRARY_VERSION) != _major_minor(__version__):
+    raise ImportError(
+        f"keepalive_agent {__version__} needs libkeepalive_agent {'.'.join(_major_minor(__version__))}.x,"
+        f" but {LIBRARY_PATH} is version {LIBRARY_VERSION}"
+    )
+
+# ---------------------------------------------------------------------------------------
+# Small helpers over the declarations (used by _agent.py)
+
+
+def read_response(handle: int) -> Tuple[int, int, bool, List[Tuple[str, str]], bytes, agent_timings]:
+    """Copies everything out of a response handle. Does not free it."""
+    status = lib.agent_response_status(handle)
+    version = lib.agent_response_version(handle)
+    reused = lib.agent_response_reused(handle)
+    n = lib.agent_response_header_count(handle)
+    headers: List[Tuple[str, str]] = []
+    if n:
+        name_p, value_p = c_void_p(), c_void_p()
+        name_len, value_len = c_size_t(), c_size_t()
+        at = lib.agent_response_header_at
+        string_at = ctypes.string_at
+        for i in range(n):
+            at(handle, i, byref(name_p), byref(name_len), byref(value_p), byref(value_len))
+            name = string_at(name_p.value or 0, name_len.value).decode("latin-1")
+            raw = string_at(value_p.value or 0, value_len.value) if value_len.value else b""
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = raw.decode("latin-1")
+            headers.append((name, value))
+    data_p, data_len = c_void_p(), c_size_t()
+    lib.agent_response_body(handle, byref(data_p), byref(data_len))
+    body = ctypes.string_at(data_p.value or 0, data_len.value) if data_len.value else b""
+    timings = agent_timings()
+    lib.agent_response_timings(handle, byref(timings))
+    return status, version, reused, headers, body, timings

@@ -1,0 +1,166 @@
+"""Response objects: plain Python data copied out of the native response."""
+
+from __future__ import annotations
+
+import json as _json
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union, overload
+
+__all__ = ["Headers", "Timings", "PoolStats", "Response"]
+
+_T = Any
+
+
+class Headers(Mapping[str, str]):
+    """Response headers: case-insensitive, every repeated line kept, in received order.
+
+    As a mapping, ``h[name]`` and ``h.get(name)`` give all values of ``name`` joined with
+    ``", "`` (RFC 9110 §5.3), and ``keys()``/``items()`` see each name once (lowercase).
+    ``get_all(name)`` gives the values one by one (use it for ``Set-Cookie``) and
+    ``multi_items()`` every ``(name, value)`` line.
+    """
+
+    __slots__ = ("_items", "_index")
+
+    def __init__(self, items: Iterable[Tuple[str, str]] = ()) -> None:
+        self._items: List[Tuple[str, str]] = [(n.lower(), v) for n, v in items]
+        index: Dict[str, List[str]] = {}
+        for n, v in self._items:
+            index.setdefault(n, []).append(v)
+        self._index = index
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._index[name.lower()])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def get(self, name: str) -> Optional[str]: ...
+    @overload
+    def get(self, name: str, default: Union[str, _T]) -> Union[str, _T]: ...
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._index.get(name.lower())
+        return ", ".join(values) if values is not None else default
+
+    def get_all(self, name: str) -> List[str]:
+        """Every value of ``name``, one per header line ([] when absent)."""
+        return list(self._index.get(name.lower(), ()))
+
+    def multi_items(self) -> List[Tuple[str, str]]:
+        """Every header line as ``(lowercase name, value)``, repeated names included."""
+        return list(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Timings of one request in microseconds (``agent_timings``).
+
+    ``queued_us``, ``dns_us``, ``connect_us`` and ``tls_us`` are phase durations (0 when
+    the phase did not happen, e.g. on a reused connection); ``sent_us``, ``ttfb_us`` and
+    ``total_us`` count from the start of the request.
+    """
+
+    queued_us: int
+    dns_us: int
+    connect_us: int
+    tls_us: int
+    sent_us: int
+    ttfb_us: int
+    total_us: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters (only grow) and gauges (``active``, ``idle``, ``queued``) of an agent or
+    one origin (``agent_pool_stats``). ``keep_alive`` is the effective setting."""
+
+    connections_opened: int
+    connections_closed: int
+    connections_timed_out: int
+    connections_errored: int
+    requests: int
+    reused_requests: int
+    retries: int
+    timeouts: int
+    errors: int
+    active: int
+    idle: int
+    queued: int
+    keep_alive: bool
+
+
+class Response:
+    """A complete response. Everything is plain Python data: the native response was
+    copied and freed before this object was made."""
+
+    __slots__ = ("status", "http_version", "headers", "body", "reused", "timings", "url", "method")
+
+    status: int
+    http_version: str
+    headers: Headers
+    body: bytes
+    reused: bool
+    timings: Timings
+    url: str
+    method: str
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        http_version: str,
+        headers: Headers,
+        body: bytes,
+        reused: bool,
+        timings: Timings,
+        url: str,
+        method: str,
+    ) -> None:
+        self.status = status
+        self.http_version = http_version
+        self.headers = headers
+        self.body = body
+        self.reused = reused
+        self.timings = timings
+        self.url = url
+        self.method = method
+
+    @property
+    def ok(self) -> bool:
+        """True for a status below 400."""
+        return self.status < 400
+
+    @property
+    def encoding(self) -> str:
+        """The charset of ``Content-Type``, else ``utf-8``."""
+        ctype = self.headers.get("content-type", "")
+        for part in ctype.split(";")[1:]:
+            key, _, value = part.strip().partition("=")
+            if key.strip().lower() == "charset" and value:
+                return value.strip().strip("\"'")
+        return "utf-8"
+
+    @property
+    def text(self) -> str:
+        """The body decoded with :attr:`encoding` (undecodable bytes replaced)."""
+        try:
+            return self.body.decode(self.encoding, "replace")
+        except LookupError:  # unknown charset
+            return self.body.decode("utf-8", "replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON (``json.loads``)."""
+        return _json.loads(self.body, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status}] {len(self.body)} bytes{' reused' if self.reused else ''}>"

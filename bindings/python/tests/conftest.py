@@ -1,0 +1,107 @@
+"""Shared fixtures: the repo's test server (started once per session) and helpers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+
+import keepalive_agent
+
+ROOT = Path(__file__).resolve().parents[3]
+TESTSERVER = Path(os.environ.get("KEEPALIVE_TESTSERVER", ROOT / "target" / "release" / "keepalive-testserver"))
+
+
+def pytest_report_header(config: Any) -> str:
+    return (
+        f"keepalive_agent {keepalive_agent.__version__} from {Path(keepalive_agent.__file__).parent}, "
+        f"library {keepalive_agent.library_path} ({keepalive_agent.library_version})"
+    )
+
+
+class TestServer:
+    """The keepalive-testserver subprocess: URLs, CA file, admin /stats and /reset."""
+
+    def __init__(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        self.http_url = f"http://127.0.0.1:{info['http_port']}/"
+        self.https_url = f"https://127.0.0.1:{info['https_port']}/"
+        self.https_self_signed_url = f"https://127.0.0.1:{info['https_self_signed_port']}/"
+        self.ca_file = info["ca_pem_path"]
+        self.admin_port = info["admin_port"]
+
+    def admin(self, path: str) -> Dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200, (path, resp.status, data)
+            return json.loads(data)
+        finally:
+            conn.close()
+
+    def stats(self) -> Dict[str, Any]:
+        return self.admin("/stats")
+
+    def reset(self) -> None:
+        self.admin("/reset")
+
+
+@pytest.fixture(scope="session")
+def server() -> Any:
+    if not TESTSERVER.is_file():
+        pytest.fail(f"{TESTSERVER} not built: run `make testserver`")
+    proc = subprocess.Popen(
+        [str(TESTSERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 15)
+    if not ready:
+        proc.kill()
+        pytest.fail("the test server printed nothing within 15 s")
+    info = json.loads(proc.stdout.readline())
+    # Keep draining stdout so that the server can never block on a full pipe.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    try:
+        yield TestServer(info)
+    finally:
+        proc.stdin.close()  # the server exits on stdin EOF
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def srv(server: TestServer) -> TestServer:
+    """The test server with its counters zeroed."""
+    server.reset()
+    return server
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)

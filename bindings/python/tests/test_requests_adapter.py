@@ -1,0 +1,137 @@
+"""The requests transport adapter running real requests code."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import threading
+from typing import Iterator
+
+import pytest
+import requests
+
+from keepalive_agent import Agent
+from keepalive_agent.requests_adapter import KeepAliveAdapter
+
+from conftest import free_port
+
+
+@pytest.fixture
+def session(srv) -> Iterator[requests.Session]:
+    s = requests.Session()
+    adapter = KeepAliveAdapter(ca_file=srv.ca_file)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    yield s
+    s.close()
+    assert adapter.agent.closed  # the adapter's own agent is closed with the session
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_get_reuses_one_connection(srv, session, scheme: str) -> None:
+    url = srv.http_url if scheme == "http" else srv.https_url
+    for i in range(10):
+        r = session.get(url)
+        assert r.status_code == 200 and r.ok and r.reason == "OK"
+        assert r.text == "hello, world\n" and r.content == b"hello, world\n"
+        assert r.headers["X-Conn-Requests"] == str(i + 1)  # CaseInsensitiveDict
+        assert r.url == url and r.request.method == "GET"
+        assert r.elapsed.total_seconds() > 0
+    assert srv.stats()["accepted"] == 1
+
+
+def test_post_json_and_params(srv, session) -> None:
+    r = session.post(srv.http_url, params={"echo": "1"}, json={"name": "x", "n": [1, 2]})
+    e = r.json()
+    hs = {n.lower(): v for n, v in e["headers"]}
+    assert e["method"] == "POST" and e["target"] == "/?echo=1"
+    assert hs["content-type"] == "application/json"
+    assert int(hs["content-length"]) == e["body_len"] == len(json.dumps({"name": "x", "n": [1, 2]}))
+    assert hs["user-agent"].startswith("python-requests/")  # requests' own headers go through
+    r = session.put(srv.http_url + "?echo=1", data={"a": "1", "b": "2"})
+    hs = {n.lower(): v for n, v in r.json()["headers"]}
+    assert hs["content-type"] == "application/x-www-form-urlencoded" and r.json()["body_len"] == 7
+    r = session.post(srv.http_url + "?echo=1", data=iter([b"ab", b"cd"]))  # a chunk generator
+    assert r.json()["body_len"] == 4
+    assert session.head(srv.http_url).content == b""
+
+
+def test_raise_for_status(srv, session) -> None:
+    r = session.get(srv.http_url + "?status=404")
+    assert r.status_code == 404 and r.reason == "Not Found" and not r.ok
+    with pytest.raises(requests.exceptions.HTTPError) as ei:
+        r.raise_for_status()
+    assert ei.value.response is r
+
+
+def test_timeouts(srv, session) -> None:
+    with pytest.raises(requests.exceptions.Timeout) as ei:
+        session.get(srv.http_url + "?delay_ms=3000", timeout=0.2)
+    assert isinstance(ei.value, requests.exceptions.ReadTimeout)
+    with pytest.raises(requests.exceptions.Timeout):
+        session.get(srv.http_url + "?delay_ms=3000", timeout=(0.1, 0.1))
+    assert session.get(srv.http_url, timeout=(5, 5)).status_code == 200
+
+
+def test_errors_map_to_requests_exceptions(srv) -> None:
+    with requests.Session() as s:
+        s.mount("http://", KeepAliveAdapter())
+        s.mount("https://", KeepAliveAdapter())  # no CA: the test server is untrusted
+        with pytest.raises(requests.exceptions.ConnectionError):
+            s.get(f"http://127.0.0.1:{free_port()}/")
+        with pytest.raises(requests.exceptions.SSLError):
+            s.get(srv.https_url)
+        with pytest.raises(requests.exceptions.ConnectionError):
+            s.get(srv.http_url + "?rst_mid=1&bytes=100000")
+        with pytest.raises(requests.exceptions.SSLError):
+            s.get(srv.https_url, verify=False)  # TLS trust is the agent's: never less checking
+        with pytest.raises(ValueError):
+            s.get(srv.https_url, cert="/nonexistent/client.pem")
+
+
+def test_shared_agent_is_not_closed_by_the_adapter(srv) -> None:
+    with Agent() as agent:
+        with requests.Session() as s:
+            s.mount("http://", KeepAliveAdapter(agent))
+            assert s.get(srv.http_url).status_code == 200
+        assert not agent.closed
+        assert agent.stats().requests == 1
+    with pytest.raises(TypeError):
+        KeepAliveAdapter(agent, keep_alive=False)  # type: ignore[misc]
+
+
+class _GzipCookieHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = gzip.compress(b"compressed hello")
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Set-Cookie", "a=1; Path=/")
+        self.send_header("Set-Cookie", "b=2; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_gzip_body_and_cookies_like_requests() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GzipCookieHandler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        with requests.Session() as s:
+            s.mount("http://", KeepAliveAdapter())
+            r = s.get(url)
+            assert r.content == b"compressed hello"
+            assert r.headers["set-cookie"] == "a=1; Path=/, b=2; Path=/"
+            assert r.cookies.get_dict() == {"a": "1", "b": "2"}
+            assert s.cookies.get_dict() == {"a": "1", "b": "2"}  # the session kept them
+            assert list(r.iter_content(4))[0] == b"comp"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
