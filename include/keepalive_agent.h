@@ -351,8 +351,12 @@ agent_code agent_test_panic(void);
  * Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
  * `keep_alive_msecs` (0 = default 1000; see `agent_options_set_keep_alive_msecs`), all
  * other options at their defaults. `keep_alive` given here always wins over the
- * environment switch. Returns NULL on failure (`agent_last_error` says why, e.g. an
- * out-of-range `keep_alive_msecs`). Free with `agent_free`.
+ * environment switch. Free with `agent_free`.
+ *
+ * Returns NULL on failure, with the message in `agent_last_error`. The possible failures
+ * are an out-of-range `keep_alive_msecs` (what `agent_new_with_options` reports as
+ * `AGENT_CODE_INVALID_OPTION`) and a runtime that cannot start (out of threads or memory).
+ * Use `agent_new_with_options` to get a code.
  */
 agent *agent_new(bool keep_alive,
                  uint32_t keep_alive_msecs);
@@ -364,7 +368,7 @@ agent *agent_new(bool keep_alive,
  * `agent_free`); on failure `*out` is untouched. The options are copied.
  *
  * # Safety
- * `options` is NULL or a live handle; `out` is NULL or writable.
+ * `options` is NULL or a live handle; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_new_with_options(const agent_options *options,
                                   agent **out);
@@ -401,7 +405,7 @@ void agent_free(agent *agent);
  *
  * # Safety
  * `agent` is NULL or live; strings are NULL or NUL-terminated; `headers` points to
- * `header_count` entries; `body` to `body_len` bytes; `out` is NULL or writable.
+ * `header_count` entries; `body` to `body_len` bytes; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_request(const agent *agent,
                          const char *method,
@@ -453,7 +457,7 @@ agent_code agent_request_cancel(const agent *agent,
  * Writes the agent's counters and gauges (all origins) into `*out`.
  *
  * # Safety
- * `agent` is NULL or live; `out` is NULL or writable.
+ * `agent` is NULL or live; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_stats(const agent *agent,
                        agent_pool_stats *out);
@@ -464,7 +468,7 @@ agent_code agent_stats(const agent *agent,
  * never used gives all zeros.
  *
  * # Safety
- * `agent` is NULL or live; `origin_url` is NUL-terminated; `out` is NULL or writable.
+ * `agent` is NULL or live; `origin_url` is NUL-terminated; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_origin_stats(const agent *agent,
                               const char *origin_url,
@@ -772,7 +776,7 @@ size_t agent_response_header_count(const agent_response *response);
  * name in first-seen order. Out of range: `AGENT_CODE_NOT_FOUND`.
  *
  * # Safety
- * `response` is NULL or a live response; each out pointer is NULL or writable.
+ * `response` is NULL or a live response; each out pointer must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_response_header_at(const agent_response *response,
                                     size_t index,
@@ -789,7 +793,7 @@ agent_code agent_response_header_at(const agent_response *response,
  *
  * # Safety
  * `response` is NULL or a live response; `name` is a NUL-terminated string; out pointers
- * are NULL or writable.
+ * must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_response_header(const agent_response *response,
                                  const char *name,
@@ -801,7 +805,8 @@ agent_code agent_response_header(const agent_response *response,
  * be non-NULL with length 0). Not NUL-terminated.
  *
  * # Safety
- * `response` is NULL or a live response; out pointers are NULL or writable.
+ * `response` is NULL or a live response; out pointers must be writable (NULL is refused
+ * with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_response_body(const agent_response *response,
                                const uint8_t **data,
@@ -811,7 +816,7 @@ agent_code agent_response_body(const agent_response *response,
  * The request's timings (see `agent_timings`).
  *
  * # Safety
- * `response` is NULL or a live response; `out` is NULL or writable.
+ * `response` is NULL or a live response; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
  */
 agent_code agent_response_timings(const agent_response *response,
                                   agent_timings *out);

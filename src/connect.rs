@@ -289,9 +289,10 @@ impl AsyncWrite for Stream {
     }
 }
 
-async fn resolve(origin: &Origin) -> Result<Vec<SocketAddr>> {
+/// The addresses of `origin`, and whether a name lookup was needed (not for IP literals).
+async fn resolve(origin: &Origin) -> Result<(Vec<SocketAddr>, bool)> {
     if let Ok(ip) = origin.host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, origin.port)]);
+        return Ok((vec![SocketAddr::new(ip, origin.port)], false));
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
         .await
@@ -308,7 +309,7 @@ async fn resolve(origin: &Origin) -> Result<Vec<SocketAddr>> {
             format!("{} resolved to no address", origin.host),
         ));
     }
-    Ok(addrs)
+    Ok((addrs, true))
 }
 
 fn configure(sock: &TcpSocket, tcp: &TcpSettings) -> io::Result<()> {
@@ -356,8 +357,10 @@ pub async fn connect(
 ) -> Result<(Stream, ConnectTimings)> {
     let mut t = ConnectTimings::default();
     let start = Instant::now();
-    let addrs = resolve(origin).await?;
-    t.dns = start.elapsed();
+    let (addrs, looked_up) = resolve(origin).await?;
+    if looked_up {
+        t.dns = start.elapsed();
+    }
 
     let tcp_start = Instant::now();
     let mut last_err = None;

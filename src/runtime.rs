@@ -30,6 +30,8 @@ static RUNTIME_GENERATION: AtomicU64 = AtomicU64::new(NONE);
 struct Slot {
     generation: u64,
     handle: Handle,
+    /// Kept so the runtime stays reachable (it is intentionally never dropped).
+    _runtime: &'static Runtime,
 }
 
 static RUNTIME: Mutex<Option<Slot>> = Mutex::new(None);
@@ -166,6 +168,7 @@ fn shared_handle(generation: u64) -> Result<Handle> {
     *slot = Some(Slot {
         generation,
         handle: handle.clone(),
+        _runtime: rt,
     });
     RUNTIME_GENERATION.store(generation, Ordering::Release);
     Ok(handle)

@@ -89,8 +89,12 @@ fn create(opts: &Options) -> Result<*mut agent> {
 /// Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
 /// `keep_alive_msecs` (0 = default 1000; see `agent_options_set_keep_alive_msecs`), all
 /// other options at their defaults. `keep_alive` given here always wins over the
-/// environment switch. Returns NULL on failure (`agent_last_error` says why, e.g. an
-/// out-of-range `keep_alive_msecs`). Free with `agent_free`.
+/// environment switch. Free with `agent_free`.
+///
+/// Returns NULL on failure, with the message in `agent_last_error`. The possible failures
+/// are an out-of-range `keep_alive_msecs` (what `agent_new_with_options` reports as
+/// `AGENT_CODE_INVALID_OPTION`) and a runtime that cannot start (out of threads or memory).
+/// Use `agent_new_with_options` to get a code.
 #[unsafe(no_mangle)]
 pub extern "C" fn agent_new(keep_alive: bool, keep_alive_msecs: u32) -> *mut agent {
     let mut out = std::ptr::null_mut();
@@ -115,7 +119,7 @@ pub extern "C" fn agent_new(keep_alive: bool, keep_alive_msecs: u32) -> *mut age
 /// `agent_free`); on failure `*out` is untouched. The options are copied.
 ///
 /// # Safety
-/// `options` is NULL or a live handle; `out` is NULL or writable.
+/// `options` is NULL or a live handle; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_new_with_options(
     options: *const agent_options,
@@ -218,7 +222,7 @@ unsafe fn build_request(
 ///
 /// # Safety
 /// `agent` is NULL or live; strings are NULL or NUL-terminated; `headers` points to
-/// `header_count` entries; `body` to `body_len` bytes; `out` is NULL or writable.
+/// `header_count` entries; `body` to `body_len` bytes; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_request(
     agent: *const agent,
@@ -361,7 +365,7 @@ fn to_c(s: Stats, keep_alive: bool) -> agent_pool_stats {
 /// Writes the agent's counters and gauges (all origins) into `*out`.
 ///
 /// # Safety
-/// `agent` is NULL or live; `out` is NULL or writable.
+/// `agent` is NULL or live; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_stats(
     agent: *const agent,
@@ -381,7 +385,7 @@ pub unsafe extern "C" fn agent_stats(
 /// never used gives all zeros.
 ///
 /// # Safety
-/// `agent` is NULL or live; `origin_url` is NUL-terminated; `out` is NULL or writable.
+/// `agent` is NULL or live; `origin_url` is NUL-terminated; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_origin_stats(
     agent: *const agent,

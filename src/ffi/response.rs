@@ -121,7 +121,7 @@ pub unsafe extern "C" fn agent_response_header_count(response: *const agent_resp
 /// name in first-seen order. Out of range: `AGENT_CODE_NOT_FOUND`.
 ///
 /// # Safety
-/// `response` is NULL or a live response; each out pointer is NULL or writable.
+/// `response` is NULL or a live response; each out pointer must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_response_header_at(
     response: *const agent_response,
@@ -160,7 +160,7 @@ pub unsafe extern "C" fn agent_response_header_at(
 ///
 /// # Safety
 /// `response` is NULL or a live response; `name` is a NUL-terminated string; out pointers
-/// are NULL or writable.
+/// must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_response_header(
     response: *const agent_response,
@@ -192,7 +192,8 @@ pub unsafe extern "C" fn agent_response_header(
 /// be non-NULL with length 0). Not NUL-terminated.
 ///
 /// # Safety
-/// `response` is NULL or a live response; out pointers are NULL or writable.
+/// `response` is NULL or a live response; out pointers must be writable (NULL is refused
+/// with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_response_body(
     response: *const agent_response,
@@ -212,7 +213,7 @@ pub unsafe extern "C" fn agent_response_body(
 /// The request's timings (see `agent_timings`).
 ///
 /// # Safety
-/// `response` is NULL or a live response; `out` is NULL or writable.
+/// `response` is NULL or a live response; `out` must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn agent_response_timings(
     response: *const agent_response,

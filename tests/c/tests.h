@@ -1,0 +1,53 @@
+/* tests.h: the test functions of the C suite (one binary, see main.c) and shared helpers. */
+#ifndef KEEPALIVE_TESTS_TESTS_H
+#define KEEPALIVE_TESTS_TESTS_H
+
+#include "harness.h"
+#include "keepalive_agent.h"
+
+/* GET `url` with no headers, no body and a 10 s deadline. */
+agent_code t_get(const agent *a, const char *url, agent_response **out);
+
+/* The value of response header `name` copied into buf ("" when absent). */
+void t_header(const agent_response *r, const char *name, char *buf, size_t cap);
+
+/* The body copied into buf as a C string (truncated to cap - 1). */
+size_t t_body(const agent_response *r, char *buf, size_t cap);
+
+/* An agent with keep-alive on/off that trusts the test server's CA. */
+agent *t_agent_with_ca(bool keep_alive);
+
+/* test_basic.c */
+void test_basic_get(void);
+void test_timings_ip_literal(void);
+void test_post_echo(void);
+void test_status_and_sizes(void);
+void test_keep_alive_on(void);
+void test_keep_alive_off(void);
+void test_on_and_off_same_process(void);
+void test_tls(void);
+void test_env_switch(void);
+
+/* test_errors.c */
+void test_null_arguments(void);
+void test_outputs_only_on_success(void);
+void test_last_error_buffer(void);
+void test_connect_refused(void);
+void test_invalid_url(void);
+void test_header_injection(void);
+void test_panic(void);
+void test_code_str(void);
+void test_version(void);
+void test_invalid_option(void);
+
+/* test_async.c */
+void test_async_many(void);
+void test_free_with_in_flight(void);
+void test_would_block_in_callback(void);
+void test_cancel(void);
+void test_threads_share_agent(void);
+
+/* test_fork.c */
+void test_fork(void);
+
+#endif
