@@ -310,6 +310,45 @@ typedef struct {
   uint64_t total_us;
 } agent_timings;
 
+/**
+ * Everything about a response in one call (for bindings, where each call costs): see
+ * `agent_response_read`. Pointers stay valid until the response is freed.
+ */
+typedef struct {
+  /**
+   * The status code.
+   */
+  uint16_t status;
+  /**
+   * 10 for HTTP/1.0, 11 for HTTP/1.1.
+   */
+  uint32_t version;
+  /**
+   * Whether the connection had served an earlier request.
+   */
+  bool reused;
+  /**
+   * The body (`body_len` bytes, not NUL-terminated).
+   */
+  const uint8_t *body;
+  size_t body_len;
+  /**
+   * All header lines as `name: value\r\n`, names lowercase, in the order of
+   * `agent_response_header_at` (`headers_len` bytes, not NUL-terminated). Values never
+   * contain CR or LF, so splitting on "\r\n" and the first ": " is exact.
+   */
+  const uint8_t *headers;
+  size_t headers_len;
+  /**
+   * The number of header lines.
+   */
+  size_t header_count;
+  /**
+   * As `agent_response_timings`.
+   */
+  agent_timings timings;
+} agent_response_parts;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -727,6 +766,17 @@ agent_code agent_options_set_danger_accept_invalid_certs(agent_options *options,
  */
 agent_code agent_options_set_user_agent(agent_options *options,
                                         const char *user_agent);
+
+/**
+ * Fills `*out` with the status, version, reused flag, body, all headers as one block, and
+ * timings: what the individual getters give, in one call.
+ *
+ * # Safety
+ * `response` is NULL or a live response; `out` must be writable (NULL is refused with
+ * `AGENT_CODE_INVALID_ARGUMENT`).
+ */
+agent_code agent_response_read(const agent_response *response,
+                               agent_response_parts *out);
 
 /**
  * Frees a response. NULL is ignored.

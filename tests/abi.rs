@@ -483,3 +483,36 @@ fn cancelling_an_async_request() {
     assert!(s.wait_for(Duration::from_secs(3), |st| st.open == 0
         && st.client_closed == 1));
 }
+
+#[test]
+fn response_read_gives_everything_in_one_call() {
+    let s = Server::start();
+    let a = Agent::new(true);
+    a.get(url(&s, "/")).unwrap();
+    let r = a.get(url(&s, "/?bytes=100")).unwrap();
+    let mut p = std::mem::MaybeUninit::<agent_response_parts>::uninit();
+    assert_eq!(
+        unsafe { agent_response_read(r.0, p.as_mut_ptr()) },
+        C::AGENT_CODE_OK
+    );
+    let p = unsafe { p.assume_init() };
+    assert_eq!((p.status, p.version, p.reused), (200, 11, true));
+    let body = unsafe { std::slice::from_raw_parts(p.body, p.body_len) };
+    assert_eq!(body, &r.body()[..]);
+    let block = unsafe { std::slice::from_raw_parts(p.headers, p.headers_len) };
+    let lines: Vec<(String, String)> = String::from_utf8(block.to_vec())
+        .unwrap()
+        .split_terminator("\r\n")
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    assert_eq!(lines, r.headers());
+    assert_eq!(p.header_count, lines.len());
+    assert_eq!(p.timings.total_us, r.timings().total_us);
+    assert_eq!(
+        unsafe { agent_response_read(std::ptr::null(), std::ptr::null_mut()) },
+        C::AGENT_CODE_INVALID_ARGUMENT
+    );
+}

@@ -13,12 +13,57 @@ use crate::http::Response;
 /// a time (reading from several threads at once is fine, freeing is not).
 pub struct agent_response {
     pub(crate) resp: Response,
+    /// The header block of `agent_response_read`, built on first use.
+    header_block: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl agent_response {
     pub(crate) fn boxed(resp: Response) -> *mut agent_response {
-        Box::into_raw(Box::new(agent_response { resp }))
+        Box::into_raw(Box::new(agent_response {
+            resp,
+            header_block: std::sync::OnceLock::new(),
+        }))
     }
+
+    fn header_block(&self) -> &[u8] {
+        self.header_block.get_or_init(|| {
+            let h = &self.resp.headers;
+            let size = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+            let mut b = Vec::with_capacity(size);
+            for (k, v) in h {
+                b.extend_from_slice(k.as_str().as_bytes());
+                b.extend_from_slice(b": ");
+                b.extend_from_slice(v.as_bytes());
+                b.extend_from_slice(b"\r\n");
+            }
+            b.into_boxed_slice()
+        })
+    }
+}
+
+/// Everything about a response in one call (for bindings, where each call costs): see
+/// `agent_response_read`. Pointers stay valid until the response is freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct agent_response_parts {
+    /// The status code.
+    pub status: u16,
+    /// 10 for HTTP/1.0, 11 for HTTP/1.1.
+    pub version: u32,
+    /// Whether the connection had served an earlier request.
+    pub reused: bool,
+    /// The body (`body_len` bytes, not NUL-terminated).
+    pub body: *const u8,
+    pub body_len: usize,
+    /// All header lines as `name: value\r\n`, names lowercase, in the order of
+    /// `agent_response_header_at` (`headers_len` bytes, not NUL-terminated). Values never
+    /// contain CR or LF, so splitting on "\r\n" and the first ": " is exact.
+    pub headers: *const u8,
+    pub headers_len: usize,
+    /// The number of header lines.
+    pub header_count: usize,
+    /// As `agent_response_timings`.
+    pub timings: agent_timings,
 }
 
 /// Timings of one request in microseconds. `queued_us`, `dns_us`, `connect_us` and `tls_us`
@@ -43,6 +88,51 @@ pub struct agent_timings {
     pub ttfb_us: u64,
     /// From the start until the body was complete.
     pub total_us: u64,
+}
+
+/// Fills `*out` with the status, version, reused flag, body, all headers as one block, and
+/// timings: what the individual getters give, in one call.
+///
+/// # Safety
+/// `response` is NULL or a live response; `out` must be writable (NULL is refused with
+/// `AGENT_CODE_INVALID_ARGUMENT`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_read(
+    response: *const agent_response,
+    out: *mut agent_response_parts,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let full = unsafe { borrow(response, "response") }?;
+        let out = out_ptr(out, "out")?;
+        let r = &full.resp;
+        let block = full.header_block();
+        out.write(agent_response_parts {
+            status: r.status,
+            version: r.version_number(),
+            reused: r.reused,
+            body: r.body.as_ptr(),
+            body_len: r.body.len(),
+            headers: block.as_ptr(),
+            headers_len: block.len(),
+            header_count: r.headers.len(),
+            timings: timings(r),
+        });
+        Ok(())
+    })
+}
+
+fn timings(r: &Response) -> agent_timings {
+    let t = r.timings;
+    agent_timings {
+        queued_us: t.queued_us,
+        dns_us: t.dns_us,
+        connect_us: t.connect_us,
+        tls_us: t.tls_us,
+        sent_us: t.sent_us,
+        ttfb_us: t.ttfb_us,
+        total_us: t.total_us,
+    }
 }
 
 /// Frees a response. NULL is ignored.
@@ -223,16 +313,7 @@ pub unsafe extern "C" fn agent_response_timings(
         // SAFETY: forwarded contract.
         let r = &unsafe { borrow(response, "response") }?.resp;
         let out = out_ptr(out, "out")?;
-        let t = r.timings;
-        out.write(agent_timings {
-            queued_us: t.queued_us,
-            dns_us: t.dns_us,
-            connect_us: t.connect_us,
-            tls_us: t.tls_us,
-            sent_us: t.sent_us,
-            ttfb_us: t.ttfb_us,
-            total_us: t.total_us,
-        });
+        out.write(timings(r));
         Ok(())
     })
 }

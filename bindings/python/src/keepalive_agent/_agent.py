@@ -180,12 +180,10 @@ def _make_response(handle: int, method: str, url: str) -> Response:
     return Response(
         status=status,
         http_version=_VERSIONS.get(version, str(version)),
-        headers=Headers(headers),
+        headers=Headers._from_block(headers),
         body=body,
         reused=bool(reused),
-        timings=Timings(
-            t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
-        ),
+        timings=t,
         url=url,
         method=method,
     )
@@ -483,8 +481,8 @@ class Agent:
     def _release(self) -> None:
         with self._cond:
             self._users -= 1
-            if self._users == 0:
-                self._cond.notify_all()
+            if self._users == 0 and self._handle is None:
+                self._cond.notify_all()  # close() is waiting
 
     def close(self) -> None:
         """Frees the native agent: in-flight async requests fail with

@@ -140,6 +140,23 @@ class agent_timings(Structure):
     ]
 
 
+class agent_response_parts(Structure):
+    # typedef struct { uint16_t status; uint32_t version; bool reused; const uint8_t *body;
+    #   size_t body_len; const uint8_t *headers; size_t headers_len; size_t header_count;
+    #   agent_timings timings; } agent_response_parts;
+    _fields_ = [
+        ("status", ctypes.c_uint16),
+        ("version", ctypes.c_uint32),
+        ("reused", ctypes.c_bool),
+        ("body", c_void_p),
+        ("body_len", c_size_t),
+        ("headers", c_void_p),
+        ("headers_len", c_size_t),
+        ("header_count", c_size_t),
+        ("timings", agent_timings),
+    ]
+
+
 # Opaque handles travel as c_void_p (never the default int: 64-bit pointers).
 agent_p = c_void_p
 agent_options_p = c_void_p
@@ -386,6 +403,8 @@ _declare(
 _declare("agent_response_body", agent_code, [agent_response_p, POINTER(c_void_p), POINTER(c_size_t)], _check)
 # agent_code agent_response_timings(const agent_response *response, agent_timings *out);
 _declare("agent_response_timings", agent_code, [agent_response_p, POINTER(agent_timings)], _check)
+# agent_code agent_response_read(const agent_response *response, agent_response_parts *out);
+_declare("agent_response_read", agent_code, [agent_response_p, POINTER(agent_response_parts)], _check)
 
 # ---------------------------------------------------------------------------------------
 # Version check: the library's major.minor must be the package's.
@@ -407,30 +426,29 @@ if _major_minor(LIBRARY_VERSION) != _major_minor(__version__):
 # Small helpers over the declarations (used by _agent.py)
 
 
-def read_response(handle: int) -> Tuple[int, int, bool, List[Tuple[str, str]], bytes, agent_timings]:
-    """Copies everything out of a response handle. Does not free it."""
-    status = lib.agent_response_status(handle)
-    version = lib.agent_response_version(handle)
-    reused = lib.agent_response_reused(handle)
-    n = lib.agent_response_header_count(handle)
-    headers: List[Tuple[str, str]] = []
-    if n:
-        name_p, value_p = c_void_p(), c_void_p()
-        name_len, value_len = c_size_t(), c_size_t()
-        at = lib.agent_response_header_at
-        string_at = ctypes.string_at
-        for i in range(n):
-            at(handle, i, byref(name_p), byref(name_len), byref(value_p), byref(value_len))
-            name = string_at(name_p.value or 0, name_len.value).decode("latin-1")
-            raw = string_at(value_p.value or 0, value_len.value) if value_len.value else b""
-            try:
-                value = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                value = raw.decode("latin-1")
-            headers.append((name, value))
-    data_p, data_len = c_void_p(), c_size_t()
-    lib.agent_response_body(handle, byref(data_p), byref(data_len))
-    body = ctypes.string_at(data_p.value or 0, data_len.value) if data_len.value else b""
-    timings = agent_timings()
-    lib.agent_response_timings(handle, byref(timings))
-    return status, version, reused, headers, body, timings
+def _decode_value(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def read_response(handle: int) -> Tuple[int, int, bool, bytes, bytes, agent_timings]:
+    """Copies everything out of a response handle in one C call. Does not free it.
+
+    Headers come back as the raw block (``name: value\\r\\n`` lines): parsing is left to
+    the first access (see :meth:`Headers._from_block`)."""
+    p = agent_response_parts()
+    lib.agent_response_read(handle, byref(p))
+    block = ctypes.string_at(p.headers, p.headers_len) if p.headers_len else b""
+    body = ctypes.string_at(p.body, p.body_len) if p.body_len else b""
+    return p.status, p.version, p.reused, block, body, p.timings
+
+
+def parse_header_block(block: bytes) -> List[Tuple[str, str]]:
+    """``name: value\\r\\n`` lines into pairs (names are lowercase already)."""
+    out: List[Tuple[str, str]] = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out.append((name.decode("latin-1"), _decode_value(value)))
+    return out

@@ -20,14 +20,43 @@ class Headers(Mapping[str, str]):
     ``multi_items()`` every ``(name, value)`` line.
     """
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_items_", "_index_", "_raw")
 
     def __init__(self, items: Iterable[Tuple[str, str]] = ()) -> None:
-        self._items: List[Tuple[str, str]] = [(n.lower(), v) for n, v in items]
+        self._raw: Optional[bytes] = None
+        self._set([(n.lower(), v) for n, v in items])
+
+    @classmethod
+    def _from_block(cls, block: bytes) -> "Headers":
+        """From the native header block, parsed on first access (most callers never look)."""
+        h = cls.__new__(cls)
+        h._raw = block
+        return h
+
+    def _set(self, items: List[Tuple[str, str]]) -> None:
+        self._items_ = items
         index: Dict[str, List[str]] = {}
-        for n, v in self._items:
+        for n, v in items:
             index.setdefault(n, []).append(v)
-        self._index = index
+        self._index_ = index
+
+    @property
+    def _items(self) -> List[Tuple[str, str]]:
+        if self._raw is not None:
+            self._load()
+        return self._items_
+
+    @property
+    def _index(self) -> Dict[str, List[str]]:
+        if self._raw is not None:
+            self._load()
+        return self._index_
+
+    def _load(self) -> None:
+        from ._native import parse_header_block
+
+        raw, self._raw = self._raw, None
+        self._set(parse_header_block(raw or b""))
 
     def __getitem__(self, name: str) -> str:
         return ", ".join(self._index[name.lower()])
@@ -103,14 +132,13 @@ class Response:
     """A complete response. Everything is plain Python data: the native response was
     copied and freed before this object was made."""
 
-    __slots__ = ("status", "http_version", "headers", "body", "reused", "timings", "url", "method")
+    __slots__ = ("status", "http_version", "headers", "body", "reused", "_timings", "url", "method")
 
     status: int
     http_version: str
     headers: Headers
     body: bytes
     reused: bool
-    timings: Timings
     url: str
     method: str
 
@@ -122,7 +150,7 @@ class Response:
         headers: Headers,
         body: bytes,
         reused: bool,
-        timings: Timings,
+        timings: Any,
         url: str,
         method: str,
     ) -> None:
@@ -131,9 +159,19 @@ class Response:
         self.headers = headers
         self.body = body
         self.reused = reused
-        self.timings = timings
+        self._timings = timings  # a Timings, or the native struct until first read
         self.url = url
         self.method = method
+
+    @property
+    def timings(self) -> Timings:
+        """Timings of this request in microseconds."""
+        t = self._timings
+        if not isinstance(t, Timings):
+            t = self._timings = Timings(
+                t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
+            )
+        return t
 
     @property
     def ok(self) -> bool:
