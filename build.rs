@@ -15,6 +15,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkeepalive_agent.so.{major}");
+    // The runtime's threads run library code until the process exits: a host that unloads
+    // the library (Node does, when the last worker thread that loaded an addon ends) would
+    // pull the code from under them. Stay loaded once loaded.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
 
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let after = format!(

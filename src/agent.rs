@@ -44,6 +44,7 @@ struct Inner {
     user_agent: HeaderValue,
     calls: ForkMutex<Calls>,
     calls_done: Condvar,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// An HTTP/1.1 client with a keep-alive connection pool. Cheap to share: all methods take
@@ -91,6 +92,7 @@ impl Agent {
                 user_agent,
                 calls: ForkMutex::new(Calls::default()),
                 calls_done: Condvar::new(),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -204,6 +206,13 @@ impl Agent {
     /// connection, and waits (bounded) until the callbacks have run and the sockets are
     /// closed — except on a library thread, where waiting could deadlock.
     pub fn close(&self) {
+        if self
+            .inner
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return; // closed already (explicitly, then again by Drop)
+        }
         let wait = if runtime::on_runtime_thread() {
             Duration::ZERO
         } else {

@@ -371,26 +371,48 @@ impl Drop for SlotGuard {
 }
 
 /// Removes a queued request's entry if it stops waiting (timeout, cancel).
+/// A queued request's place in line. Dropped before the grant was taken (timeout,
+/// cancel), it leaves the queue, and gives back whatever was already granted to it: a grant
+/// is sent under the pool lock, so under that lock it is either still queued or its grant
+/// sits in the channel.
 struct WaitGuard<'a> {
     pool: &'a Arc<Pool>,
     id: u64,
     origin: Arc<Origin>,
-    done: bool,
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl WaitGuard<'_> {
+    async fn wait(&mut self) -> std::result::Result<Grant, oneshot::error::RecvError> {
+        let rx = self.rx.as_mut().expect("waited once");
+        let grant = rx.await;
+        self.rx = None;
+        grant
+    }
 }
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        if self.done {
+        let Some(mut rx) = self.rx.take() else {
             return;
-        }
+        };
+        let mut unused_conn = None;
         if let Ok(mut st) = self.pool.lock() {
             if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
                 st.waiters.remove(pos);
                 if let Some(o) = st.origins.get_mut(&self.origin) {
                     o.queued -= 1;
                 }
+            } else {
+                match rx.try_recv() {
+                    Ok(Grant::Slot) => self.pool.free_slot(&mut st, &self.origin),
+                    Ok(Grant::Conn(c)) => unused_conn = Some(c),
+                    Err(_) => {}
+                }
             }
         }
+        // Closed outside the lock; its monitor then frees the slot.
+        drop(unused_conn);
     }
 }
 
@@ -573,11 +595,9 @@ impl Pool {
             pool: &pool,
             id,
             origin: origin.clone(),
-            done: false,
+            rx: Some(rx),
         };
-        let grant = rx.await;
-        guard.done = true;
-        match grant {
+        match guard.wait().await {
             Ok(Grant::Conn(mut c)) => {
                 c.ctl.set_idle_deadline(None);
                 c.unpark_driver();

@@ -509,3 +509,29 @@ fn close_race_is_invisible_with_retry_stale() {
     let (failures_off, _) = race(false);
     eprintln!("without retry: {failures_off} of 200 requests failed");
 }
+
+#[test]
+fn cancelling_queued_requests_never_leaks_a_slot() {
+    let s = Server::start();
+    let a = agent_with(|o| o.set(opt_u32(agent_options_set_max_sockets, 1)));
+    for i in 0..60 {
+        let (first, rx1) = a.start(Req::get(url(&s, "/?delay_ms=20")));
+        let (second, rx2) = a.start(Req::get(url(&s, "/?delay_ms=20")));
+        if i % 3 != 0 {
+            std::thread::sleep(Duration::from_micros(200 * (i % 7)));
+        }
+        a.cancel(first);
+        a.cancel(second);
+        for rx in [rx1, rx2] {
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().ok();
+        }
+        assert!(
+            a.wait_stats(Duration::from_secs(2), |st| st.active == 0
+                && st.queued == 0),
+            "iteration {i}: {:?}",
+            a.stats()
+        );
+    }
+    let r = a.send(Req::get(url(&s, "/")).timeout(2000)).unwrap();
+    assert_eq!(r.status(), 200);
+}

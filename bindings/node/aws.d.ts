@@ -1,0 +1,66 @@
+// Type declarations for keepalive-agent/aws: an AWS SDK for JavaScript v3 request handler.
+// Structural types only, so the package does not depend on @smithy/types.
+
+/// <reference types="node" />
+
+import type { Readable } from 'node:stream';
+import type { Agent, AgentOptions } from './index';
+
+export interface KeepAliveHttpHandlerOptions extends AgentOptions {
+  /** Per-request deadline in ms (0 or absent = none); a handle() call's requestTimeout wins. */
+  requestTimeout?: number;
+  /** Alias of connectTimeout, the name @smithy/node-http-handler uses. */
+  connectionTimeout?: number;
+}
+
+/** The subset of @smithy/protocol-http's HttpRequest the handler reads. */
+export interface HttpRequestLike {
+  method: string;
+  protocol: string;
+  hostname: string;
+  port?: number | string;
+  path: string;
+  query?: Record<string, string | Array<string> | null>;
+  fragment?: string;
+  username?: string;
+  password?: string;
+  headers: Record<string, string>;
+  body?: unknown;
+}
+
+export interface HttpResponseLike {
+  statusCode: number;
+  reason?: string;
+  headers: Record<string, string>;
+  body: Readable;
+}
+
+/** An AbortSignal, or the SDK's own signal type (which may have only `onabort`). */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  reason?: unknown;
+  onabort?: unknown;
+  addEventListener?: unknown;
+  removeEventListener?: unknown;
+}
+
+export class KeepAliveHttpHandler {
+  /** keepAlive left out: the environment decides (AWS_NODEJS_CONNECTION_REUSE_ENABLED, ...). */
+  constructor(options?: KeepAliveHttpHandlerOptions);
+  static create(instanceOrOptions?: KeepAliveHttpHandler | KeepAliveHttpHandlerOptions): KeepAliveHttpHandler;
+  readonly metadata: { handlerProtocol: 'http/1.1' };
+  /** The Agent serving requests. */
+  readonly agent: Agent;
+  handle(
+    request: HttpRequestLike,
+    options?: { abortSignal?: AbortSignalLike; requestTimeout?: number },
+  ): Promise<{ response: HttpResponseLike }>;
+  destroy(): void;
+  updateHttpClientConfig(key: keyof KeepAliveHttpHandlerOptions | string | symbol, value: unknown): void;
+  httpHandlerConfigs(): KeepAliveHttpHandlerOptions;
+}
+
+/** The SDK's query object as a query string (keys sorted, RFC 3986 escaping). */
+export function buildQueryString(query: Record<string, string | Array<string> | null>): string;
+/** The URL of an SDK HttpRequest. */
+export function requestUrl(request: HttpRequestLike): string;

@@ -1,0 +1,170 @@
+// Type declarations for keepalive-agent (Node binding of the keepalive-agent engine).
+
+/// <reference types="node" />
+
+/** Options of {@link Agent}: Node's names where Node has one (http.Agent, agentkeepalive, undici). */
+export interface AgentOptions {
+  /**
+   * Pool and reuse connections. `false`: every request sends `Connection: close` on a fresh
+   * connection. Left out: on, unless KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or its alias
+   * AWS_NODEJS_CONNECTION_REUSE_ENABLED) is `false`/`0`. An explicit value always wins.
+   */
+  keepAlive?: boolean;
+  /** Initial delay of TCP keep-alive probes, ms (TCP_KEEPIDLE = ceil(ms/1000) s). 0 = 1000. Max 32767000. */
+  keepAliveMsecs?: number;
+  /** Interval between TCP keep-alive probes, ms (TCP_KEEPINTVL). 0 = the OS default. */
+  keepAliveInterval?: number;
+  /** Unanswered probes before the connection is dropped (TCP_KEEPCNT, 0..127). 0 = the OS default. */
+  keepAliveProbes?: number;
+  /** Connections per origin (scheme, host, port); extra requests queue. 0 or Infinity = unlimited (default). */
+  maxSockets?: number;
+  /** Idle connections kept per origin (default 256). */
+  maxFreeSockets?: number;
+  /** Connections across all origins. 0 or Infinity = unlimited (default). */
+  maxTotalSockets?: number;
+  /** Which idle connection is reused first (default 'lifo'). */
+  scheduling?: 'lifo' | 'fifo';
+  /** An idle pooled connection is closed after this many ms (default 4000; 0 = never). */
+  timeout?: number;
+  /** Subtracted from a server's `Keep-Alive: timeout=N` hint, ms (default 1000). */
+  keepAliveTimeoutBuffer?: number;
+  /** Cap on a server's `Keep-Alive: timeout` hint, ms (default 600000). */
+  keepAliveMaxTimeout?: number;
+  /** A connection older than this many ms is not reused (default 0 = no limit). */
+  socketActiveTTL?: number;
+  /** DNS + TCP + TLS handshake limit, ms (default 10000; 0 = none). */
+  connectTimeout?: number;
+  /** From request sent to complete response head, ms (default 300000; 0 = none). */
+  headersTimeout?: number;
+  /** Longest gap between two body chunks, ms (default 300000; 0 = none). */
+  bodyTimeout?: number;
+  /** Retry idempotent requests once when a reused connection turns out stale (default true). */
+  retryStale?: boolean;
+  /** Larger response bodies fail with AGENT_CODE_RESPONSE_TOO_LARGE (default 0 = unlimited). */
+  maxResponseSize?: number;
+  /** Extra trust anchors (PEM), added to the system roots. */
+  ca?: string | Uint8Array | ReadonlyArray<string | Uint8Array>;
+  /** Trust the platform's CA store (default true). */
+  useSystemRoots?: boolean;
+  /** `false` accepts any server certificate. For tests against throw-away servers only. */
+  rejectUnauthorized?: boolean;
+  /** User-Agent sent when a request sets none (default `keepalive-agent/<version>`). */
+  userAgent?: string;
+}
+
+export type RequestHeaders =
+  | Record<string, string | number | ReadonlyArray<string | number> | undefined>
+  | ReadonlyArray<readonly [string, string | number]>
+  | ReadonlyArray<string>
+  | Iterable<readonly [string, string]>;
+
+export interface RequestOptions {
+  /** HTTP method, a token; upper-cased like Node (default 'GET'). */
+  method?: string;
+  /** Absolute http:// or https:// URL. */
+  url: string | URL;
+  /** Object (array values repeat the header), [name, value] pairs, a flat [name, value, ...] list, or a Headers/Map. */
+  headers?: RequestHeaders;
+  /** Request body; strings are sent as UTF-8. */
+  body?: string | Uint8Array | ArrayBufferView | ArrayBuffer | null;
+  /** Overall deadline in ms covering queueing, connecting, sending and reading (0 = none). */
+  timeout?: number;
+  /** Cancels the request: the promise rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Request timings in milliseconds (fractional). Phases are 0 when they did not happen. */
+export interface Timings {
+  /** Waiting for a connection or a free slot. */
+  queued: number;
+  dns: number;
+  connect: number;
+  tls: number;
+  /** From the start until the request was handed to the connection. */
+  sent: number;
+  /** From the start until the response head arrived. */
+  ttfb: number;
+  /** From the start until the body was complete. */
+  total: number;
+}
+
+export interface Response {
+  statusCode: number;
+  /** Standard reason phrase for the status (http.STATUS_CODES), '' if none. */
+  statusMessage: string;
+  /** '1.1' or '1.0'. */
+  httpVersion: string;
+  /**
+   * Lowercase names, like Node's IncomingMessage.headers: set-cookie is always an array;
+   * duplicates of single-valued fields (content-type, content-length, ...) keep the first;
+   * cookie joins with '; '; other repeated headers join with ', '.
+   */
+  headers: Record<string, string | string[]>;
+  /** Every header line as [name, value, name, value, ...] (names lowercase). */
+  rawHeaders: string[];
+  body: Buffer;
+  /** Whether the request went out on a connection that had served an earlier request. */
+  reusedSocket: boolean;
+  timings: Timings;
+}
+
+/** Counters (only grow) and gauges (a snapshot) of an agent or one origin. */
+export interface AgentStats {
+  connectionsOpened: number;
+  connectionsClosed: number;
+  connectionsTimedOut: number;
+  connectionsErrored: number;
+  requests: number;
+  reusedRequests: number;
+  retries: number;
+  timeouts: number;
+  errors: number;
+  active: number;
+  idle: number;
+  queued: number;
+  /** The effective keep-alive setting (after the environment switch). */
+  keepAlive: boolean;
+}
+
+/**
+ * A failed request. `code` is Node's name where one fits — ECONNREFUSED, ECONNRESET
+ * (reset, closed early, stale connection), ETIMEDOUT (every timeout), EPIPE, ENOTFOUND,
+ * ERR_INVALID_URL, ERR_INVALID_ARG_VALUE — otherwise the library's code name, e.g.
+ * 'AGENT_CODE_TLS', 'AGENT_CODE_PROTOCOL', 'AGENT_CODE_CANCELLED'.
+ */
+export interface AgentError extends Error {
+  code: string;
+  /** The library's numeric code (see {@link codes}). */
+  agentCode: number;
+  /** The library's code name, e.g. 'AGENT_CODE_CONNECT_REFUSED'. */
+  agentCodeName: string;
+}
+
+/** What a request rejects with when its AbortSignal fires (as Node's core modules do). */
+export class AbortError extends Error {
+  constructor(message?: string, options?: { cause?: unknown });
+  readonly code: 'ABORT_ERR';
+  readonly name: 'AbortError';
+}
+
+export class Agent {
+  /** @throws TypeError (ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE) or RangeError (ERR_OUT_OF_RANGE) for bad options. */
+  constructor(options?: AgentOptions);
+  /** The effective keep-alive setting (after the environment switch). */
+  readonly keepAlive: boolean;
+  /** The options as given. */
+  readonly options: Readonly<AgentOptions>;
+  readonly destroyed: boolean;
+  /** Sends a request; resolves once the whole response body has arrived. Never blocks the event loop. */
+  request(options: RequestOptions): Promise<Response>;
+  request(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<Response>;
+  /** Counters and gauges of the agent, or of one origin such as 'https://example.com'. */
+  stats(origin?: string | URL): AgentStats;
+  /** Closes every connection and rejects in-flight requests (AGENT_CODE_CANCELLED). Idempotent. */
+  destroy(): void;
+}
+
+/** Library result codes by short name, e.g. codes.CONNECT_REFUSED === 11. */
+export const codes: Readonly<Record<string, number>>;
+/** The native library's version, e.g. '0.1.0'. */
+export const version: string;

@@ -1,0 +1,461 @@
+'use strict';
+// keepalive-agent for Node: an HTTP/1.1 client with a keep-alive connection pool, running
+// on the native engine (libkeepalive_agent) through an N-API addon (src/addon.c).
+//
+// Everything is validated here, with Node's error codes, before the addon is called; the
+// addon starts requests with agent_request_async and settles their promises from the
+// engine's threads through a napi_threadsafe_function, so the event loop never blocks.
+
+const { STATUS_CODES } = require('node:http');
+const { inspect } = require('node:util');
+
+let native;
+try {
+  native = require('./build/Release/keepalive_agent.node');
+} catch (e) {
+  const err = new Error(
+    `keepalive-agent: cannot load the native addon (${e.message}). ` +
+      'Build it with `npm run build` in the package directory (needs a C compiler and the Rust library).',
+  );
+  err.code = 'ERR_KEEPALIVE_AGENT_NOT_BUILT';
+  err.cause = e;
+  throw err;
+}
+
+// ----------------------------------------------------------------------------------------
+// Library codes, read from the library itself (agent_code_str) so they cannot drift.
+
+/** Library result codes by short name, e.g. codes.CONNECT_REFUSED === 11. */
+const codes = {};
+for (let i = 0; i < 128; i++) {
+  const name = native.codeName(i);
+  if (name !== 'AGENT_CODE_UNKNOWN') codes[name.slice('AGENT_CODE_'.length)] = i;
+}
+Object.freeze(codes);
+
+// ----------------------------------------------------------------------------------------
+// Node-style validation errors (same codes, classes and message shapes as Node's own).
+
+function received(value) {
+  if (value == null) return ` Received ${value}`;
+  if (typeof value === 'function') return ` Received function ${value.name || '<anonymous>'}`;
+  if (typeof value === 'object') {
+    if (value.constructor && value.constructor.name) {
+      return ` Received an instance of ${value.constructor.name}`;
+    }
+    return ` Received ${inspect(value, { depth: -1 })}`;
+  }
+  let shown = inspect(value, { colors: false });
+  if (shown.length > 28) shown = `${shown.slice(0, 25)}...`;
+  return ` Received type ${typeof value} (${shown})`;
+}
+
+function withCode(err, code) {
+  err.code = code;
+  return err;
+}
+
+function argKind(name) {
+  return name.includes('.') ? 'property' : 'argument';
+}
+
+function invalidArgType(name, expected, value) {
+  return withCode(
+    new TypeError(`The "${name}" ${argKind(name)} must be ${expected}.${received(value)}`),
+    'ERR_INVALID_ARG_TYPE',
+  );
+}
+
+function outOfRange(name, range, value) {
+  return withCode(
+    new RangeError(`The value of "${name}" is out of range. It must be ${range}. Received ${inspect(value)}`),
+    'ERR_OUT_OF_RANGE',
+  );
+}
+
+function invalidArgValue(name, value, reason) {
+  return withCode(
+    new TypeError(`The ${argKind(name)} '${name}' ${reason}. Received ${inspect(value)}`),
+    'ERR_INVALID_ARG_VALUE',
+  );
+}
+
+function validateInteger(value, name, min, max, { infinity } = {}) {
+  if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value);
+  if (value === Infinity && infinity !== undefined) return infinity;
+  if (!Number.isInteger(value)) throw outOfRange(name, 'an integer', value);
+  if (value < min || value > max) {
+    const inf = infinity !== undefined ? ' (or Infinity)' : '';
+    throw outOfRange(name, `>= ${min} && <= ${max}${inf}`, value);
+  }
+  return value;
+}
+
+function validateBoolean(value, name) {
+  if (typeof value !== 'boolean') throw invalidArgType(name, 'of type boolean', value);
+  return value;
+}
+
+function validateString(value, name) {
+  if (typeof value !== 'string') throw invalidArgType(name, 'of type string', value);
+  return value;
+}
+
+/** Node's AbortError (what core modules reject with when an AbortSignal fires). */
+class AbortError extends Error {
+  constructor(message = 'The operation was aborted', options = undefined) {
+    super(message, options);
+    this.code = 'ABORT_ERR';
+    this.name = 'AbortError';
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// Agent options
+
+const MSECS_MAX = 2 ** 31 - 1; // as Node's timers
+const KEEPALIVE_MSECS_MAX = 32_767_000; // the kernel's limit for TCP_KEEPIDLE/TCP_KEEPINTVL
+const SOCKETS_MAX = 2 ** 20;
+
+// [name, min, max, value meaning "unlimited" for Infinity (or undefined: Infinity refused)]
+const INTEGER_OPTIONS = [
+  ['keepAliveMsecs', 0, KEEPALIVE_MSECS_MAX],
+  ['keepAliveInterval', 0, KEEPALIVE_MSECS_MAX],
+  ['keepAliveProbes', 0, 127],
+  ['maxSockets', 0, SOCKETS_MAX, 0],
+  ['maxTotalSockets', 0, SOCKETS_MAX, 0],
+  ['maxFreeSockets', 0, SOCKETS_MAX, SOCKETS_MAX],
+  ['timeout', 0, MSECS_MAX],
+  ['keepAliveTimeoutBuffer', 0, MSECS_MAX],
+  ['keepAliveMaxTimeout', 0, MSECS_MAX],
+  ['socketActiveTTL', 0, MSECS_MAX],
+  ['connectTimeout', 0, MSECS_MAX],
+  ['headersTimeout', 0, MSECS_MAX],
+  ['bodyTimeout', 0, MSECS_MAX],
+];
+
+function toBuffer(value, name) {
+  if (typeof value === 'string') return Buffer.from(value, 'utf8');
+  if (ArrayBuffer.isView(value)) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  throw invalidArgType(name, 'of type string or an instance of Buffer or Uint8Array', value);
+}
+
+function normalizeAgentOptions(options) {
+  if (options === undefined || options === null) options = {};
+  if (typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
+  const out = {};
+  if (options.keepAlive !== undefined) out.keepAlive = validateBoolean(options.keepAlive, 'options.keepAlive');
+  for (const [key, min, max, infinity] of INTEGER_OPTIONS) {
+    const v = options[key];
+    if (v !== undefined) out[key] = validateInteger(v, `options.${key}`, min, max, { infinity });
+  }
+  if (options.scheduling !== undefined) {
+    const s = options.scheduling;
+    if (s !== 'lifo' && s !== 'fifo') {
+      throw invalidArgValue('options.scheduling', s, "must be one of: 'fifo', 'lifo'");
+    }
+    out.scheduling = s === 'fifo' ? 1 : 0;
+  }
+  if (options.retryStale !== undefined) out.retryStale = validateBoolean(options.retryStale, 'options.retryStale');
+  if (options.maxResponseSize !== undefined) {
+    out.maxResponseSize = validateInteger(options.maxResponseSize, 'options.maxResponseSize', 0, Number.MAX_SAFE_INTEGER, {
+      infinity: 0,
+    });
+  }
+  if (options.ca !== undefined && options.ca !== null) {
+    const list = Array.isArray(options.ca) ? options.ca : [options.ca];
+    const parts = [];
+    list.forEach((c, i) => {
+      parts.push(toBuffer(c, Array.isArray(options.ca) ? `options.ca[${i}]` : 'options.ca'));
+      parts.push(Buffer.from('\n'));
+    });
+    out.ca = Buffer.concat(parts);
+  }
+  if (options.useSystemRoots !== undefined) {
+    out.useSystemRoots = validateBoolean(options.useSystemRoots, 'options.useSystemRoots');
+  }
+  if (options.rejectUnauthorized !== undefined) {
+    out.dangerAcceptInvalidCerts = !validateBoolean(options.rejectUnauthorized, 'options.rejectUnauthorized');
+  }
+  if (options.userAgent !== undefined) {
+    const ua = validateString(options.userAgent, 'options.userAgent');
+    if (INVALID_HEADER_CHAR.test(ua)) {
+      throw withCode(new TypeError('Invalid character in header content ["user-agent"]'), 'ERR_INVALID_CHAR');
+    }
+    out.userAgent = ua;
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------
+// Requests
+
+const TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/; // Node's checkIsHttpToken
+const INVALID_HEADER_CHAR = /[^\t\x20-\x7e\x80-\xff]/; // Node's checkInvalidHeaderChar
+
+function pushHeader(flat, name, value) {
+  if (typeof name !== 'string' || !TOKEN.test(name)) {
+    throw withCode(new TypeError(`Header name must be a valid HTTP token ["${name}"]`), 'ERR_INVALID_HTTP_TOKEN');
+  }
+  if (value === undefined) {
+    throw withCode(new TypeError(`Invalid value "undefined" for header "${name}"`), 'ERR_HTTP_INVALID_HEADER_VALUE');
+  }
+  const v = String(value);
+  if (INVALID_HEADER_CHAR.test(v)) {
+    throw withCode(new TypeError(`Invalid character in header content ["${name}"]`), 'ERR_INVALID_CHAR');
+  }
+  flat.push(name, v);
+}
+
+// Object ({name: value | value[]}), array of [name, value] pairs, flat [n, v, n, v] array
+// (Node's rawHeaders form), or any iterable of pairs (Map, Headers) -> flat string array.
+function normalizeHeaders(headers) {
+  if (headers === undefined || headers === null) return undefined;
+  if (typeof headers !== 'object') throw invalidArgType('options.headers', 'of type object', headers);
+  const flat = [];
+  if (Array.isArray(headers)) {
+    if (headers.length > 0 && !Array.isArray(headers[0])) {
+      if (headers.length % 2 !== 0) {
+        throw invalidArgValue('options.headers', headers, 'must be an array of [name, value] pairs or of even length');
+      }
+      for (let i = 0; i < headers.length; i += 2) pushHeader(flat, headers[i], headers[i + 1]);
+      return flat;
+    }
+    for (const pair of headers) {
+      if (!Array.isArray(pair) || pair.length !== 2) {
+        throw invalidArgValue('options.headers', headers, 'must be an array of [name, value] pairs or of even length');
+      }
+      pushHeader(flat, pair[0], pair[1]);
+    }
+    return flat;
+  }
+  if (typeof headers[Symbol.iterator] === 'function') {
+    for (const [name, value] of headers) pushHeader(flat, name, value);
+    return flat;
+  }
+  for (const name of Object.keys(headers)) {
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) {
+      for (const v of value) pushHeader(flat, name, v);
+    } else {
+      pushHeader(flat, name, value);
+    }
+  }
+  return flat;
+}
+
+function normalizeBody(body) {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === 'string') return Buffer.from(body, 'utf8');
+  if (body instanceof Uint8Array) return body;
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  if (body instanceof ArrayBuffer || body instanceof SharedArrayBuffer) return new Uint8Array(body);
+  throw invalidArgType('options.body', 'of type string or an instance of Buffer, Uint8Array or ArrayBuffer', body);
+}
+
+function normalizeRequest(input, extra) {
+  let options = input;
+  if (typeof input === 'string' || input instanceof URL) {
+    if (extra !== undefined && (extra === null || typeof extra !== 'object')) {
+      throw invalidArgType('options', 'of type object', extra);
+    }
+    options = { ...extra, url: input };
+  } else if (input === null || typeof input !== 'object') {
+    throw invalidArgType('options', 'of type object', input);
+  }
+  let url = options.url;
+  if (url instanceof URL) url = url.href;
+  if (typeof url !== 'string') throw invalidArgType('options.url', 'of type string or an instance of URL', url);
+  let method = options.method === undefined ? 'GET' : options.method;
+  if (typeof method !== 'string') throw invalidArgType('options.method', 'of type string', method);
+  if (!TOKEN.test(method)) {
+    throw withCode(new TypeError(`Method must be a valid HTTP token ["${method}"]`), 'ERR_INVALID_HTTP_TOKEN');
+  }
+  method = method.toUpperCase();
+  const timeout =
+    options.timeout === undefined || options.timeout === null
+      ? 0
+      : validateInteger(options.timeout, 'options.timeout', 0, MSECS_MAX, { infinity: 0 });
+  const signal = options.signal === null ? undefined : options.signal;
+  if (signal !== undefined && (typeof signal !== 'object' || !('aborted' in signal))) {
+    throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
+  }
+  return {
+    method,
+    url,
+    headers: normalizeHeaders(options.headers),
+    body: normalizeBody(options.body),
+    timeout,
+    signal,
+  };
+}
+
+// Node's IncomingMessage.headers rules: set-cookie is always an array; duplicates of these
+// single-valued fields keep the first value; cookie joins with '; '; others with ', '.
+const DISCARD_DUPLICATES = new Set([
+  'age',
+  'authorization',
+  'content-length',
+  'content-type',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-modified-since',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'referer',
+  'retry-after',
+  'server',
+  'user-agent',
+]);
+
+function headersObject(raw) {
+  const h = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]; // already lowercase (the engine lowercases names)
+    const value = raw[i + 1];
+    if (Object.prototype.hasOwnProperty.call(h, name)) {
+      if (name === 'set-cookie') h[name].push(value);
+      else if (DISCARD_DUPLICATES.has(name)) continue;
+      else h[name] += (name === 'cookie' ? '; ' : ', ') + value;
+    } else {
+      Object.defineProperty(h, name, {
+        value: name === 'set-cookie' ? [value] : value,
+        writable: true,
+        enumerable: true,
+        configurable: true,
+      });
+    }
+  }
+  return h;
+}
+
+function finishResponse(raw) {
+  return {
+    statusCode: raw.statusCode,
+    statusMessage: STATUS_CODES[raw.statusCode] || '',
+    httpVersion: raw.httpVersion,
+    headers: headersObject(raw.rawHeaders),
+    rawHeaders: raw.rawHeaders,
+    body: raw.body,
+    reusedSocket: raw.reusedSocket,
+    timings: raw.timings,
+  };
+}
+
+function abortError(signal, cause) {
+  const reason = signal.reason;
+  return new AbortError(undefined, { cause: reason !== undefined ? reason : cause });
+}
+
+function destroyedError() {
+  return withCode(new Error('The agent was destroyed'), 'ERR_AGENT_DESTROYED');
+}
+
+// Subscribes to an AbortSignal (or an AWS SDK-style signal with only `onabort`).
+function onAbort(signal, fn) {
+  if (typeof signal.addEventListener === 'function') {
+    signal.addEventListener('abort', fn, { once: true });
+    return () => signal.removeEventListener('abort', fn);
+  }
+  const previous = signal.onabort;
+  signal.onabort = function (...args) {
+    fn();
+    if (typeof previous === 'function') return previous.apply(this, args);
+  };
+  return () => {
+    signal.onabort = previous;
+  };
+}
+
+// ----------------------------------------------------------------------------------------
+// Agent
+
+class Agent {
+  #handle;
+  #destroyed = false;
+  #keepAlive;
+  #options;
+
+  /**
+   * @param {object} [options] Node's option names (see index.d.ts). `keepAlive` left out
+   *   means "as the environment says" (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or
+   *   AWS_NODEJS_CONNECTION_REUSE_ENABLED = false/0 turn reuse off; default on).
+   */
+  constructor(options = undefined) {
+    const normalized = normalizeAgentOptions(options);
+    this.#handle = native.create(normalized);
+    this.#keepAlive = native.keepAlive(this.#handle);
+    this.#options = Object.freeze({ ...(options || {}) });
+  }
+
+  /** The effective keep-alive setting (after the environment switch). */
+  get keepAlive() {
+    return this.#keepAlive;
+  }
+
+  /** The options this agent was created with (as given). */
+  get options() {
+    return this.#options;
+  }
+
+  /** Whether destroy() was called. */
+  get destroyed() {
+    return this.#destroyed;
+  }
+
+  /**
+   * Sends a request; resolves with the whole response once its body has arrived.
+   * `agent.request(options)` or `agent.request(url, options)`.
+   */
+  async request(input, extra = undefined) {
+    const o = normalizeRequest(input, extra);
+    if (this.#destroyed) throw destroyedError();
+    const signal = o.signal;
+    if (signal !== undefined && signal.aborted) throw abortError(signal);
+    const [promise, id] = native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
+    if (signal === undefined) return finishResponse(await promise);
+    const handle = this.#handle;
+    const unsubscribe = onAbort(signal, () => native.cancel(handle, id));
+    try {
+      return finishResponse(await promise);
+    } catch (e) {
+      if (signal.aborted && e && e.agentCode === codes.CANCELLED) throw abortError(signal, e);
+      throw e;
+    } finally {
+      unsubscribe();
+    }
+  }
+
+  /** Counters and gauges of the whole agent, or of one origin (e.g. 'http://127.0.0.1:8080'). */
+  stats(origin = undefined) {
+    if (origin !== undefined) {
+      if (origin instanceof URL) origin = origin.href;
+      validateString(origin, 'origin');
+    }
+    if (this.#destroyed) throw destroyedError();
+    return native.stats(this.#handle, origin);
+  }
+
+  /**
+   * Closes every connection and rejects in-flight requests (AGENT_CODE_CANCELLED).
+   * Idempotent. Without it, the agent is freed when garbage-collected or at exit.
+   */
+  destroy() {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    native.destroy(this.#handle);
+  }
+}
+
+/** The version of the native library, e.g. '0.1.0'. */
+const version = native.version();
+
+module.exports = { Agent, AbortError, codes, version };
+// Internal, for the binding's own tests.
+Object.defineProperty(module.exports, '_native', { value: native, enumerable: false });
