@@ -176,12 +176,10 @@ test('a request that failed to start still rejects its promise (and only once)',
   agent.destroy();
 });
 
-// A known library bug, reproduced here so it shows up in every run without failing it:
-// src/pool.rs hands a freed slot to a queued request that is being cancelled, and the slot
-// is lost (see the binding's report).
+// Regression: a freed slot handed to a queued request that is being cancelled at the same
+// moment used to be lost (src/pool.rs WaitGuard), and every later request then waited forever.
 test(
   'library: cancelling an in-flight and a queued request together never leaks a pool slot',
-  { todo: 'library bug: Grant::Slot dropped with a cancelled waiter leaks the slot (src/pool.rs)' },
   async () => {
     let leaks = 0;
     for (let k = 0; k < 40; k++) {
