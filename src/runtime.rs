@@ -112,14 +112,34 @@ fn worker_threads() -> usize {
 }
 
 fn build() -> Result<&'static Runtime> {
+    let err =
+        |e: std::io::Error| Error::new(ErrorKind::Internal, format!("cannot start runtime: {e}"));
+    let workers = worker_threads();
+    if workers == 1 {
+        // One thread: a current-thread scheduler on a dedicated thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(8)
+            .enable_all()
+            .build()
+            .map_err(err)?;
+        let rt: &'static Runtime = Box::leak(Box::new(rt));
+        std::thread::Builder::new()
+            .name("keepalive-agent".into())
+            .spawn(move || {
+                ON_RUNTIME_THREAD.with(|c| c.set(true));
+                rt.block_on(std::future::pending::<()>())
+            })
+            .map_err(err)?;
+        return Ok(rt);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
+        .worker_threads(workers)
         .thread_name("keepalive-agent")
         .max_blocking_threads(8)
         .enable_all()
         .on_thread_start(|| ON_RUNTIME_THREAD.with(|c| c.set(true)))
         .build()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start runtime: {e}")))?;
+        .map_err(err)?;
     // Never dropped: after a fork its threads are gone and dropping would hang.
     Ok(Box::leak(Box::new(rt)))
 }
