@@ -65,6 +65,14 @@ struct Blocked {
     write: Option<u64>,
 }
 
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    /// Where direct-mode reads land before being copied into hyper's buffer.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
 enum Sock {
     Reactor(TcpStream),
     Direct(std::net::TcpStream),
@@ -139,14 +147,22 @@ impl AsyncRead for Tcp {
         match &mut this.0 {
             Sock::Reactor(s) => Pin::new(s).poll_read(cx, buf),
             Sock::Direct(s) => {
-                let dst = buf.initialize_unfilled();
-                let n = std::task::ready!(Tcp::direct(
-                    s,
-                    runtime::Wait::Read,
-                    &mut this.1.read,
-                    |mut s| io::Read::read(&mut s, dst)
-                ))?;
-                buf.advance(n);
+                // hyper hands us a fresh, uninitialised buffer each time; zeroing it (8 KiB or
+                // more) per read would cost more than the read. Read into this thread's
+                // scratch buffer instead and copy what arrived.
+                let want = buf.remaining().min(SCRATCH_LEN);
+                let n = SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let n = std::task::ready!(Tcp::direct(
+                        s,
+                        runtime::Wait::Read,
+                        &mut this.1.read,
+                        |mut s| io::Read::read(&mut s, &mut scratch[..want])
+                    ))?;
+                    buf.put_slice(&scratch[..n]);
+                    Poll::Ready(Ok::<usize, io::Error>(n))
+                });
+                std::task::ready!(n)?;
                 Poll::Ready(Ok(()))
             }
             Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
