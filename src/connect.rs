@@ -328,8 +328,8 @@ async fn resolve(origin: &Origin) -> Result<(Vec<SocketAddr>, bool)> {
     Ok((addrs, true))
 }
 
-fn configure(sock: &TcpSocket, tcp: &TcpSettings) -> io::Result<()> {
-    sock.set_nodelay(true)?;
+fn configure(sock: socket2::SockRef<'_>, tcp: &TcpSettings) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
     if let Some(idle) = tcp.keepalive_idle {
         let mut ka = socket2::TcpKeepalive::new().with_time(idle);
         if let Some(iv) = tcp.keepalive_interval {
@@ -338,19 +338,53 @@ fn configure(sock: &TcpSocket, tcp: &TcpSettings) -> io::Result<()> {
         if let Some(n) = tcp.keepalive_probes {
             ka = ka.with_retries(n);
         }
-        socket2::SockRef::from(sock).set_tcp_keepalive(&ka)?;
+        sock.set_tcp_keepalive(&ka)?;
     }
     Ok(())
 }
 
-async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<TcpStream> {
+async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<Tcp> {
+    if runtime::direct_io_thread() {
+        return connect_direct(addr, tcp).await;
+    }
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    configure(&sock, tcp)?;
-    sock.connect(addr).await
+    configure(socket2::SockRef::from(&sock), tcp)?;
+    Ok(Tcp::new(sock.connect(addr).await?))
+}
+
+/// A blocking caller connects on its own, like the rest of its I/O: a non-blocking
+/// `connect`, then its executor waits for the socket to become writable.
+async fn connect_direct(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<Tcp> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    configure(socket2::SockRef::from(&sock), tcp)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+            std::future::poll_fn(|_cx| {
+                if let Some(e) = sock.take_error()? {
+                    return Poll::Ready(Err(e));
+                }
+                match sock.peer_addr() {
+                    Ok(_) => Poll::Ready(Ok(())),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                        runtime::wait_for(fd, runtime::Wait::Write);
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            })
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(Tcp(Sock::Direct(sock.into()), Blocked::default()))
 }
 
 fn connect_error(origin: &Origin, addr: SocketAddr, e: io::Error) -> Error {
@@ -391,7 +425,7 @@ pub async fn connect(
         }
     }
     let stream = match stream {
-        Some(s) => Tcp::new(s),
+        Some(s) => s,
         None => {
             return Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address")));
         }

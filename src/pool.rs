@@ -196,6 +196,9 @@ pub(crate) struct Conn {
     created: Instant,
     /// Requests this connection served before the current one.
     pub served: u64,
+    /// Set for connections that can never be pooled (the agent has keep-alive off): no
+    /// monitor task watches them, and dropping one reports the close to this pool itself.
+    unmonitored: Option<Weak<Pool>>,
 }
 
 impl Conn {
@@ -208,9 +211,17 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         // Not returned to the pool: the driver (and with it the socket) is dropped here;
-        // the monitor task reports the close to the pool.
+        // the monitor task (or, without one, this drop) reports the close to the pool.
+        // An unmonitored connection is never in the pool, so the pool lock is not held here.
         self.driver = None;
-        self.ctl.request_close();
+        match self.unmonitored.take() {
+            Some(pool) => {
+                if let Some(p) = pool.upgrade() {
+                    p.closed(&self.origin, &self.ctl);
+                }
+            }
+            None => self.ctl.request_close(),
+        }
     }
 }
 
@@ -643,7 +654,12 @@ impl Pool {
                 .connections_opened += 1;
         }
         slot.armed = false;
-        tokio::spawn(monitor(self.me.clone(), origin.clone(), ctl.clone()));
+        let unmonitored = if self.cfg.keep_alive {
+            tokio::spawn(monitor(self.me.clone(), origin.clone(), ctl.clone()));
+            None
+        } else {
+            Some(self.me.clone())
+        };
         Ok(Conn {
             driver: Some(driver),
             sender,
@@ -652,19 +668,21 @@ impl Pool {
             ctl,
             created: Instant::now(),
             served: 0,
+            unmonitored,
         })
     }
 
     /// Gives a connection back after a complete response. `keep` is the idle timeout to
     /// use, or `None` when the connection must not be reused.
     pub fn release(&self, mut conn: Conn, keep: Option<Option<Duration>>) {
+        let (Some(idle_timeout), None) = (keep, &conn.unmonitored) else {
+            drop(conn); // closed, before taking the lock (an unmonitored drop takes it)
+            return;
+        };
         let Ok(mut st) = self.lock() else {
             return;
         };
         conn.served += 1;
-        let Some(idle_timeout) = keep else {
-            return; // dropped: closed by its driver
-        };
         if st.closed || conn.sender.is_closed() {
             return;
         }
