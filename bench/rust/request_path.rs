@@ -49,12 +49,18 @@ impl CAgent {
         // SAFETY: `opts` is live until freed below; the PEM pointer and length describe a
         // live slice; `out` is writable.
         unsafe {
-            assert_eq!(agent_options_set_keep_alive(opts, true), agent_code::AGENT_CODE_OK);
+            assert_eq!(
+                agent_options_set_keep_alive(opts, true),
+                agent_code::AGENT_CODE_OK
+            );
             assert_eq!(
                 agent_options_set_ca_pem(opts, ca_pem.as_ptr(), ca_pem.len()),
                 agent_code::AGENT_CODE_OK
             );
-            assert_eq!(agent_new_with_options(opts, &mut out), agent_code::AGENT_CODE_OK);
+            assert_eq!(
+                agent_new_with_options(opts, &mut out),
+                agent_code::AGENT_CODE_OK
+            );
             agent_options_free(opts);
         }
         CAgent(out)
@@ -83,7 +89,10 @@ impl CAgent {
         // SAFETY: `resp` is the live response written on success; freed exactly once.
         unsafe {
             assert_eq!(agent_response_status(resp), 200);
-            assert_eq!(agent_response_body(resp, &mut data, &mut len), agent_code::AGENT_CODE_OK);
+            assert_eq!(
+                agent_response_body(resp, &mut data, &mut len),
+                agent_code::AGENT_CODE_OK
+            );
             black_box(std::slice::from_raw_parts(data, len));
             agent_response_free(resp);
         }
@@ -112,7 +121,10 @@ fn request_path(c: &mut Criterion) {
     let ca = server.ca_pem().to_string();
     let urls = [
         ("http", format!("http://127.0.0.1:{}/", server.http_port())),
-        ("https", format!("https://127.0.0.1:{}/", server.https_port())),
+        (
+            "https",
+            format!("https://127.0.0.1:{}/", server.https_port()),
+        ),
     ];
     let method = CString::new("GET").unwrap();
     for (scheme, url) in &urls {
@@ -121,21 +133,34 @@ fn request_path(c: &mut Criterion) {
 
         let a = rust_agent(&ca);
         // Warm: the first request connects (and handshakes); every measured one is reused.
-        assert_eq!(a.request_blocking(Request::new("GET", url).unwrap()).unwrap().body, BODY);
+        assert_eq!(
+            a.request_blocking(Request::new("GET", url).unwrap())
+                .unwrap()
+                .body,
+            BODY
+        );
         group.bench_function("rust_api", |b| {
             b.iter(|| {
-                let r = a.request_blocking(Request::new("GET", url).unwrap()).unwrap();
+                let r = a
+                    .request_blocking(Request::new("GET", url).unwrap())
+                    .unwrap();
                 assert_eq!(r.status, 200);
                 black_box(r.body.len())
             })
         });
-        assert_eq!(a.stats().connections_opened, 1, "{scheme}: rust_api reconnected");
+        assert_eq!(
+            a.stats().connections_opened,
+            1,
+            "{scheme}: rust_api reconnected"
+        );
         drop(a);
 
         let ca_agent = CAgent::new(&ca);
         let curl = CString::new(url.as_str()).unwrap();
         assert_eq!(ca_agent.get(&method, &curl), BODY.len());
-        group.bench_function("c_abi", |b| b.iter(|| black_box(ca_agent.get(&method, &curl))));
+        group.bench_function("c_abi", |b| {
+            b.iter(|| black_box(ca_agent.get(&method, &curl)))
+        });
         drop(ca_agent);
         group.finish();
     }
