@@ -189,9 +189,10 @@ typedef struct agent_options agent_options;
 typedef struct agent_response agent_response;
 
 /**
- * One request header: NUL-terminated UTF-8 name and value. Names must be HTTP tokens;
- * values must not contain CR, LF, NUL or other control characters (tab is allowed).
- * The same name may appear more than once.
+ * One request header: NUL-terminated name and value. Names must be HTTP tokens; values
+ * must not contain CR, LF, NUL or other control characters (tab is allowed; bytes
+ * 0x80-0xFF are sent as they are, as RFC 9110's obs-text allows). The same name may appear
+ * more than once.
  */
 typedef struct {
   const char *name;

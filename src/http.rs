@@ -96,7 +96,34 @@ pub fn parse_url(url: &str) -> Result<Target> {
             "credentials in the URL are not supported; send an Authorization header",
         ));
     }
-    let raw_host = authority.host();
+    // `http::Uri` is lenient about brackets; split the authority ourselves: either
+    // `[IPv6]` or a host without brackets or colons, then an optional `:port`.
+    let auth = authority.as_str();
+    let (raw_host, port_text) = if let Some(inner) = auth.strip_prefix('[') {
+        let (ip, rest) = inner
+            .split_once(']')
+            .ok_or_else(|| url_error(url, "unclosed '[' in the host"))?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(url_error(url, format!("[{ip}] is not an IPv6 address")));
+        }
+        let port = match rest {
+            "" => None,
+            r => Some(
+                r.strip_prefix(':')
+                    .ok_or_else(|| url_error(url, format!("unexpected {r:?} after the host")))?,
+            ),
+        };
+        (&auth[..ip.len() + 2], port)
+    } else {
+        let (host, port) = match auth.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (auth, None),
+        };
+        if host.contains(['[', ']', ':']) {
+            return Err(url_error(url, "brackets or colons in the host"));
+        }
+        (host, port)
+    };
     if raw_host.is_empty() {
         return Err(url_error(url, "empty host"));
     }
@@ -104,10 +131,8 @@ pub fn parse_url(url: &str) -> Result<Target> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    // The text after the host (and after `]` for IPv6), if any, must be a port 1..=65535.
-    let after_host = authority.as_str().rsplit(']').next().unwrap_or("");
-    let port = match after_host.rsplit_once(':') {
-        Some((_, p)) => match p.parse::<u16>() {
+    let port = match port_text {
+        Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => p,
             _ => return Err(url_error(url, format!("bad port {p:?}"))),
         },
@@ -397,6 +422,10 @@ mod tests {
             "http://host:99999/",
             "http://ho st/",
             "http://host/\r\nX: y",
+            "http://[::1]8080/",
+            "http://a[::1]:8080/",
+            "http://[example.com]/",
+            "http://[::1/",
         ] {
             let e = parse_url(url).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url:?}");

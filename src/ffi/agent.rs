@@ -25,9 +25,10 @@ pub struct agent {
     inner: Agent,
 }
 
-/// One request header: NUL-terminated UTF-8 name and value. Names must be HTTP tokens;
-/// values must not contain CR, LF, NUL or other control characters (tab is allowed).
-/// The same name may appear more than once.
+/// One request header: NUL-terminated name and value. Names must be HTTP tokens; values
+/// must not contain CR, LF, NUL or other control characters (tab is allowed; bytes
+/// 0x80-0xFF are sent as they are, as RFC 9110's obs-text allows). The same name may appear
+/// more than once.
 #[repr(C)]
 pub struct agent_header {
     pub name: *const c_char,
