@@ -170,21 +170,33 @@ impl AsyncRead for Tcp {
     }
 }
 
+impl Tcp {
+    /// A write in the mode the current thread needs: `reactor` through tokio, `direct` as
+    /// a system call.
+    fn write_with<T>(
+        &mut self,
+        reactor: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+        direct: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.align()?;
+        match &mut self.0 {
+            Sock::Reactor(s) => reactor(Pin::new(s)),
+            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut self.1.write, direct),
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
+        }
+    }
+}
+
 impl AsyncWrite for Tcp {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.align()?;
-        match &mut this.0 {
-            Sock::Reactor(s) => Pin::new(s).poll_write(cx, buf),
-            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut this.1.write, |mut s| {
-                io::Write::write(&mut s, buf)
-            }),
-            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
-        }
+        self.get_mut().write_with(
+            |s| s.poll_write(cx, buf),
+            |mut s| io::Write::write(&mut s, buf),
+        )
     }
 
     fn poll_write_vectored(
@@ -192,15 +204,10 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.align()?;
-        match &mut this.0 {
-            Sock::Reactor(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut this.1.write, |mut s| {
-                io::Write::write_vectored(&mut s, bufs)
-            }),
-            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
-        }
+        self.get_mut().write_with(
+            |s| s.poll_write_vectored(cx, bufs),
+            |mut s| io::Write::write_vectored(&mut s, bufs),
+        )
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -323,32 +323,6 @@ fn refused_connect() {
     assert_eq!(a.stats().idle, 0);
 }
 
-/// A listener that never accepts, with its backlog full: further SYNs are dropped and
-/// connects hang. Loopback only.
-fn blackhole() -> (socket2::Socket, Vec<socket2::Socket>, u16) {
-    use socket2::{Domain, Socket, Type};
-    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap();
-    let port = addr.as_socket().unwrap().port();
-    let mut fill = Vec::new();
-    for _ in 0..8 {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(&addr);
-        fill.push(s);
-    }
-    std::thread::sleep(MS(50));
-    (l, fill, port)
-}
-
 #[test]
 fn blackhole_connect_times_out() {
     let (_l, _fill, port) = blackhole();

@@ -390,35 +390,6 @@ fn old_connections_are_retired_after_their_lifetime() {
     assert_eq!(s.stats().accepted, 2);
 }
 
-/// A listener that never accepts, with its backlog full: further connects hang (SYNs are
-/// dropped), on loopback only.
-fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, u16) {
-    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    l.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    l.listen(0).unwrap();
-    let port = l.local_addr().unwrap().as_socket().unwrap().port();
-    let mut fill = Vec::new();
-    for _ in 0..8 {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(
-            &format!("127.0.0.1:{port}")
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        );
-        fill.push(s.into());
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    (l, fill, port)
-}
-
 #[test]
 fn timeouts_have_their_own_codes_and_never_reuse_the_connection() {
     let (_l, _fill, port) = blackhole();

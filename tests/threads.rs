@@ -267,31 +267,6 @@ fn start_raw(a: &Agent, u: &str) -> Arc<Slot> {
     slot
 }
 
-/// A listener that never accepts, with its backlog full: connects to it hang (loopback).
-fn blackhole() -> (socket2::Socket, Vec<socket2::Socket>, u16) {
-    use socket2::{Domain, Socket, Type};
-    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap();
-    let mut fill = Vec::new();
-    for _ in 0..8 {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(&addr);
-        fill.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let port = addr.as_socket().unwrap().port();
-    (l, fill, port)
-}
-
 /// Four threads start async requests in every phase — connecting (to a black hole), waiting
 /// for a head, in the middle of a TLS body — and a few quick ones; then the agent is freed.
 /// Every callback runs exactly once, before agent_free returns, and every unfinished

@@ -387,3 +387,25 @@ pub fn tls_agent(s: &Server, keep_alive: bool) -> Agent {
 
 pub const OK: Code = AGENT_CODE_OK;
 pub use keepalive_agent::ffi::agent_code as C;
+
+/// A listener that never accepts, with its backlog filled: further connects to it hang
+/// (their SYNs are dropped). On loopback only — never an outside address. Keep all three
+/// values alive while the test uses the port.
+pub fn blackhole() -> (socket2::Socket, Vec<socket2::Socket>, u16) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    l.bind(&any.into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap();
+    let fill = (0..8)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr);
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    (l, fill, addr.as_socket().unwrap().port())
+}
