@@ -431,12 +431,16 @@ impl Inner {
         mut t: Timings,
     ) -> std::result::Result<Response, Failure> {
         let before = conn.probe.bytes_read();
-        if !crate::pool::adopt_driver(&mut conn.driver).await || conn.sender.is_closed() {
+        if !crate::pool::adopt_driver(&mut conn.driver).await {
             return Err(Failure::NotSent);
         }
+        let sender = match conn.sender.as_mut() {
+            Some(s) if !s.is_closed() => s,
+            _ => return Err(Failure::NotSent),
+        };
         let hreq = req.to_hyper(self.cfg.keep_alive, &self.user_agent);
         t.sent_us = micros(start.elapsed());
-        let fut = conn.sender.send_request(hreq);
+        let fut = sender.send_request(hreq);
         let fut = crate::pool::drive(&mut conn.driver, fut);
         let head = match self.cfg.headers_timeout {
             Some(d) => match tokio::time::timeout(d, fut).await {
@@ -492,15 +496,16 @@ impl Inner {
             }
         };
         let keep = self.keep_for(&conn, &parts);
-        let keep = match keep {
-            Some(k) if !conn.sender.is_ready() => {
-                let ready = crate::pool::drive(&mut conn.driver, conn.sender.ready());
+        let keep = match (keep, conn.sender.as_mut()) {
+            (Some(k), Some(sender)) if !sender.is_ready() => {
+                let ready = crate::pool::drive(&mut conn.driver, sender.ready());
                 match tokio::time::timeout(READY_WAIT, ready).await {
                     Ok(Some(Ok(()))) => Some(k),
                     _ => None,
                 }
             }
-            k => k,
+            (k, Some(_)) => k,
+            (_, None) => None,
         };
         self.pool.release(conn, keep);
         t.total_us = micros(start.elapsed());

@@ -245,6 +245,21 @@ impl Stream {
     pub fn probe(&self) -> Arc<IoProbe> {
         self.probe.clone()
     }
+
+    /// Ready when the socket underneath has something to read (data, EOF or an error):
+    /// for an idle connection, that means it is over. Registers with the reactor.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let tcp = match &mut self.transport {
+            Transport::Tcp(t) => t,
+            Transport::Tls(s) => &mut s.get_mut().0,
+        };
+        tcp.align()?;
+        match &tcp.0 {
+            Sock::Reactor(s) => s.poll_read_ready(cx),
+            // Only a blocking caller's thread sees direct mode, and it never waits here.
+            _ => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -86,16 +86,18 @@ struct TimerState {
     /// When the monitor should take over an idle driver that a blocking caller parked
     /// (its socket is then in direct mode and nobody watches it).
     adopt_at: Option<Instant>,
+    /// When an idle connection sheds hyper's buffers (see [`Pool::compact`]).
+    compact_at: Option<Instant>,
     /// What the driver is currently sleeping until.
     armed: Option<Instant>,
 }
 
 impl TimerState {
     fn next(&self) -> Option<Instant> {
-        match (self.wanted, self.adopt_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.wanted, self.adopt_at, self.compact_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether the monitor must be woken to honour a new, earlier time.
@@ -113,6 +115,18 @@ impl TimerState {
 /// well within this; a server close is still noticed long before SPEC's 200 ms.
 const ADOPT_AFTER: Duration = Duration::from_millis(20);
 
+/// How long a connection stays idle before it sheds hyper's buffers and channel (about
+/// 25 KiB) and keeps only its socket; the next request rebuilds them, which costs a few
+/// allocations — nothing next to an idle gap this long.
+const COMPACT_AFTER: Duration = Duration::from_millis(100);
+
+/// An idle connection's state, held for the monitor: hyper's driver, or after compaction
+/// the bare socket.
+enum Parked {
+    Live(Driver),
+    Bare(Stream),
+}
+
 /// Shared between a pooled connection and its driver task.
 struct ConnCtl {
     id: u64,
@@ -124,7 +138,7 @@ struct ConnCtl {
     retiring: AtomicBool,
     /// The driver while the connection is idle; `None` while a request holds it or after
     /// the connection ended.
-    driver: Mutex<Option<Driver>>,
+    driver: Mutex<Option<Parked>>,
     /// The monitor task's waker, for parking the driver without waking the monitor.
     monitor_waker: Mutex<Option<std::task::Waker>>,
 }
@@ -135,9 +149,12 @@ impl ConnCtl {
     }
 
     /// Sets the idle deadline; wakes the driver only when it must fire earlier than armed.
-    fn set_idle_deadline(&self, deadline: Option<Instant>) {
+    /// Sets the idle deadline (`None` when the connection goes into use); an idle
+    /// connection is also scheduled for compaction.
+    fn set_idle_deadline(&self, deadline: Option<Instant>, idle: bool) {
         let mut t = self.lock_timer();
         t.wanted = deadline;
+        t.compact_at = idle.then(|| Instant::now() + COMPACT_AFTER);
         let wake = t.needs_wake();
         drop(t);
         if wake {
@@ -160,6 +177,17 @@ impl ConnCtl {
         self.lock_timer().wanted
     }
 
+    /// Whether compaction is due now (and consumes it).
+    fn take_due_compaction(&self) -> bool {
+        let mut t = self.lock_timer();
+        if t.compact_at.is_some_and(|c| c <= Instant::now()) {
+            t.compact_at = None;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Called by the monitor before it sleeps. A due adoption is consumed here: the
     /// monitor polls the parked driver on every pass.
     fn arm(&self) -> Option<Instant> {
@@ -176,7 +204,7 @@ impl ConnCtl {
         self.notify.notify_one();
     }
 
-    fn lock_driver(&self) -> MutexGuard<'_, Option<Driver>> {
+    fn lock_driver(&self) -> MutexGuard<'_, Option<Parked>> {
         self.driver.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -189,7 +217,8 @@ impl ConnCtl {
 /// request polls `driver` itself while it waits for its response.
 pub(crate) struct Conn {
     pub driver: Option<Driver>,
-    pub sender: Sender,
+    /// `None` only while the connection is compacted (idle in the pool).
+    pub sender: Option<Sender>,
     pub probe: Arc<IoProbe>,
     pub origin: Arc<Origin>,
     ctl: Arc<ConnCtl>,
@@ -238,13 +267,13 @@ impl Conn {
         if crate::runtime::direct_io_thread() {
             // A blocking caller: leave the socket in direct mode for its next request and
             // let the monitor take it back if it stays idle.
-            *self.ctl.lock_driver() = Some(d);
+            *self.ctl.lock_driver() = Some(Parked::Live(d));
             self.ctl.adopt_later();
             return;
         }
         let waker = self.ctl.lock_monitor_waker().clone();
         let Some(waker) = waker else {
-            *self.ctl.lock_driver() = Some(d);
+            *self.ctl.lock_driver() = Some(Parked::Live(d));
             self.ctl.notify.notify_one();
             return;
         };
@@ -253,7 +282,7 @@ impl Conn {
             .poll(&mut Context::from_waker(&waker))
             .is_pending()
         {
-            *slot = Some(d);
+            *slot = Some(Parked::Live(d));
         } else {
             drop(slot);
             drop(d); // ended while being parked: the monitor reports it
@@ -261,12 +290,39 @@ impl Conn {
         }
     }
 
-    /// Takes the driver from the monitor task. False if the connection has ended.
-    fn unpark_driver(&mut self) -> bool {
-        if self.driver.is_none() {
-            self.driver = self.ctl.lock_driver().take();
+    /// Takes the driver from the monitor task, rebuilding hyper's side of a compacted
+    /// connection. `None`: the connection has ended; `Some(true)`: freshly rebuilt.
+    fn unpark_driver(&mut self) -> Option<bool> {
+        if self.driver.is_some() {
+            return Some(false);
         }
-        self.driver.is_some()
+        let parked = self.ctl.lock_driver().take();
+        match parked? {
+            Parked::Live(d) => {
+                self.driver = Some(d);
+                Some(false)
+            }
+            Parked::Bare(stream) => {
+                let (sender, driver) = handshake_now(stream)?;
+                self.sender = Some(sender);
+                self.driver = Some(driver);
+                Some(true)
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1 handshake over an already connected stream. It does no I/O, so its
+/// future completes on the first poll.
+pub(crate) fn handshake_now(stream: Stream) -> Option<(Sender, Driver)> {
+    let fut = http1::Builder::new().handshake(TokioIo::new(stream));
+    let mut fut = std::pin::pin!(fut);
+    match fut
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(Ok((sender, driver))) => Some((sender, Box::pin(driver))),
+        _ => None,
     }
 }
 
@@ -544,16 +600,20 @@ impl Pool {
                 Scheduling::Fifo => o.idle.pop_front(),
             }?;
             let mut c = idle.conn;
-            let stale = !c.unpark_driver()
-                || c.sender.is_closed()
-                || !c.sender.is_ready()
+            // A rebuilt sender is not "ready" until its driver is first polled.
+            let usable = c.unpark_driver().is_some_and(|rebuilt| {
+                c.sender
+                    .as_ref()
+                    .is_some_and(|s| !s.is_closed() && (rebuilt || s.is_ready()))
+            });
+            let stale = !usable
                 || c.ctl.idle_deadline().is_some_and(|d| d <= now)
                 || c.expired(self.cfg.max_socket_lifetime, now);
             if stale {
                 // Dropping requests the close; the driver frees the slot.
                 continue;
             }
-            c.ctl.set_idle_deadline(None);
+            c.ctl.set_idle_deadline(None, false);
             return Some(c);
         }
     }
@@ -610,7 +670,7 @@ impl Pool {
         };
         match guard.wait().await {
             Ok(Grant::Conn(mut c)) => {
-                c.ctl.set_idle_deadline(None);
+                c.ctl.set_idle_deadline(None, false);
                 c.unpark_driver();
                 Ok(Checkout::Reused(c))
             }
@@ -662,7 +722,7 @@ impl Pool {
         };
         Ok(Conn {
             driver: Some(driver),
-            sender,
+            sender: Some(sender),
             probe,
             origin,
             ctl,
@@ -683,7 +743,7 @@ impl Pool {
             return;
         };
         conn.served += 1;
-        if st.closed || conn.sender.is_closed() {
+        if st.closed || conn.sender.as_ref().is_none_or(|s| s.is_closed()) {
             return;
         }
         // A queued request for this origin gets it first (oldest first).
@@ -713,7 +773,7 @@ impl Pool {
         }
         conn.park_driver();
         conn.ctl
-            .set_idle_deadline(idle_timeout.map(|t| Instant::now() + t));
+            .set_idle_deadline(idle_timeout.map(|t| Instant::now() + t), true);
         o.idle.push_back(Idle { conn });
     }
 
@@ -749,6 +809,34 @@ impl Pool {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Sheds hyper's buffers and channel of a connection that has stayed idle: keeps only
+    /// the socket (taken back with `Connection::into_parts`, which does no I/O), to be
+    /// rebuilt by the next checkout. A connection with unread bytes is closed instead.
+    fn compact(&self, origin: &Arc<Origin>, ctl: &ConnCtl) {
+        let Ok(mut st) = self.lock() else {
+            return;
+        };
+        let Some(idle) = st
+            .origins
+            .get_mut(origin)
+            .and_then(|o| o.idle.iter_mut().find(|i| i.conn.ctl.id == ctl.id))
+        else {
+            return; // in use again
+        };
+        let mut slot = ctl.lock_driver();
+        let Some(Parked::Live(driver)) = slot.take() else {
+            return;
+        };
+        let parts = Pin::into_inner(driver).into_parts();
+        if parts.read_buf.is_empty() {
+            *slot = Some(Parked::Bare(parts.io.into_inner()));
+            idle.conn.sender = None;
+        } else {
+            drop(slot);
+            ctl.request_close(); // unexpected bytes from an idle connection
         }
     }
 
@@ -849,7 +937,9 @@ async fn monitor(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>) {
             }
             let mut slot = ctl.lock_driver();
             match slot.as_mut() {
-                Some(d) => d.as_mut().poll(cx).map(|_| ()),
+                Some(Parked::Live(d)) => d.as_mut().poll(cx).map(|_| ()),
+                // Anything readable on an idle bare socket (EOF, RST, stray bytes) ends it.
+                Some(Parked::Bare(s)) => s.poll_read_ready(cx).map(|_| ()),
                 None => Poll::Pending, // in use; handing it back notifies us
             }
         });
@@ -859,7 +949,11 @@ async fn monitor(pool: Weak<Pool>, origin: Arc<Origin>, ctl: Arc<ConnCtl>) {
             _ = idle_driver => break,
             _ = sleep => {
                 match pool.upgrade() {
-                    Some(p) if !p.expire(&origin, ctl.id) => {}
+                    Some(p) if !p.expire(&origin, ctl.id) => {
+                        if ctl.take_due_compaction() {
+                            p.compact(&origin, &ctl);
+                        }
+                    }
                     _ => break,
                 }
             }

@@ -506,3 +506,30 @@ fn cancelling_queued_requests_never_leaks_a_slot() {
     let r = a.send(Req::get(url(&s, "/")).timeout(2000)).unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Connections idle past 100 ms shed hyper's buffers (compaction) and keep only the socket:
+/// they are still reused, still watched for a server close, over HTTP and HTTPS.
+#[test]
+fn compacted_idle_connections_are_reused_and_still_watched() {
+    let s = Server::start();
+    let plain = Agent::new(true);
+    let tls = tls_agent_with(&s, |o| o);
+    for (a, base) in [(&plain, url(&s, "/")), (&tls, tls_url(s.https_port(), "/"))] {
+        let first = a.get(base.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // compacted by now
+        let again = a.get(base.clone()).unwrap();
+        assert!(again.reused(), "{base}");
+        assert_eq!(again.port(), first.port());
+        // A server close of a compacted connection still takes it out of the pool at once.
+        let r = a.get(format!("{base}?idle_close_ms=400")).unwrap();
+        assert!(r.reused());
+        let closes = s.stats().server_closed;
+        assert!(s.wait_for(Duration::from_secs(2), |st| st.server_closed == closes + 1));
+        assert!(
+            a.wait_stats(Duration::from_millis(200), |st| st.idle == 0),
+            "{base}: compacted connection still pooled after the server closed it"
+        );
+        assert!(!a.get(base.clone()).unwrap().reused());
+    }
+    assert_eq!(plain.stats().errors + tls.stats().errors, 0);
+}
