@@ -167,15 +167,6 @@ fn max_total_sockets_across_two_origins() {
     assert_eq!((st.requests, st.errors, st.queued), (12, 0, 0));
 }
 
-fn tls_agent_with(s: &Server, f: impl FnOnce(Options) -> Options) -> Agent {
-    let pem = s.ca_pem().as_bytes().to_vec();
-    f(Options::new()
-        .set(opt_bool(agent_options_set_use_system_roots, false))
-        .set(move |o| unsafe { agent_options_set_ca_pem(o, pem.as_ptr(), pem.len()) }))
-    .build()
-    .unwrap()
-}
-
 #[test]
 fn max_sockets_one_queues_and_shares_one_connection() {
     let s = Server::start();

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use keepalive_agent::ffi::agent::*;
 use keepalive_agent::ffi::agent_code as Code;
-use keepalive_agent::ffi::options::*;
 use keepalive_agent::ffi::response::*;
 
 fn count(dir: &str) -> usize {
@@ -79,15 +78,6 @@ impl Baseline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn tls_agent_opts(s: &Server, f: impl FnOnce(Options) -> Options) -> Agent {
-    let pem = s.ca_pem().as_bytes().to_vec();
-    f(Options::new()
-        .set(opt_bool(agent_options_set_use_system_roots, false))
-        .set(move |o| unsafe { agent_options_set_ca_pem(o, pem.as_ptr(), pem.len()) }))
-    .build()
-    .unwrap()
 }
 
 #[test]
@@ -201,7 +191,7 @@ fn many_agents_of_every_kind(s: &Server) {
         for _ in 0..3 {
             assert!(!off.get(url(s, "/")).unwrap().reused());
         }
-        let tls = tls_agent_opts(s, |o| o);
+        let tls = tls_agent_with(s, |o| o);
         for _ in 0..3 {
             tls.get(tls_url(s.https_port(), "/")).unwrap();
         }
@@ -274,7 +264,7 @@ fn start_raw(a: &Agent, u: &str) -> Arc<Slot> {
 /// tests/faults.rs.)
 fn free_while_async_requests_are_in_flight(s: &Server) {
     let (_l, _fill, hole) = blackhole();
-    let a = Arc::new(tls_agent_opts(s, |o| o));
+    let a = Arc::new(tls_agent_with(s, |o| o));
     let plans: Vec<(String, usize, bool)> = vec![
         // (url, count, may complete before the free)
         (format!("http://127.0.0.1:{hole}/"), 3, false),

@@ -376,13 +376,19 @@ pub fn tls_url(port: u16, path: &str) -> String {
 
 /// A TLS-capable agent trusting the server's CA (and nothing else).
 pub fn tls_agent(s: &Server, keep_alive: bool) -> Agent {
+    tls_agent_with(s, |o| {
+        o.set(opt_bool(agent_options_set_keep_alive, keep_alive))
+    })
+}
+
+/// As [`tls_agent`], with more options set by `f`.
+pub fn tls_agent_with(s: &Server, f: impl FnOnce(Options) -> Options) -> Agent {
     let pem = s.ca_pem().as_bytes().to_vec();
-    Options::new()
-        .set(opt_bool(agent_options_set_keep_alive, keep_alive))
+    f(Options::new()
         .set(opt_bool(agent_options_set_use_system_roots, false))
-        .set(move |o| unsafe { agent_options_set_ca_pem(o, pem.as_ptr(), pem.len()) })
-        .build()
-        .unwrap()
+        .set(move |o| unsafe { agent_options_set_ca_pem(o, pem.as_ptr(), pem.len()) }))
+    .build()
+    .unwrap()
 }
 
 pub const OK: Code = AGENT_CODE_OK;
