@@ -85,9 +85,7 @@ impl Error {
         Error::new(ErrorKind::InvalidOption, message)
     }
 
-    /// Whether the connection that produced this error may be handed to another request.
-    /// (Only errors raised before anything was sent leave a connection usable; the pool
-    /// never sees those, so this is "never" for everything that reaches it.)
+    /// Whether this is one of the timeout kinds (counted as `timeouts` in the stats).
     pub fn is_timeout(&self) -> bool {
         matches!(
             self.kind,

@@ -62,8 +62,6 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub keep_alive: bool,
-    /// Whether `keep_alive` came from the caller (true) or from the environment/default.
-    pub keep_alive_explicit: bool,
     pub keep_alive_msecs: u32,
     pub keep_alive_interval: Option<Duration>,
     pub keep_alive_probes: Option<u32>,
@@ -219,7 +217,6 @@ impl Options {
 
         Ok(Config {
             keep_alive,
-            keep_alive_explicit: self.keep_alive.is_some(),
             keep_alive_msecs,
             keep_alive_interval,
             keep_alive_probes,
@@ -292,7 +289,6 @@ mod tests {
     fn defaults_match_the_spec() {
         let c = Options::default().validate_with_env(no_env).unwrap();
         assert!(c.keep_alive);
-        assert!(!c.keep_alive_explicit);
         assert_eq!(c.keep_alive_msecs, 1000);
         assert_eq!(c.max_free_sockets, 256);
         assert_eq!(c.free_socket_timeout, Some(Duration::from_millis(4000)));
