@@ -137,7 +137,6 @@ fuzz_target!(|i: Input| {
         .or_else(|| switch(&i.env_reuse).or_else(|| switch(&i.env_reuse_aws)))
         .unwrap_or(true);
     assert_eq!(c.keep_alive, want_ka, "{i:?}");
-    assert_eq!(c.keep_alive_explicit, i.keep_alive.is_some());
     let ka_ms = match i.keep_alive_msecs {
         None | Some(0) => 1000,
         Some(v) => v,
