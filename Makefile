@@ -89,7 +89,7 @@ header-check: lib
 	@echo "header matches the sources"
 
 cargo-test:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --features keepalive-agent/test-hooks
 
 # ---------------------------------------------------------------------------------------
 # Demo and benchmarks (rows are added by each language's mk file)

@@ -216,7 +216,8 @@ typedef void (*agent_callback)(void *userdata,
 
 /**
  * Counters and gauges of an agent (or of one origin). Counters only grow; gauges
- * (`active`, `idle`, `queued`) are a snapshot.
+ * (`active`, `idle`, `queued`) are a snapshot. The same fields, without `keep_alive`,
+ * are listed by `agent_stats_field_name` and read by `agent_stats_values`, in this order.
  */
 typedef struct {
   /**
@@ -362,9 +363,34 @@ const char *agent_version(void);
 
 /**
  * The name of a code, e.g. `"AGENT_CODE_CONNECT_REFUSED"`, as a static NUL-terminated
- * string (never free it). Unknown values give `"AGENT_CODE_UNKNOWN"`.
+ * string (never free it). Values that are not codes give `"AGENT_CODE_UNKNOWN"`, so a
+ * binding can list every code by trying values in turn.
+ */
+const char *agent_code_name(uint32_t code);
+
+/**
+ * Deprecated: the old name of `agent_code_name`, kept until 1.0.
  */
 const char *agent_code_str(uint32_t code);
+
+/**
+ * Looks up one of the library's numeric limits by name, so that bindings validate with
+ * the same bounds the library enforces:
+ *
+ * - `"max_msecs"`: the largest millisecond value of any timeout option or request
+ *   timeout (2^31 - 1, as Node's timers);
+ * - `"max_keep_alive_msecs"`: the largest `keep_alive_msecs` / `keep_alive_interval_msecs`
+ *   (the kernel's 32767 s);
+ * - `"max_keep_alive_probes"`: the largest `keep_alive_probes` (the kernel's 127);
+ * - `"max_sockets"`: the largest `max_sockets`, `max_total_sockets`, `max_free_sockets`.
+ *
+ * Returns `AGENT_CODE_NOT_FOUND` for another name, `AGENT_CODE_INVALID_ARGUMENT` for NULL.
+ *
+ * # Safety
+ * `name` is NULL or NUL-terminated; `out` is NULL or writable.
+ */
+agent_code agent_limit(const char *name,
+                       uint64_t *out);
 
 /**
  * Copies the message of the last failure on this thread into `buf` (at most `cap - 1`
@@ -379,13 +405,6 @@ const char *agent_code_str(uint32_t code);
  */
 size_t agent_last_error(char *buf,
                         size_t cap);
-
-/**
- * Panics inside the panic boundary and returns what the boundary made of it:
- * `AGENT_CODE_PANIC`, with a message from `agent_last_error`. For binding test suites
- * that check their handling of that code.
- */
-agent_code agent_test_panic(void);
 
 /**
  * Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
@@ -513,6 +532,34 @@ agent_code agent_stats(const agent *agent,
 agent_code agent_origin_stats(const agent *agent,
                               const char *origin_url,
                               agent_pool_stats *out);
+
+/**
+ * The number of statistics fields: what `agent_stats_values` writes.
+ */
+size_t agent_stats_field_count(void);
+
+/**
+ * The name of statistics field `index` (`"connections_opened"`, ..., in the order of
+ * `agent_pool_stats`), as a static NUL-terminated string; NULL past the last one. Bindings
+ * build their statistics from these names, so a new field reaches them without a change.
+ */
+const char *agent_stats_field_name(size_t index);
+
+/**
+ * Writes the statistics of the agent (`origin_url` NULL) or of one origin, as
+ * `agent_stats_field_count()` values in the order of `agent_stats_field_name`: at most
+ * `cap` of them into `out`. `*count` (if not NULL) receives the number of fields, so a
+ * caller can size its array with a first call (`cap` 0, `out` NULL).
+ *
+ * # Safety
+ * `agent` is NULL or live; `origin_url` is NULL or NUL-terminated; `out` points to `cap`
+ * writable values (may be NULL when `cap` is 0); `count` is NULL or writable.
+ */
+agent_code agent_stats_values(const agent *agent,
+                              const char *origin_url,
+                              uint64_t *out,
+                              size_t cap,
+                              size_t *count);
 
 /**
  * The effective keep-alive setting: what `agent_new`'s argument, the options, or the

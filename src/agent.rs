@@ -1,31 +1,29 @@
-//! The agent: options, TLS, a pool, and the request path over hyper's HTTP/1.1 client
-//! connection API. Blocking, async-with-callback, and Rust `async` entry points.
+//! The agent: its entry points (blocking, async with a callback, Rust `async`), the
+//! completion guard that calls an async request's callback exactly once, and the retry
+//! loop that takes a connection from the pool, runs one exchange on it, and gives it back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::oneshot;
 
-use crate::connect::{self, TcpSettings};
-use crate::error::{Error, ErrorKind, Result, chain_message, find_io_error};
-use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros, reuse_hint};
+use crate::conn::Conn;
+use crate::connect::TcpSettings;
+use crate::direct::{self, Mode};
+use crate::error::{Error, ErrorKind, Result};
+use crate::exchange::{Failure, exchange};
+use crate::http::{Origin, Request, Response, Scheme, Timings, micros};
 use crate::options::{Config, Options};
-use crate::pool::{Checkout, Conn, Discard, Driver, Pool, SlotGuard, Stats};
+use crate::pool::{Checkout, Discard, Pool, SlotGuard};
 use crate::runtime::{self, ForkMutex};
+use crate::stats::Stats;
 
 /// How long `close` waits for connections to finish closing and callbacks to run.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// How long a finished connection may take to become ready for its next request before
-/// it is given up (it is normally a few microseconds).
-const READY_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Calls {
@@ -37,7 +35,7 @@ struct Calls {
 
 struct Inner {
     cfg: Arc<Config>,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<Conn>>,
     tcp: TcpSettings,
     extra_roots: Vec<CertificateDer<'static>>,
     tls: OnceLock<Arc<ClientConfig>>,
@@ -51,15 +49,6 @@ struct Inner {
 /// `&self` and may be called from any number of threads.
 pub struct Agent {
     inner: Arc<Inner>,
-}
-
-/// A failed exchange: `Stale` failures happened on a reused connection before any
-/// response byte arrived, and may be retried.
-enum Failure {
-    Stale(Error),
-    Other(Error),
-    /// The connection ended before anything was sent: safe to retry for any method.
-    NotSent,
 }
 
 impl Agent {
@@ -105,7 +94,7 @@ impl Agent {
     /// Sends a request and reads the whole response. Must be polled inside this library's
     /// runtime (see [`runtime::handle`]); the blocking and callback forms do that for you.
     pub async fn request(&self, req: Request) -> Result<Response> {
-        run(self.inner.clone(), req).await
+        run(self.inner.clone(), req, Mode::Reactor).await
     }
 
     /// Sends a request and blocks the calling thread until the response is complete.
@@ -123,13 +112,13 @@ impl Agent {
             // Inside another tokio runtime, `block_on` is not allowed: run on ours and wait.
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             handle.spawn(async move {
-                let _ = tx.send(run(inner, req).await);
+                let _ = tx.send(run(inner, req, Mode::Reactor).await);
             });
             return rx
                 .recv()
                 .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "request task vanished")));
         }
-        runtime::block_on(&handle, run(inner, req))
+        direct::block_on(&handle, |mode| run(inner, req, mode))
     }
 
     /// Starts a request and returns its id at once. `done` runs exactly once, on a library
@@ -162,7 +151,7 @@ impl Agent {
             let mut completion = completion;
             let origin = req.target.origin.clone();
             let res = tokio::select! {
-                r = run(inner.clone(), req) => r,
+                r = run(inner.clone(), req, Mode::Reactor) => r,
                 _ = cancel_rx => {
                     inner.pool.record(&origin, |s| {
                         s.requests += 1;
@@ -286,9 +275,11 @@ impl<F: FnOnce(Result<Response>)> Drop for Completion<F> {
     }
 }
 
-async fn run(inner: Arc<Inner>, req: Request) -> Result<Response> {
+/// One request, start to end: the retry loop within the overall deadline, then the
+/// request's line in the statistics.
+async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
     let start = Instant::now();
-    let fut = inner.attempts(&req, start);
+    let fut = inner.attempts(&req, start, mode);
     let res = match req.timeout {
         Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
             Err(Error::new(
@@ -320,7 +311,9 @@ impl Inner {
         Ok(self.tls.get_or_init(|| c).clone())
     }
 
-    async fn attempts(&self, req: &Request, start: Instant) -> Result<Response> {
+    /// Takes a connection, runs the exchange, gives the connection back; once more on a
+    /// new connection when a reused one turned out stale and the request may be repeated.
+    async fn attempts(&self, req: &Request, start: Instant, mode: Mode) -> Result<Response> {
         let origin = &req.target.origin;
         let mut fresh = false;
         loop {
@@ -330,15 +323,52 @@ impl Inner {
                 queued_us: micros(queue_start.elapsed()),
                 ..Timings::default()
             };
-            let (conn, reused) = match checkout {
+            let (mut conn, reused) = match checkout {
                 Checkout::Reused(c) => (c, true),
-                Checkout::Connect(slot) => (self.connect(slot, &mut t).await?, false),
+                Checkout::Connect(slot) => (self.open(slot, &mut t, mode).await?, false),
             };
-            match self.exchange(conn, req, reused, start, t).await {
-                Ok(r) => return Ok(r),
-                Err(Failure::Other(e)) => return Err(e),
-                Err(Failure::NotSent) => continue,
-                Err(Failure::Stale(e)) => {
+            conn.set_mode(mode);
+            let failure = match exchange(
+                &mut conn,
+                req,
+                &self.cfg,
+                &self.user_agent,
+                reused,
+                start,
+                t,
+            )
+            .await
+            {
+                Ok(done) => {
+                    let mut keep = self.pool.idle_timeout(&conn, done.hint);
+                    if keep.is_some() && !conn.ready_for_next().await {
+                        keep = None;
+                    }
+                    self.pool.release(origin, conn, keep);
+                    let mut response = done.response;
+                    response.timings.total_us = micros(start.elapsed());
+                    return Ok(response);
+                }
+                Err(f) => f,
+            };
+            let discard = |e: &Error| {
+                if e.is_timeout() {
+                    Discard::Timeout
+                } else {
+                    Discard::Error
+                }
+            };
+            match failure {
+                Failure::NotSent => {
+                    drop(conn);
+                    continue;
+                }
+                Failure::Failed(e) => {
+                    self.pool.discard(origin, conn, discard(&e));
+                    return Err(e);
+                }
+                Failure::Stale(e) => {
+                    self.pool.discard(origin, conn, discard(&e));
                     if !fresh && self.cfg.retry_stale && req.is_retryable() {
                         self.pool.record(origin, |s| s.retries += 1);
                         fresh = true;
@@ -361,265 +391,18 @@ impl Inner {
         }
     }
 
-    async fn connect(&self, slot: SlotGuard, t: &mut Timings) -> Result<Conn> {
+    /// Opens a connection with a slot from the pool and registers it there.
+    async fn open(&self, slot: SlotGuard<Conn>, t: &mut Timings, mode: Mode) -> Result<Conn> {
         let origin: Arc<Origin> = slot.origin().clone();
         let tls = match origin.scheme {
             Scheme::Https => Some(self.tls_config()?),
             Scheme::Http => None,
         };
-        let fut = connect::connect(&origin, &self.tcp, tls);
-        let (stream, ct) = match self.cfg.connect_timeout {
-            Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-                Error::new(
-                    ErrorKind::ConnectTimeout,
-                    format!(
-                        "connect to {} timed out after {} ms",
-                        origin.authority(),
-                        d.as_millis()
-                    ),
-                )
-            })??,
-            None => fut.await?,
-        };
+        let (conn, ct) =
+            Conn::open(&origin, &self.tcp, tls, self.cfg.connect_timeout, mode).await?;
         t.dns_us = micros(ct.dns);
         t.connect_us = micros(ct.tcp);
         t.tls_us = micros(ct.tls);
-        let probe = stream.probe();
-        let (sender, driver) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Connect, chain_message(&e)))?;
-        self.pool.register(slot, sender, Box::pin(driver), probe)
+        self.pool.register(slot, conn)
     }
-
-    fn discard(&self, conn: Conn, why: Discard) {
-        self.pool.record(&conn.origin, |s| match why {
-            Discard::Timeout => s.connections_timed_out += 1,
-            Discard::Error => s.connections_errored += 1,
-        });
-        drop(conn);
-    }
-
-    /// Whether (and for how long) the connection may idle in the pool after this response.
-    fn keep_for(&self, conn: &Conn, parts: &http::response::Parts) -> Option<Option<Duration>> {
-        if !self.cfg.keep_alive || conn.expired(self.cfg.max_socket_lifetime, Instant::now()) {
-            return None;
-        }
-        match reuse_hint(parts.version, &parts.headers) {
-            ReuseHint::Close => None,
-            ReuseHint::Keep(None) => Some(self.cfg.free_socket_timeout),
-            ReuseHint::Keep(Some(hint)) => {
-                let hint = hint.min(self.cfg.max_keep_alive_timeout);
-                let usable = hint
-                    .checked_sub(self.cfg.keep_alive_timeout_buffer)
-                    .filter(|d| !d.is_zero())?;
-                Some(Some(
-                    self.cfg
-                        .free_socket_timeout
-                        .map_or(usable, |f| f.min(usable)),
-                ))
-            }
-        }
-    }
-
-    async fn exchange(
-        &self,
-        mut conn: Conn,
-        req: &Request,
-        reused: bool,
-        start: Instant,
-        mut t: Timings,
-    ) -> std::result::Result<Response, Failure> {
-        let before = conn.probe.bytes_read();
-        if !crate::pool::adopt_driver(&mut conn.driver).await {
-            return Err(Failure::NotSent);
-        }
-        let sender = match conn.sender.as_mut() {
-            Some(s) if !s.is_closed() => s,
-            _ => return Err(Failure::NotSent),
-        };
-        let hreq = req.to_hyper(self.cfg.keep_alive, &self.user_agent);
-        t.sent_us = micros(start.elapsed());
-        let fut = sender.send_request(hreq);
-        let fut = crate::pool::drive(&mut conn.driver, fut);
-        let head = match self.cfg.headers_timeout {
-            Some(d) => match tokio::time::timeout(d, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.discard(conn, Discard::Timeout);
-                    return Err(Failure::Other(Error::new(
-                        ErrorKind::HeadersTimeout,
-                        format!("no complete response head within {} ms", d.as_millis()),
-                    )));
-                }
-            },
-            None => fut.await,
-        };
-        let head = match head {
-            Some(Ok(r)) => Ok(r),
-            Some(Err(e)) => Err(map_hyper_error(&e)),
-            None => Err(Error::new(
-                ErrorKind::ConnectionClosed,
-                "connection closed before the response head",
-            )),
-        };
-        let resp = match head {
-            Ok(r) => r,
-            Err(err) => {
-                let nothing_received = conn.probe.bytes_read() == before;
-                self.discard(conn, Discard::Error);
-                let stale_kind = matches!(
-                    err.kind(),
-                    ErrorKind::ConnectionReset
-                        | ErrorKind::ConnectionClosed
-                        | ErrorKind::BrokenPipe
-                );
-                return Err(if reused && nothing_received && stale_kind {
-                    Failure::Stale(err)
-                } else {
-                    Failure::Other(err)
-                });
-            }
-        };
-        t.ttfb_us = micros(start.elapsed());
-        let (parts, mut body) = resp.into_parts();
-        let body = match read_body(&mut body, &mut conn.driver, &parts, &self.cfg).await {
-            Ok(b) => b,
-            Err(e) => {
-                let why = if e.is_timeout() {
-                    Discard::Timeout
-                } else {
-                    Discard::Error
-                };
-                self.discard(conn, why);
-                return Err(Failure::Other(e));
-            }
-        };
-        let keep = self.keep_for(&conn, &parts);
-        let keep = match (keep, conn.sender.as_mut()) {
-            (Some(k), Some(sender)) if !sender.is_ready() => {
-                let ready = crate::pool::drive(&mut conn.driver, sender.ready());
-                match tokio::time::timeout(READY_WAIT, ready).await {
-                    Ok(Some(Ok(()))) => Some(k),
-                    _ => None,
-                }
-            }
-            (k, Some(_)) => k,
-            (_, None) => None,
-        };
-        self.pool.release(conn, keep);
-        t.total_us = micros(start.elapsed());
-        Ok(Response {
-            status: parts.status.as_u16(),
-            version: parts.version,
-            headers: parts.headers,
-            body,
-            reused,
-            timings: t,
-        })
-    }
-}
-
-/// Reads a whole body, enforcing the gap timeout and the size cap.
-async fn read_body(
-    body: &mut Incoming,
-    driver: &mut Option<Driver>,
-    parts: &http::response::Parts,
-    cfg: &Config,
-) -> Result<Bytes> {
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = |n: u64| {
-        Error::new(
-            ErrorKind::ResponseTooLarge,
-            format!(
-                "response body of {n}+ bytes exceeds max_response_bytes = {}",
-                cfg.max_response_bytes.unwrap_or(0)
-            ),
-        )
-    };
-    if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
-        if n > max {
-            return Err(too_large(n));
-        }
-    }
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut total: u64 = 0;
-    loop {
-        let next = crate::pool::drive(driver, body.frame());
-        let frame = match cfg.body_timeout {
-            Some(d) => tokio::time::timeout(d, next).await.map_err(|_| {
-                Error::new(
-                    ErrorKind::BodyTimeout,
-                    format!("no body data for {} ms", d.as_millis()),
-                )
-            })?,
-            None => next.await,
-        };
-        let Some(frame) = frame else {
-            return Err(Error::new(
-                ErrorKind::ConnectionClosed,
-                "connection closed before the response body was complete",
-            ));
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(map_hyper_error(&e)),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue, // trailers
-            },
-        };
-        total += data.len() as u64;
-        if cfg.max_response_bytes.is_some_and(|m| total > m) {
-            return Err(too_large(total));
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let cap = declared.map_or(f.len() + data.len(), |n| n as usize);
-                let mut b = BytesMut::with_capacity(cap.min(64 << 20));
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                rest = Some(b);
-            }
-            (Some(_), Some(b)) => b.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(b)) => b.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    })
-}
-
-/// Maps a hyper error to our kinds by what happened on the wire.
-fn map_hyper_error(e: &hyper::Error) -> Error {
-    let msg = chain_message(e);
-    if let Some(io) = find_io_error(e) {
-        let kind = match io.kind() {
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
-                ErrorKind::ConnectionReset
-            }
-            std::io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
-            std::io::ErrorKind::UnexpectedEof => ErrorKind::ConnectionClosed,
-            _ if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => ErrorKind::Tls,
-            _ => ErrorKind::ConnectionReset,
-        };
-        return Error::new(kind, msg);
-    }
-    let kind = if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        ErrorKind::ConnectionClosed
-    } else if e.is_parse() || e.is_parse_status() {
-        ErrorKind::Protocol
-    } else if e.is_body_write_aborted() {
-        ErrorKind::BrokenPipe
-    } else {
-        ErrorKind::Protocol
-    };
-    Error::new(kind, msg)
 }

@@ -1,4 +1,5 @@
-//! Establishing connections: DNS, TCP with keep-alive options, TLS. Knows nothing of pooling.
+//! Establishing connections: DNS, TCP with keep-alive options, TLS. Knows nothing of
+//! pooling or of HTTP; the socket itself (and its two modes) lives in [`crate::direct`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -11,253 +12,67 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::direct::{Mode, Socket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, Scheme};
-use crate::runtime;
 
 /// TCP settings taken from the agent's configuration.
 #[derive(Clone, Debug)]
-pub struct TcpSettings {
+pub(crate) struct TcpSettings {
     /// `Some(idle)` sets SO_KEEPALIVE with TCP_KEEPIDLE = idle; `None` leaves it off.
-    pub keepalive_idle: Option<Duration>,
-    pub keepalive_interval: Option<Duration>,
-    pub keepalive_probes: Option<u32>,
+    pub(crate) keepalive_idle: Option<Duration>,
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) keepalive_probes: Option<u32>,
 }
 
 /// What one connect cost, phase by phase.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ConnectTimings {
-    pub dns: Duration,
-    pub tcp: Duration,
-    pub tls: Duration,
+pub(crate) struct ConnectTimings {
+    pub(crate) dns: Duration,
+    pub(crate) tcp: Duration,
+    pub(crate) tls: Duration,
 }
 
 /// Byte counters shared between a connection's I/O and the requests that use it.
 /// `bytes_read` tells whether any response byte arrived since a request was sent, which
 /// is what decides whether a failed request on a reused connection may be retried.
 #[derive(Debug, Default)]
-pub struct IoProbe {
+pub(crate) struct IoProbe {
     bytes_read: AtomicU64,
 }
 
 impl IoProbe {
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
     }
 }
 
-/// A TCP stream that follows the thread polling it. Polled by a library thread, it is a
-/// tokio stream driven by the reactor. Polled by a blocking caller inside
-/// [`runtime::block_on`], it leaves the reactor and the caller does its own system calls
-/// and waits on the socket itself, as libcurl does: the response wakes the caller
-/// directly, with no other thread involved. The switch is an `epoll_ctl` each way and
-/// happens only when the kind of poller changes.
-pub struct Tcp(Sock, Blocked);
-
-/// The wait epoch at which each direction last saw `EAGAIN` in direct mode.
-#[derive(Default)]
-struct Blocked {
-    read: Option<u64>,
-    write: Option<u64>,
-}
-
-const SCRATCH_LEN: usize = 64 * 1024;
-
-thread_local! {
-    /// Where direct-mode reads land before being copied into hyper's buffer.
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
-}
-
-enum Sock {
-    Reactor(TcpStream),
-    Direct(std::net::TcpStream),
-    /// Only during a switch; a failed switch leaves it here and the connection errors.
-    Moving,
-}
-
-impl Tcp {
-    fn new(s: TcpStream) -> Tcp {
-        Tcp(Sock::Reactor(s), Blocked::default())
-    }
-
-    /// Puts the socket in the mode the current thread needs.
-    fn align(&mut self) -> io::Result<()> {
-        let direct = runtime::direct_io_thread();
-        match (&self.0, direct) {
-            (Sock::Reactor(_), true) => {
-                if let Sock::Reactor(s) = std::mem::replace(&mut self.0, Sock::Moving) {
-                    self.0 = Sock::Direct(s.into_std()?);
-                }
-            }
-            (Sock::Direct(_), false) => {
-                if let Sock::Direct(s) = std::mem::replace(&mut self.0, Sock::Moving) {
-                    self.0 = Sock::Reactor(TcpStream::from_std(s)?);
-                }
-            }
-            (Sock::Moving, _) => return Err(io::Error::other("socket lost while switching modes")),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// A direct system call: `WouldBlock` becomes "wait for this socket" for the caller.
-    /// After an `EAGAIN`, the call is not retried until a wait has happened.
-    fn direct<T>(
-        s: &std::net::TcpStream,
-        interest: runtime::Wait,
-        blocked: &mut Option<u64>,
-        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
-        let epoch = runtime::wait_epoch();
-        if *blocked == Some(epoch) {
-            runtime::wait_for(fd, interest);
-            return Poll::Pending;
-        }
-        loop {
-            match op(s) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    *blocked = Some(epoch);
-                    runtime::wait_for(fd, interest);
-                    return Poll::Pending;
-                }
-                r => {
-                    *blocked = None;
-                    return Poll::Ready(r);
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for Tcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.align()?;
-        match &mut this.0 {
-            Sock::Reactor(s) => Pin::new(s).poll_read(cx, buf),
-            Sock::Direct(s) => {
-                // hyper hands us a fresh, uninitialised buffer each time; zeroing it (8 KiB or
-                // more) per read would cost more than the read. Read into this thread's
-                // scratch buffer instead and copy what arrived.
-                let want = buf.remaining().min(SCRATCH_LEN);
-                let n = SCRATCH.with(|scratch| {
-                    let mut scratch = scratch.borrow_mut();
-                    let n = std::task::ready!(Tcp::direct(
-                        s,
-                        runtime::Wait::Read,
-                        &mut this.1.read,
-                        |mut s| io::Read::read(&mut s, &mut scratch[..want])
-                    ))?;
-                    buf.put_slice(&scratch[..n]);
-                    Poll::Ready(Ok::<usize, io::Error>(n))
-                });
-                std::task::ready!(n)?;
-                Poll::Ready(Ok(()))
-            }
-            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
-        }
-    }
-}
-
-impl Tcp {
-    /// A write in the mode the current thread needs: `reactor` through tokio, `direct` as
-    /// a system call.
-    fn write_with<T>(
-        &mut self,
-        reactor: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
-        direct: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
-        self.align()?;
-        match &mut self.0 {
-            Sock::Reactor(s) => reactor(Pin::new(s)),
-            Sock::Direct(s) => Tcp::direct(s, runtime::Wait::Write, &mut self.1.write, direct),
-            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
-        }
-    }
-}
-
-impl AsyncWrite for Tcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().write_with(
-            |s| s.poll_write(cx, buf),
-            |mut s| io::Write::write(&mut s, buf),
-        )
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().write_with(
-            |s| s.poll_write_vectored(cx, bufs),
-            |mut s| io::Write::write_vectored(&mut s, bufs),
-        )
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Sock::Reactor(s) => Pin::new(s).poll_flush(cx),
-            _ => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Sock::Reactor(s) => Pin::new(s).poll_shutdown(cx),
-            Sock::Direct(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
-            Sock::Moving => Poll::Ready(Ok(())),
-        }
-    }
-}
-
 enum Transport {
-    Tcp(Tcp),
-    Tls(Box<TlsStream<Tcp>>),
+    Tcp(Socket),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 /// A connected byte stream (plain or TLS) that counts what it reads.
-pub struct Stream {
+pub(crate) struct Stream {
     transport: Transport,
     probe: Arc<IoProbe>,
 }
 
 impl Stream {
-    pub fn probe(&self) -> Arc<IoProbe> {
+    pub(crate) fn probe(&self) -> Arc<IoProbe> {
         self.probe.clone()
     }
 
     /// Ready when the socket underneath has something to read (data, EOF or an error):
     /// for an idle connection, that means it is over. Registers with the reactor.
-    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let tcp = match &mut self.transport {
-            Transport::Tcp(t) => t,
-            Transport::Tls(s) => &mut s.get_mut().0,
-        };
-        tcp.align()?;
-        match &tcp.0 {
-            Sock::Reactor(s) => s.poll_read_ready(cx),
-            // Only a blocking caller's thread sees direct mode, and it never waits here.
-            _ => Poll::Ready(Ok(())),
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.transport {
+            Transport::Tcp(t) => t.poll_read_ready(cx),
+            Transport::Tls(s) => s.get_mut().0.poll_read_ready(cx),
         }
     }
 }
@@ -365,48 +180,25 @@ fn configure(sock: socket2::SockRef<'_>, tcp: &TcpSettings) -> io::Result<()> {
     Ok(())
 }
 
-async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<Tcp> {
-    if runtime::direct_io_thread() {
-        return connect_direct(addr, tcp).await;
-    }
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    configure(socket2::SockRef::from(&sock), tcp)?;
-    Ok(Tcp::new(sock.connect(addr).await?))
-}
-
-/// A blocking caller connects on its own, like the rest of its I/O: a non-blocking
-/// `connect`, then its executor waits for the socket to become writable.
-async fn connect_direct(addr: SocketAddr, tcp: &TcpSettings) -> io::Result<Tcp> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_nonblocking(true)?;
-    configure(socket2::SockRef::from(&sock), tcp)?;
-    match sock.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-            std::future::poll_fn(|_cx| {
-                if let Some(e) = sock.take_error()? {
-                    return Poll::Ready(Err(e));
-                }
-                match sock.peer_addr() {
-                    Ok(_) => Poll::Ready(Ok(())),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                        runtime::wait_for(fd, runtime::Wait::Write);
-                        Poll::Pending
-                    }
-                    Err(e) => Poll::Ready(Err(e)),
-                }
-            })
-            .await?;
+async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings, mode: Mode) -> io::Result<Socket> {
+    match mode {
+        Mode::Direct => {
+            use socket2::{Domain, Protocol, Type};
+            let sock =
+                socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            configure(socket2::SockRef::from(&sock), tcp)?;
+            Socket::connect_direct(sock, addr).await
         }
-        Err(e) => return Err(e),
+        Mode::Reactor => {
+            let sock = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            configure(socket2::SockRef::from(&sock), tcp)?;
+            Ok(Socket::reactor(sock.connect(addr).await?))
+        }
     }
-    Ok(Tcp(Sock::Direct(sock.into()), Blocked::default()))
 }
 
 fn connect_error(origin: &Origin, addr: SocketAddr, e: io::Error) -> Error {
@@ -421,11 +213,13 @@ fn connect_error(origin: &Origin, addr: SocketAddr, e: io::Error) -> Error {
 }
 
 /// Opens a connection to `origin`: every resolved address in turn, then TLS for https.
+/// `mode` says which kind of thread will do the socket's I/O (see [`crate::direct`]).
 /// The caller bounds the whole thing with the connect timeout.
-pub async fn connect(
+pub(crate) async fn connect(
     origin: &Origin,
     tcp: &TcpSettings,
     tls: Option<Arc<ClientConfig>>,
+    mode: Mode,
 ) -> Result<(Stream, ConnectTimings)> {
     let mut t = ConnectTimings::default();
     let start = Instant::now();
@@ -438,7 +232,7 @@ pub async fn connect(
     let mut last_err = None;
     let mut stream = None;
     for addr in addrs {
-        match connect_tcp(addr, tcp).await {
+        match connect_tcp(addr, tcp, mode).await {
             Ok(s) => {
                 stream = Some(s);
                 break;

@@ -1,29 +1,40 @@
 //! keepalive-agent: an HTTP/1.1 client engine with a keep-alive connection pool, shared by
-//! C, C++, Python and Node programs through the C ABI in [`ffi`].
+//! C, C++, Python and Node programs through the C ABI in `ffi`.
 //!
-//! Layers (arrows point down only; the core never imports `ffi`):
+//! `ARCHITECTURE.md` at the top of the repository describes the rooms below, what each may
+//! import, and the path of a request through them. Arrows point down only:
 //!
-//! - [`ffi`]: the C ABI — `extern "C"` functions, panic boundary, NULL checks, codes.
-//! - [`agent`]: the request path (checkout, send, read, release, stale retry, timeouts).
-//! - [`pool`]: per-origin idle lists, limits, queue, idle timers, statistics.
-//! - [`http`]: URL parsing, header validation, the response model, server hints.
-//! - [`connect`] and [`tls`]: DNS, TCP with keep-alive options, rustls.
-//! - [`options`]: validated options and the environment switch.
-//! - [`runtime`]: the process-wide tokio runtime, rebuilt after `fork()`.
-//! - [`error`]: one error type.
+//! - `ffi`: the C ABI — `extern "C"` functions, panic boundary, NULL checks, codes. Every
+//!   `unsafe` of the crate is there.
+//! - `agent`: entry points (blocking, async), the completion guard, the retry loop.
+//! - `exchange`: one request/response on one connection; keep or close.
+//! - `pool`: slots, the wait queue, idle lists, limits, statistics; no sockets.
+//! - `conn`: one connection: handshake, drive, park, compaction, idle monitor.
+//! - `connect`: DNS, TCP with keep-alive options, TLS.
+//! - `direct`: the blocking path: `block_on`, the per-thread poller, the direct-mode socket.
+//! - `http`, `options`, `stats`, `tls`, `runtime`, `error`: the model, validated options,
+//!   counters, rustls configuration, the process-wide runtime, one error type.
+//!
+//! The Rust API is what this file re-exports; everything else is private to the crate.
 
-pub mod agent;
-pub mod connect;
-pub mod error;
+mod agent;
+mod conn;
+mod connect;
+mod direct;
+mod error;
+mod exchange;
 pub mod ffi;
-pub mod http;
-pub mod options;
-pub mod pool;
-pub mod runtime;
-pub mod tls;
+mod http;
+mod options;
+mod pool;
+mod runtime;
+mod stats;
+mod tls;
 
 pub use agent::Agent;
 pub use error::{Error, ErrorKind, Result};
-pub use http::{Request, Response, Timings};
+pub use http::{Origin, Request, Response, Scheme, Target, Timings};
+pub use http::{parse_header, parse_method, parse_url, request_timeout};
+pub use options::limit_by_name as limit;
 pub use options::{Config, Options, Scheduling};
-pub use pool::Stats;
+pub use stats::Stats;

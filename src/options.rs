@@ -18,17 +18,29 @@ pub enum Scheduling {
 }
 
 /// The two environment variables of SPEC §3, in lookup order.
-pub const ENV_REUSE: &str = "KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED";
-pub const ENV_REUSE_AWS: &str = "AWS_NODEJS_CONNECTION_REUSE_ENABLED";
+pub(crate) const ENV_REUSE: &str = "KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED";
+pub(crate) const ENV_REUSE_AWS: &str = "AWS_NODEJS_CONNECTION_REUSE_ENABLED";
 
 /// Largest millisecond value accepted for timeouts (as Node's timers: 2^31 - 1).
-pub const MAX_MSECS: u32 = i32::MAX as u32;
+pub(crate) const MAX_MSECS: u32 = i32::MAX as u32;
 /// The kernel's limit for TCP_KEEPIDLE / TCP_KEEPINTVL is 32767 seconds.
-pub const MAX_KEEPALIVE_MSECS: u32 = 32_767_000;
+pub(crate) const MAX_KEEPALIVE_MSECS: u32 = 32_767_000;
 /// The kernel's limit for TCP_KEEPCNT.
-pub const MAX_KEEPALIVE_PROBES: u32 = 127;
+pub(crate) const MAX_KEEPALIVE_PROBES: u32 = 127;
 /// Upper bound on any connection-count limit.
-pub const MAX_SOCKETS_LIMIT: u32 = 1 << 20;
+pub(crate) const MAX_SOCKETS_LIMIT: u32 = 1 << 20;
+
+/// The limits a binding needs to validate with the library's bounds, by the names
+/// `agent_limit` takes.
+pub fn limit_by_name(name: &str) -> Option<u64> {
+    Some(u64::from(match name {
+        "max_msecs" => MAX_MSECS,
+        "max_keep_alive_msecs" => MAX_KEEPALIVE_MSECS,
+        "max_keep_alive_probes" => MAX_KEEPALIVE_PROBES,
+        "max_sockets" => MAX_SOCKETS_LIMIT,
+        _ => return None,
+    }))
+}
 
 /// Options as set by the caller. `None` means "not set, use the default".
 #[derive(Clone, Debug, Default)]
@@ -85,14 +97,14 @@ pub struct Config {
     pub user_agent: String,
 }
 
-pub const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
-pub const DEFAULT_MAX_FREE_SOCKETS: u32 = 256;
-pub const DEFAULT_FREE_SOCKET_TIMEOUT_MSECS: u32 = 4000;
-pub const DEFAULT_KEEP_ALIVE_TIMEOUT_BUFFER_MSECS: u32 = 1000;
-pub const DEFAULT_MAX_KEEP_ALIVE_TIMEOUT_MSECS: u32 = 600_000;
-pub const DEFAULT_CONNECT_TIMEOUT_MSECS: u32 = 10_000;
-pub const DEFAULT_HEADERS_TIMEOUT_MSECS: u32 = 300_000;
-pub const DEFAULT_BODY_TIMEOUT_MSECS: u32 = 300_000;
+pub(crate) const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
+pub(crate) const DEFAULT_MAX_FREE_SOCKETS: u32 = 256;
+pub(crate) const DEFAULT_FREE_SOCKET_TIMEOUT_MSECS: u32 = 4000;
+pub(crate) const DEFAULT_KEEP_ALIVE_TIMEOUT_BUFFER_MSECS: u32 = 1000;
+pub(crate) const DEFAULT_MAX_KEEP_ALIVE_TIMEOUT_MSECS: u32 = 600_000;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_MSECS: u32 = 10_000;
+pub(crate) const DEFAULT_HEADERS_TIMEOUT_MSECS: u32 = 300_000;
+pub(crate) const DEFAULT_BODY_TIMEOUT_MSECS: u32 = 300_000;
 
 /// The library's default `User-Agent`.
 pub fn default_user_agent() -> String {

@@ -7,21 +7,20 @@
 //! thread is gone) is reported as [`ErrorKind::Forked`] instead of hanging.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use tokio::runtime::{Handle, Runtime};
 
 use crate::error::{Error, ErrorKind, Result};
 
 /// Overrides the number of worker threads (default 2).
-pub const ENV_WORKER_THREADS: &str = "KEEPALIVE_AGENT_WORKER_THREADS";
+pub(crate) const ENV_WORKER_THREADS: &str = "KEEPALIVE_AGENT_WORKER_THREADS";
 const DEFAULT_WORKERS: usize = 2;
 const MAX_WORKERS: usize = 64;
+/// Threads for tokio's blocking pool, which serves only name resolution
+/// (`lookup_host` runs `getaddrinfo` there): enough for a few slow lookups at once.
+const MAX_BLOCKING_THREADS: usize = 8;
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 const NONE: u64 = u64::MAX;
@@ -41,18 +40,18 @@ thread_local! {
 }
 
 /// How many times this process (or its ancestors since the library loaded) has forked.
-pub fn fork_generation() -> u64 {
+pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(Ordering::Acquire)
 }
 
 /// To be called in the child after `fork()` (the FFI layer registers it with
 /// `pthread_atfork`). Only an atomic increment: async-signal-safe.
-pub fn note_fork_in_child() {
+pub(crate) fn note_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 /// True on the library's own worker threads (where blocking calls would deadlock).
-pub fn on_runtime_thread() -> bool {
+pub(crate) fn on_runtime_thread() -> bool {
     ON_RUNTIME_THREAD.with(Cell::get)
 }
 
@@ -84,14 +83,14 @@ pub(crate) struct ForkMutex<T: Default> {
 }
 
 impl<T: Default> ForkMutex<T> {
-    pub fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         ForkMutex {
             inner: Mutex::new(value),
             generation: AtomicU64::new(fork_generation()),
         }
     }
 
-    pub fn lock(&self) -> Result<MutexGuard<'_, T>> {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, T>> {
         let generation = fork_generation();
         let same = self.generation.load(Ordering::Acquire) == generation;
         let mut guard = fork_safe_lock(&self.inner, same)?;
@@ -118,7 +117,7 @@ fn build() -> Result<&'static Runtime> {
     if workers == 1 {
         // One thread: a current-thread scheduler on a dedicated thread.
         let rt = tokio::runtime::Builder::new_current_thread()
-            .max_blocking_threads(8)
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .enable_all()
             .build()
             .map_err(err)?;
@@ -135,7 +134,7 @@ fn build() -> Result<&'static Runtime> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("keepalive-agent")
-        .max_blocking_threads(8)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .on_thread_start(|| ON_RUNTIME_THREAD.with(|c| c.set(true)))
         .build()
@@ -150,7 +149,7 @@ thread_local! {
 }
 
 /// The handle of this process's runtime, building it on first use and after a fork.
-pub fn handle() -> Result<Handle> {
+pub(crate) fn handle() -> Result<Handle> {
     let generation = fork_generation();
     let cached = HANDLE.with(|h| match &*h.borrow() {
         Some((g, handle)) if *g == generation => Some(handle.clone()),
@@ -192,201 +191,6 @@ fn shared_handle(generation: u64) -> Result<Handle> {
     });
     RUNTIME_GENERATION.store(generation, Ordering::Release);
     Ok(handle)
-}
-
-/// What a direct-mode socket waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    Read,
-    Write,
-}
-
-thread_local! {
-    /// Set while this thread runs [`block_on`]: sockets polled here do direct I/O.
-    static DIRECT: Cell<bool> = const { Cell::new(false) };
-    /// The socket the last poll of [`block_on`]'s future is waiting for.
-    static WAIT_FD: Cell<Option<(RawFd, Wait)>> = const { Cell::new(None) };
-    /// This thread's epoll instance for direct waits, made on first use (and again in a
-    /// forked child, whose copy would be shared with the parent).
-    static POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
-}
-
-/// Whether sockets polled on this thread should do their own I/O (inside [`block_on`]).
-pub fn direct_io_thread() -> bool {
-    DIRECT.with(Cell::get)
-}
-
-/// Called by a direct-mode socket that would block: the executor waits for it.
-pub fn wait_for(fd: RawFd, wait: Wait) {
-    WAIT_FD.with(|w| w.set(Some((fd, wait))));
-}
-
-/// Counts the waits of every direct executor. A socket that saw `EAGAIN` at epoch `e`
-/// skips further system calls until the epoch moves on: nothing can have arrived that a
-/// wait would not have reported.
-static WAIT_EPOCH: AtomicU64 = AtomicU64::new(0);
-
-pub fn wait_epoch() -> u64 {
-    WAIT_EPOCH.load(Ordering::Acquire)
-}
-
-const SOCKET: mio::Token = mio::Token(0);
-const WAKE: mio::Token = mio::Token(1);
-
-struct Poller {
-    poll: mio::Poll,
-    events: mio::Events,
-    waker: Arc<mio::Waker>,
-    generation: u64,
-    /// The socket registered last (left registered: the next wait on it is one
-    /// `EPOLL_CTL_MOD`; a closed socket leaves the epoll set by itself).
-    registered: Option<RawFd>,
-}
-
-impl Poller {
-    fn new() -> std::io::Result<Poller> {
-        let poll = mio::Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
-        Ok(Poller {
-            poll,
-            events: mio::Events::with_capacity(4),
-            waker,
-            generation: fork_generation(),
-            registered: None,
-        })
-    }
-
-    /// Blocks until `fd` is ready for `wait` or the waker fires.
-    fn wait(&mut self, fd: RawFd, wait: Wait) -> std::io::Result<()> {
-        let interest = match wait {
-            Wait::Read => mio::Interest::READABLE,
-            Wait::Write => mio::Interest::WRITABLE,
-        };
-        let mut source = mio::unix::SourceFd(&fd);
-        let registry = self.poll.registry();
-        // MOD re-arms the edge-triggered registration and reports data already there; it
-        // fails if the fd is not in the set (first use, or the socket was closed since).
-        let first = if self.registered == Some(fd) {
-            registry.reregister(&mut source, SOCKET, interest)
-        } else {
-            registry.register(&mut source, SOCKET, interest)
-        };
-        if first.is_err() {
-            let second = registry.register(&mut source, SOCKET, interest);
-            if second.is_err() {
-                registry.reregister(&mut source, SOCKET, interest)?;
-            }
-        }
-        self.registered = Some(fd);
-        let res = loop {
-            match self.poll.poll(&mut self.events, None) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        };
-        WAIT_EPOCH.fetch_add(1, Ordering::AcqRel);
-        res
-    }
-}
-
-const RUNNING: u8 = 0;
-const PARKED: u8 = 1;
-const POLLING: u8 = 2;
-
-struct ThreadWaker {
-    thread: std::thread::Thread,
-    woken: AtomicBool,
-    state: AtomicU8,
-    poll_waker: Option<Arc<mio::Waker>>,
-}
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::SeqCst);
-        match self.state.load(Ordering::SeqCst) {
-            PARKED => self.thread.unpark(),
-            POLLING => {
-                if let Some(w) = &self.poll_waker {
-                    let _ = w.wake();
-                }
-            }
-            _ => {} // running: it polls again before waiting
-        }
-    }
-}
-
-/// Restores the thread's mode when `block_on` returns or unwinds.
-struct DirectGuard(bool);
-
-impl Drop for DirectGuard {
-    fn drop(&mut self) {
-        DIRECT.with(|d| d.set(self.0));
-        WAIT_FD.with(|w| w.set(None));
-    }
-}
-
-/// Runs `fut` to completion on the calling thread, inside the runtime's context. Sockets
-/// the future polls switch to direct I/O (see `connect::Tcp`) and this thread waits on
-/// them itself with its own epoll instance, like a libcurl easy handle: a response wakes
-/// the caller directly. Timers and other wake-ups from the runtime's threads reach it
-/// through an eventfd (or `unpark` when no socket is involved).
-pub fn block_on<F: Future>(handle: &Handle, fut: F) -> F::Output {
-    let _ctx = handle.enter();
-    let generation = fork_generation();
-    let poll_waker = POLLER.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.as_ref().is_some_and(|p| p.generation != generation) {
-            // A forked child's copy of the parent's epoll: leave it alone.
-            std::mem::forget(p.take());
-        }
-        if p.is_none() {
-            *p = Poller::new().ok();
-        }
-        p.as_ref().map(|p| p.waker.clone())
-    });
-    let _guard = DirectGuard(DIRECT.with(|d| d.replace(poll_waker.is_some())));
-    let me = Arc::new(ThreadWaker {
-        thread: std::thread::current(),
-        woken: AtomicBool::new(false),
-        state: AtomicU8::new(RUNNING),
-        poll_waker,
-    });
-    let waker = Waker::from(me.clone());
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        WAIT_FD.with(|w| w.set(None));
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        match WAIT_FD.with(Cell::take) {
-            Some((fd, wait)) => {
-                me.state.store(POLLING, Ordering::SeqCst);
-                if !me.woken.load(Ordering::SeqCst) {
-                    let res = POLLER.with(|p| match p.borrow_mut().as_mut() {
-                        Some(p) => p.wait(fd, wait),
-                        None => Ok(()),
-                    });
-                    if res.is_err() {
-                        // Could not wait on the socket: poll again after a short sleep.
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
-                }
-            }
-            None => {
-                me.state.store(PARKED, Ordering::SeqCst);
-                while !me.woken.load(Ordering::SeqCst) {
-                    std::thread::park();
-                }
-            }
-        }
-        me.state.store(RUNNING, Ordering::SeqCst);
-        me.woken.store(false, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]

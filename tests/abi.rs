@@ -234,6 +234,7 @@ fn agent_options_new_leak() -> *mut agent_options {
     o
 }
 
+#[cfg(feature = "test-hooks")] // `make test` runs the cargo tests with this feature
 #[test]
 fn a_panic_inside_an_export_becomes_a_code() {
     assert_eq!(agent_test_panic(), C::AGENT_CODE_PANIC);

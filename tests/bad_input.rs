@@ -225,7 +225,7 @@ fn non_utf8_control_bytes_bad_methods_and_absurd_timeouts_are_refused_and_nothin
 #[test]
 fn brackets_outside_an_ipv6_literal_are_refused() {
     use keepalive_agent::ErrorKind;
-    use keepalive_agent::http::parse_url;
+    use keepalive_agent::parse_url;
     for u in [
         "http://[::1]8080/",
         "http://a[::1]:8080/",

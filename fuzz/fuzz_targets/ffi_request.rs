@@ -24,8 +24,7 @@ use keepalive_agent::ffi::agent_code::{self, *};
 use keepalive_agent::ffi::agent_last_error;
 use keepalive_agent::ffi::options::*;
 use keepalive_agent::ffi::response::*;
-use keepalive_agent::http::{parse_header, parse_url};
-use keepalive_agent::options::MAX_MSECS;
+use keepalive_agent::{parse_header, parse_url};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -104,7 +103,7 @@ fn expected(
     let (Ok(m), Ok(u)) = (method.to_str(), url.to_str()) else {
         return AGENT_CODE_INVALID_ARGUMENT;
     };
-    if keepalive_agent::http::parse_method(m).is_err() {
+    if keepalive_agent::parse_method(m).is_err() {
         return AGENT_CODE_INVALID_ARGUMENT;
     }
     if parse_url(u).is_err() {
@@ -120,7 +119,7 @@ fn expected(
             "header with CR/LF passed validation: {n:?}: {v:?}"
         );
     }
-    if timeout > MAX_MSECS {
+    if u64::from(timeout) > keepalive_agent::limit("max_msecs").expect("a limit") {
         return AGENT_CODE_INVALID_ARGUMENT;
     }
     AGENT_CODE_CONNECT_REFUSED

@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use keepalive_agent::http::{Request, parse_header, parse_method};
+use keepalive_agent::{Request, parse_header, parse_method};
 use keepalive_agent::{Error, ErrorKind};
 use libfuzzer_sys::fuzz_target;
 

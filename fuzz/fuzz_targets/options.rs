@@ -10,12 +10,16 @@
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use keepalive_agent::options::{
-    ENV_REUSE, ENV_REUSE_AWS, MAX_KEEPALIVE_MSECS, MAX_KEEPALIVE_PROBES, MAX_MSECS,
-    MAX_SOCKETS_LIMIT,
-};
 use keepalive_agent::{ErrorKind, Options, Scheduling};
 use libfuzzer_sys::fuzz_target;
+
+// SPEC §2 and §3, read independently of the library (which serves them from `limit`).
+const ENV_REUSE: &str = "KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED";
+const ENV_REUSE_AWS: &str = "AWS_NODEJS_CONNECTION_REUSE_ENABLED";
+const MAX_MSECS: u32 = i32::MAX as u32;
+const MAX_KEEPALIVE_MSECS: u32 = 32_767_000;
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+const MAX_SOCKETS_LIMIT: u32 = 1 << 20;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -59,7 +63,20 @@ fn switch(v: &Option<String>) -> Option<bool> {
     }
 }
 
+/// The library serves the same bounds to its bindings.
+fn check_limits() {
+    for (name, v) in [
+        ("max_msecs", MAX_MSECS),
+        ("max_keep_alive_msecs", MAX_KEEPALIVE_MSECS),
+        ("max_keep_alive_probes", MAX_KEEPALIVE_PROBES),
+        ("max_sockets", MAX_SOCKETS_LIMIT),
+    ] {
+        assert_eq!(keepalive_agent::limit(name), Some(u64::from(v)), "{name}");
+    }
+}
+
 fuzz_target!(|i: Input| {
+    check_limits();
     let o = Options {
         keep_alive: i.keep_alive,
         keep_alive_msecs: i.keep_alive_msecs,

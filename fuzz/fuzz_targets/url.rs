@@ -1,4 +1,4 @@
-//! URL parsing (`keepalive_agent::http::parse_url`) on arbitrary text.
+//! URL parsing (`keepalive_agent::parse_url`) on arbitrary text.
 //!
 //! Invariants: never a panic; a refusal is `InvalidUrl` with a message; an accepted URL has
 //! an http/https scheme, a non-empty lowercase host without brackets, a port > 0, a request
@@ -8,7 +8,7 @@
 #![no_main]
 
 use keepalive_agent::ErrorKind;
-use keepalive_agent::http::{Scheme, parse_url};
+use keepalive_agent::{Scheme, parse_url};
 use libfuzzer_sys::fuzz_target;
 
 fn check(url: &str) {

@@ -11,7 +11,7 @@ use crate::agent::Agent;
 use crate::error::{Error, Result};
 use crate::http::{Request, parse_header, request_timeout};
 use crate::options::Options;
-use crate::pool::Stats;
+use crate::stats::Stats;
 
 /// An HTTP/1.1 client with a keep-alive connection pool.
 ///
@@ -36,7 +36,8 @@ pub struct agent_header {
 }
 
 /// Counters and gauges of an agent (or of one origin). Counters only grow; gauges
-/// (`active`, `idle`, `queued`) are a snapshot.
+/// (`active`, `idle`, `queued`) are a snapshot. The same fields, without `keep_alive`,
+/// are listed by `agent_stats_field_name` and read by `agent_stats_values`, in this order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct agent_pool_stats {
@@ -403,6 +404,75 @@ pub unsafe extern "C" fn agent_origin_stats(
             a.inner.origin_stats(url)?,
             a.inner.config().keep_alive,
         ));
+        Ok(())
+    })
+}
+
+/// The number of statistics fields: what `agent_stats_values` writes.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_stats_field_count() -> usize {
+    Stats::FIELDS.len()
+}
+
+/// The name of statistics field `index` (`"connections_opened"`, ..., in the order of
+/// `agent_pool_stats`), as a static NUL-terminated string; NULL past the last one. Bindings
+/// build their statistics from these names, so a new field reaches them without a change.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_stats_field_name(index: usize) -> *const c_char {
+    static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+    guard_value(std::ptr::null(), || {
+        let names = NAMES.get_or_init(|| {
+            Stats::FIELDS
+                .iter()
+                .map(|n| std::ffi::CString::new(*n).expect("no NUL in a field name"))
+                .collect()
+        });
+        names.get(index).map_or(std::ptr::null(), |n| n.as_ptr())
+    })
+}
+
+/// Writes the statistics of the agent (`origin_url` NULL) or of one origin, as
+/// `agent_stats_field_count()` values in the order of `agent_stats_field_name`: at most
+/// `cap` of them into `out`. `*count` (if not NULL) receives the number of fields, so a
+/// caller can size its array with a first call (`cap` 0, `out` NULL).
+///
+/// # Safety
+/// `agent` is NULL or live; `origin_url` is NULL or NUL-terminated; `out` points to `cap`
+/// writable values (may be NULL when `cap` is 0); `count` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stats_values(
+    agent: *const agent,
+    origin_url: *const c_char,
+    out: *mut u64,
+    cap: usize,
+    count: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        if cap > 0 && out.is_null() {
+            return Err(Error::invalid_argument(format!(
+                "out is NULL with cap {cap}"
+            )));
+        }
+        let stats = if origin_url.is_null() {
+            a.inner.stats()
+        } else {
+            // SAFETY: forwarded contract.
+            let url = unsafe { c_str(origin_url, "origin_url") }?;
+            a.inner.origin_stats(url)?
+        };
+        let values = stats.values();
+        let n = values.len().min(cap);
+        if n > 0 {
+            // SAFETY: `out` has `cap >= n` writable values (caller's promise), and cannot
+            // overlap our local array.
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
+        }
+        if !count.is_null() {
+            // SAFETY: non-NULL and writable (caller's promise).
+            unsafe { count.write(values.len()) };
+        }
         Ok(())
     })
 }

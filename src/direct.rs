@@ -1,0 +1,543 @@
+//! The blocking path in one room: [`block_on`], the per-thread epoll poller and its waker,
+//! and [`Socket`], the TCP socket that follows the thread polling it.
+//!
+//! A blocking caller runs its request future on its own thread inside [`block_on`]. Sockets
+//! it polls leave tokio's reactor and do their own system calls; when one would block, the
+//! caller waits on it with its own epoll instance, like a libcurl easy handle: the response
+//! wakes the caller directly, with no other thread involved. Timers and other wake-ups from
+//! the runtime's threads reach it through an eventfd (or `unpark` when no socket is
+//! involved).
+//!
+//! Which kind of thread is polling is known only here: [`block_on`] hands its future a
+//! [`Mode`], and the other rooms carry that value as a parameter. A [`Socket`] switches
+//! between the reactor and direct I/O when the kind of thread polling it changes (an
+//! `epoll_ctl` each way): a connection parked by a blocking caller and later watched by its
+//! idle monitor goes back to the reactor that way.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+
+use crate::runtime::fork_generation;
+
+/// Who drives a request's I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A library thread: sockets are registered with tokio's reactor.
+    Reactor,
+    /// A blocking caller inside [`block_on`]: sockets do their own system calls and the
+    /// caller waits on them with its own epoll instance.
+    Direct,
+}
+
+/// When [`block_on`] cannot wait on a socket (its epoll failed), it polls again after this
+/// long instead of spinning.
+const WAIT_FAILED_SLEEP: Duration = Duration::from_micros(100);
+
+/// The most a direct-mode read asks of the kernel at once (the size of the scratch buffer).
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// What a direct-mode socket waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Read,
+    Write,
+}
+
+thread_local! {
+    /// Set while this thread runs [`block_on`]: sockets polled here do direct I/O.
+    static DIRECT: Cell<bool> = const { Cell::new(false) };
+    /// The socket the last poll of [`block_on`]'s future is waiting for.
+    static WAIT_FD: Cell<Option<(RawFd, Wait)>> = const { Cell::new(None) };
+    /// This thread's epoll instance for direct waits, made on first use (and again in a
+    /// forked child, whose copy would be shared with the parent).
+    static POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
+    /// Where direct-mode reads land before being copied into hyper's buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
+fn on_direct_thread() -> bool {
+    DIRECT.with(Cell::get)
+}
+
+/// Called by a direct-mode socket that would block: the executor waits for it.
+fn wait_for(fd: RawFd, wait: Wait) {
+    WAIT_FD.with(|w| w.set(Some((fd, wait))));
+}
+
+/// Counts the waits of every direct executor. A socket that saw `EAGAIN` at epoch `e`
+/// skips further system calls until the epoch moves on: nothing can have arrived that a
+/// wait would not have reported.
+static WAIT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+fn wait_epoch() -> u64 {
+    WAIT_EPOCH.load(Ordering::Acquire)
+}
+
+const SOCKET: mio::Token = mio::Token(0);
+const WAKE: mio::Token = mio::Token(1);
+
+struct Poller {
+    poll: mio::Poll,
+    events: mio::Events,
+    waker: Arc<mio::Waker>,
+    generation: u64,
+    /// The socket registered last (left registered: the next wait on it is one
+    /// `EPOLL_CTL_MOD`; a closed socket leaves the epoll set by itself).
+    registered: Option<RawFd>,
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        Ok(Poller {
+            poll,
+            events: mio::Events::with_capacity(4),
+            waker,
+            generation: fork_generation(),
+            registered: None,
+        })
+    }
+
+    /// Blocks until `fd` is ready for `wait` or the waker fires.
+    fn wait(&mut self, fd: RawFd, wait: Wait) -> io::Result<()> {
+        let interest = match wait {
+            Wait::Read => mio::Interest::READABLE,
+            Wait::Write => mio::Interest::WRITABLE,
+        };
+        let mut source = mio::unix::SourceFd(&fd);
+        let registry = self.poll.registry();
+        // MOD re-arms the edge-triggered registration and reports data already there; it
+        // fails if the fd is not in the set (first use, or the socket was closed since).
+        let first = if self.registered == Some(fd) {
+            registry.reregister(&mut source, SOCKET, interest)
+        } else {
+            registry.register(&mut source, SOCKET, interest)
+        };
+        if first.is_err() {
+            let second = registry.register(&mut source, SOCKET, interest);
+            if second.is_err() {
+                registry.reregister(&mut source, SOCKET, interest)?;
+            }
+        }
+        self.registered = Some(fd);
+        let res = loop {
+            match self.poll.poll(&mut self.events, None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        WAIT_EPOCH.fetch_add(1, Ordering::AcqRel);
+        res
+    }
+}
+
+const RUNNING: u8 = 0;
+const PARKED: u8 = 1;
+const POLLING: u8 = 2;
+
+struct ThreadWaker {
+    thread: std::thread::Thread,
+    woken: AtomicBool,
+    state: AtomicU8,
+    poll_waker: Option<Arc<mio::Waker>>,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        match self.state.load(Ordering::SeqCst) {
+            PARKED => self.thread.unpark(),
+            POLLING => {
+                if let Some(w) = &self.poll_waker {
+                    let _ = w.wake();
+                }
+            }
+            _ => {} // running: it polls again before waiting
+        }
+    }
+}
+
+/// Restores the thread's mode when `block_on` returns or unwinds.
+struct DirectGuard(bool);
+
+impl Drop for DirectGuard {
+    fn drop(&mut self) {
+        DIRECT.with(|d| d.set(self.0));
+        WAIT_FD.with(|w| w.set(None));
+    }
+}
+
+/// Runs the future made by `make` to completion on the calling thread, inside the
+/// runtime's context. `make` learns the [`Mode`] its sockets will run in: `Direct`, unless
+/// this thread could not get an epoll instance (then `Reactor`, and this thread parks
+/// until a runtime thread wakes it).
+pub(crate) fn block_on<F: Future>(handle: &Handle, make: impl FnOnce(Mode) -> F) -> F::Output {
+    let _ctx = handle.enter();
+    let generation = fork_generation();
+    let poll_waker = POLLER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.as_ref().is_some_and(|p| p.generation != generation) {
+            // A forked child's copy of the parent's epoll: leave it alone.
+            std::mem::forget(p.take());
+        }
+        if p.is_none() {
+            *p = Poller::new().ok();
+        }
+        p.as_ref().map(|p| p.waker.clone())
+    });
+    let mode = if poll_waker.is_some() {
+        Mode::Direct
+    } else {
+        Mode::Reactor
+    };
+    let _guard = DirectGuard(DIRECT.with(|d| d.replace(mode == Mode::Direct)));
+    let me = Arc::new(ThreadWaker {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+        state: AtomicU8::new(RUNNING),
+        poll_waker,
+    });
+    let waker = Waker::from(me.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(make(mode));
+    loop {
+        WAIT_FD.with(|w| w.set(None));
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        match WAIT_FD.with(Cell::take) {
+            Some((fd, wait)) => {
+                me.state.store(POLLING, Ordering::SeqCst);
+                if !me.woken.load(Ordering::SeqCst) {
+                    let res = POLLER.with(|p| match p.borrow_mut().as_mut() {
+                        Some(p) => p.wait(fd, wait),
+                        None => Ok(()),
+                    });
+                    if res.is_err() {
+                        std::thread::sleep(WAIT_FAILED_SLEEP);
+                    }
+                }
+            }
+            None => {
+                me.state.store(PARKED, Ordering::SeqCst);
+                while !me.woken.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+            }
+        }
+        me.state.store(RUNNING, Ordering::SeqCst);
+        me.woken.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A TCP socket that follows the thread polling it: a tokio stream driven by the reactor
+/// on a library thread, a plain non-blocking socket with its own system calls inside
+/// [`block_on`].
+pub(crate) struct Socket {
+    sock: Sock,
+    blocked: Blocked,
+}
+
+/// The wait epoch at which each direction last saw `EAGAIN` in direct mode.
+#[derive(Default)]
+struct Blocked {
+    read: Option<u64>,
+    write: Option<u64>,
+}
+
+enum Sock {
+    Reactor(TcpStream),
+    Direct(std::net::TcpStream),
+    /// Only during a switch; a failed switch leaves it here and the connection errors.
+    Moving,
+}
+
+impl Socket {
+    /// A socket connected through the reactor.
+    pub(crate) fn reactor(s: TcpStream) -> Socket {
+        Socket {
+            sock: Sock::Reactor(s),
+            blocked: Blocked::default(),
+        }
+    }
+
+    /// Connects a non-blocking socket on the calling thread: a blocking caller connects on
+    /// its own, like the rest of its I/O, and its executor waits for the socket to become
+    /// writable.
+    pub(crate) async fn connect_direct(
+        sock: socket2::Socket,
+        addr: SocketAddr,
+    ) -> io::Result<Socket> {
+        sock.set_nonblocking(true)?;
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                let fd = sock.as_raw_fd();
+                std::future::poll_fn(|_cx| {
+                    if let Some(e) = sock.take_error()? {
+                        return Poll::Ready(Err(e));
+                    }
+                    match sock.peer_addr() {
+                        Ok(_) => Poll::Ready(Ok(())),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                            wait_for(fd, Wait::Write);
+                            Poll::Pending
+                        }
+                        Err(e) => Poll::Ready(Err(e)),
+                    }
+                })
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Socket {
+            sock: Sock::Direct(sock.into()),
+            blocked: Blocked::default(),
+        })
+    }
+
+    /// Puts the socket in the mode of the thread polling it.
+    fn align(&mut self) -> io::Result<()> {
+        match (&self.sock, on_direct_thread()) {
+            (Sock::Reactor(_), true) => {
+                if let Sock::Reactor(s) = std::mem::replace(&mut self.sock, Sock::Moving) {
+                    self.sock = Sock::Direct(s.into_std()?);
+                }
+            }
+            (Sock::Direct(_), false) => {
+                if let Sock::Direct(s) = std::mem::replace(&mut self.sock, Sock::Moving) {
+                    self.sock = Sock::Reactor(TcpStream::from_std(s)?);
+                }
+            }
+            (Sock::Moving, _) => return Err(io::Error::other("socket lost while switching modes")),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A direct system call: `WouldBlock` becomes "wait for this socket" for the caller.
+    /// After an `EAGAIN`, the call is not retried until a wait has happened.
+    fn direct<T>(
+        s: &std::net::TcpStream,
+        interest: Wait,
+        blocked: &mut Option<u64>,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let fd = s.as_raw_fd();
+        let epoch = wait_epoch();
+        if *blocked == Some(epoch) {
+            wait_for(fd, interest);
+            return Poll::Pending;
+        }
+        loop {
+            match op(s) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *blocked = Some(epoch);
+                    wait_for(fd, interest);
+                    return Poll::Pending;
+                }
+                r => {
+                    *blocked = None;
+                    return Poll::Ready(r);
+                }
+            }
+        }
+    }
+
+    /// A write in the mode the current thread needs: `reactor` through tokio, `direct` as
+    /// a system call.
+    fn write_with<T>(
+        &mut self,
+        reactor: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+        direct: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.align()?;
+        match &mut self.sock {
+            Sock::Reactor(s) => reactor(Pin::new(s)),
+            Sock::Direct(s) => Socket::direct(s, Wait::Write, &mut self.blocked.write, direct),
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
+        }
+    }
+
+    /// Ready when the socket has something to read (data, EOF or an error): for an idle
+    /// connection, that means it is over. Registers with the reactor; only library threads
+    /// (the idle monitor) wait here.
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.align()?;
+        match &self.sock {
+            Sock::Reactor(s) => s.poll_read_ready(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.align()?;
+        match &mut this.sock {
+            Sock::Reactor(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Direct(s) => {
+                // hyper hands us a fresh, uninitialised buffer each time; zeroing it (8 KiB or
+                // more) per read would cost more than the read. Read into this thread's
+                // scratch buffer instead and copy what arrived.
+                let want = buf.remaining().min(SCRATCH_LEN);
+                let n = SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let n = std::task::ready!(Socket::direct(
+                        s,
+                        Wait::Read,
+                        &mut this.blocked.read,
+                        |mut s| io::Read::read(&mut s, &mut scratch[..want])
+                    ))?;
+                    buf.put_slice(&scratch[..n]);
+                    Poll::Ready(Ok::<usize, io::Error>(n))
+                });
+                std::task::ready!(n)?;
+                Poll::Ready(Ok(()))
+            }
+            Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write_with(
+            |s| s.poll_write(cx, buf),
+            |mut s| io::Write::write(&mut s, buf),
+        )
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write_with(
+            |s| s.poll_write_vectored(cx, bufs),
+            |mut s| io::Write::write_vectored(&mut s, bufs),
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().sock {
+            Sock::Reactor(s) => Pin::new(s).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().sock {
+            Sock::Reactor(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Direct(s) => Poll::Ready(s.shutdown(std::net::Shutdown::Write)),
+            Sock::Moving => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn listener() -> (std::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    #[test]
+    fn block_on_runs_direct_and_restores_the_thread() {
+        let rt = crate::runtime::handle().unwrap();
+        assert!(!on_direct_thread());
+        let (mode, inside) = block_on(&rt, |mode| async move { (mode, on_direct_thread()) });
+        assert_eq!(mode, Mode::Direct);
+        assert!(inside);
+        assert!(!on_direct_thread());
+    }
+
+    #[test]
+    fn a_direct_socket_talks_and_moves_to_the_reactor_and_back() {
+        let rt = crate::runtime::handle().unwrap();
+        let (l, addr) = listener();
+        let echo = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 5];
+            for _ in 0..2 {
+                std::io::Read::read_exact(&mut s, &mut b).unwrap();
+                std::io::Write::write_all(&mut s, &b).unwrap();
+            }
+        });
+        // Connect and talk on this thread, with its own epoll.
+        let mut sock = block_on(&rt, |_| async move {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let mut sock = Socket::connect_direct(s, addr).await?;
+            sock.write_all(b"hello").await?;
+            let mut b = [0u8; 5];
+            sock.read_exact(&mut b).await?;
+            assert_eq!(&b, b"hello");
+            io::Result::Ok(sock)
+        })
+        .unwrap();
+        assert!(matches!(sock.sock, Sock::Direct(_)));
+        // A library thread takes it over: the socket moves into the reactor.
+        let sock2 = rt
+            .block_on(async move {
+                tokio::spawn(async move {
+                    sock.write_all(b"again").await?;
+                    let mut b = [0u8; 5];
+                    sock.read_exact(&mut b).await?;
+                    assert_eq!(&b, b"again");
+                    io::Result::Ok(sock)
+                })
+                .await
+            })
+            .unwrap()
+            .unwrap();
+        assert!(matches!(sock2.sock, Sock::Reactor(_)));
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_direct_connect_is_an_error() {
+        let rt = crate::runtime::handle().unwrap();
+        let (l, addr) = listener();
+        drop(l);
+        let r = block_on(&rt, |_| async move {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            Socket::connect_direct(s, addr).await.map(|_| ())
+        });
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+    }
+}

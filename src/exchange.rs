@@ -1,0 +1,405 @@
+//! One request/response exchange on one connection: send the head and body, read the head
+//! (within the headers timeout) and the body (within the gap timeout and the size cap),
+//! say what the response allows for reuse (`Connection`, `Keep-Alive`), and map hyper's
+//! errors to ours. Streaming bodies change this file.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::conn::Conn;
+use crate::error::{Error, ErrorKind, chain_message, find_io_error};
+use crate::http::{Request, Response, ReuseHint, Timings, micros, reuse_hint};
+use crate::options::Config;
+
+/// A whole body is collected into one buffer sized from `Content-Length`, but never
+/// reserved beyond this up front: a lying or huge length grows the buffer as data arrives.
+const MAX_BODY_PREALLOC: usize = 64 << 20;
+
+/// How an exchange failed. The connection is unusable in every case.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The connection had ended before the request was sent: safe to retry for any method.
+    NotSent,
+    /// Failed on a reused connection before any response byte (reset, EOF, broken pipe):
+    /// the request may be retried on a new connection when it is safe to.
+    Stale(Error),
+    /// Any other failure.
+    Failed(Error),
+}
+
+/// A complete response, and what it says about reusing its connection.
+pub(crate) struct Exchanged {
+    pub(crate) response: Response,
+    pub(crate) hint: ReuseHint,
+}
+
+/// Sends `req` on `conn` and reads the whole response. `reused` says whether the
+/// connection served an earlier request; `start` is when the request started (timings
+/// count from it) and `t` carries the timings of the phases before this one.
+pub(crate) async fn exchange(
+    conn: &mut Conn,
+    req: &Request,
+    cfg: &Config,
+    user_agent: &HeaderValue,
+    reused: bool,
+    start: Instant,
+    mut t: Timings,
+) -> Result<Exchanged, Failure> {
+    let before = conn.bytes_read();
+    if !conn.adopt().await || !conn.is_open() {
+        return Err(Failure::NotSent);
+    }
+    let hreq = req.to_hyper(cfg.keep_alive, user_agent);
+    t.sent_us = micros(start.elapsed());
+    let fut = conn.send(hreq);
+    let head = match cfg.headers_timeout {
+        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
+            Failure::Failed(Error::new(
+                ErrorKind::HeadersTimeout,
+                format!("no complete response head within {} ms", d.as_millis()),
+            ))
+        })?,
+        None => fut.await,
+    };
+    let resp = match head {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(head_failure(map_hyper_error(&e), conn, reused, before)),
+        None => {
+            let e = Error::new(
+                ErrorKind::ConnectionClosed,
+                "connection closed before the response head",
+            );
+            return Err(head_failure(e, conn, reused, before));
+        }
+    };
+    t.ttfb_us = micros(start.elapsed());
+    let (parts, mut body) = resp.into_parts();
+    let body = read_body(&mut body, conn, &parts, cfg)
+        .await
+        .map_err(Failure::Failed)?;
+    let hint = reuse_hint(parts.version, &parts.headers);
+    Ok(Exchanged {
+        response: Response {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            reused,
+            timings: t,
+        },
+        hint,
+    })
+}
+
+/// A failure before the response head: stale when the connection was reused, nothing at
+/// all came back, and the failure is the kind a server's idle close produces.
+fn head_failure(err: Error, conn: &Conn, reused: bool, bytes_before: u64) -> Failure {
+    let nothing_received = conn.bytes_read() == bytes_before;
+    let stale_kind = matches!(
+        err.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed | ErrorKind::BrokenPipe
+    );
+    if reused && nothing_received && stale_kind {
+        Failure::Stale(err)
+    } else {
+        Failure::Failed(err)
+    }
+}
+
+/// Reads a whole body, enforcing the gap timeout and the size cap.
+async fn read_body(
+    body: &mut Incoming,
+    conn: &mut Conn,
+    parts: &http::response::Parts,
+    cfg: &Config,
+) -> Result<Bytes, Error> {
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = |n: u64| {
+        Error::new(
+            ErrorKind::ResponseTooLarge,
+            format!(
+                "response body of {n}+ bytes exceeds max_response_bytes = {}",
+                cfg.max_response_bytes.unwrap_or(0)
+            ),
+        )
+    };
+    if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
+        if n > max {
+            return Err(too_large(n));
+        }
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    loop {
+        let next = conn.drive(body.frame());
+        let frame = match cfg.body_timeout {
+            Some(d) => tokio::time::timeout(d, next).await.map_err(|_| {
+                Error::new(
+                    ErrorKind::BodyTimeout,
+                    format!("no body data for {} ms", d.as_millis()),
+                )
+            })?,
+            None => next.await,
+        };
+        let Some(frame) = frame else {
+            return Err(Error::new(
+                ErrorKind::ConnectionClosed,
+                "connection closed before the response body was complete",
+            ));
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(map_hyper_error(&e)),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers
+            },
+        };
+        total += data.len() as u64;
+        if cfg.max_response_bytes.is_some_and(|m| total > m) {
+            return Err(too_large(total));
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let cap = declared.map_or(f.len() + data.len(), |n| n as usize);
+                let mut b = BytesMut::with_capacity(cap.min(MAX_BODY_PREALLOC));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                rest = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Maps a hyper error to our kinds by what happened on the wire.
+fn map_hyper_error(e: &hyper::Error) -> Error {
+    let msg = chain_message(e);
+    if let Some(io) = find_io_error(e) {
+        let kind = match io.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                ErrorKind::ConnectionReset
+            }
+            std::io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof => ErrorKind::ConnectionClosed,
+            _ if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => ErrorKind::Tls,
+            _ => ErrorKind::ConnectionReset,
+        };
+        return Error::new(kind, msg);
+    }
+    let kind = if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        ErrorKind::ConnectionClosed
+    } else if e.is_parse() || e.is_parse_status() {
+        ErrorKind::Protocol
+    } else if e.is_body_write_aborted() {
+        ErrorKind::BrokenPipe
+    } else {
+        ErrorKind::Protocol
+    };
+    Error::new(kind, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::{TcpSettings, connect};
+    use crate::direct::Mode;
+    use crate::options::Options;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// One connection; each request gets the next canned answer; after the last, the
+    /// server closes (or, with `hang`, keeps the connection open without answering).
+    fn server(answers: Vec<&'static [u8]>, hang: bool) -> (String, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port());
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut answers = answers.into_iter();
+            loop {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                match answers.next() {
+                    Some(a) => w.write_all(a).unwrap(),
+                    None if hang => std::thread::sleep(Duration::from_millis(500)),
+                    None => return,
+                }
+            }
+        });
+        (url, h)
+    }
+
+    fn cfg(f: impl FnOnce(&mut Options)) -> Config {
+        let mut o = Options::default();
+        f(&mut o);
+        o.validate_with_env(|_| None).unwrap()
+    }
+
+    async fn open(url: &str) -> (Conn, Request) {
+        let req = Request::new("GET", url).unwrap();
+        let tcp = TcpSettings {
+            keepalive_idle: None,
+            keepalive_interval: None,
+            keepalive_probes: None,
+        };
+        let (s, _) = connect(&req.target.origin, &tcp, None, Mode::Reactor)
+            .await
+            .unwrap();
+        (Conn::handshake(s, Mode::Reactor).await.unwrap(), req)
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    async fn go(
+        c: &mut Conn,
+        req: &Request,
+        cfg: &Config,
+        reused: bool,
+    ) -> Result<Exchanged, Failure> {
+        let ua = HeaderValue::from_static("t");
+        exchange(c, req, cfg, &ua, reused, Instant::now(), Timings::default()).await
+    }
+
+    #[test]
+    fn reads_a_body_and_reports_the_servers_hints() {
+        run(async {
+            let (url, srv) = server(
+                vec![
+                    b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\nabc",
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                ],
+                false,
+            );
+            let (mut c, req) = open(&url).await;
+            let cfg = cfg(|_| {});
+            let a = go(&mut c, &req, &cfg, false).await.unwrap();
+            assert_eq!(a.response.body.as_ref(), b"abc");
+            assert_eq!(a.hint, ReuseHint::Keep(Some(Duration::from_secs(5))));
+            assert!(c.ready_for_next().await);
+            let b = go(&mut c, &req, &cfg, true).await.unwrap();
+            assert_eq!(
+                (b.response.status, b.response.body.as_ref()),
+                (201, &b"de"[..])
+            );
+            assert!(b.response.reused);
+            assert_eq!(b.hint, ReuseHint::Keep(None));
+            let z = go(&mut c, &req, &cfg, true).await.unwrap();
+            assert_eq!(z.hint, ReuseHint::Close);
+            srv.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_reused_connection_closed_before_the_head_is_stale() {
+        run(async {
+            let (url, srv) = server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], false);
+            let (mut c, req) = open(&url).await;
+            let cfg = cfg(|_| {});
+            go(&mut c, &req, &cfg, false).await.unwrap();
+            assert!(c.ready_for_next().await);
+            // The server closes without answering the second request.
+            match go(&mut c, &req, &cfg, true).await {
+                Err(Failure::Stale(e)) => assert!(matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionClosed
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::BrokenPipe
+                )),
+                Err(Failure::NotSent) => {} // hyper saw the close before the send
+                other => panic!("expected a stale failure, got {:?}", other.err()),
+            }
+            srv.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_fresh_connection_closed_before_the_head_is_not_stale() {
+        run(async {
+            let (url, srv) = server(vec![], false);
+            let (mut c, req) = open(&url).await;
+            match go(&mut c, &req, &cfg(|_| {}), false).await {
+                Err(Failure::Failed(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionClosed),
+                other => panic!("expected a plain failure, got {:?}", other.err()),
+            }
+            srv.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_declared_body_over_the_cap_is_refused() {
+        run(async {
+            let (url, srv) = server(
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"],
+                false,
+            );
+            let (mut c, req) = open(&url).await;
+            let cfg = cfg(|o| o.max_response_bytes = Some(4));
+            match go(&mut c, &req, &cfg, false).await {
+                Err(Failure::Failed(e)) => assert_eq!(e.kind(), ErrorKind::ResponseTooLarge),
+                other => panic!("expected too large, got {:?}", other.err()),
+            }
+            drop(c);
+            srv.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn headers_and_body_timeouts_have_their_own_kinds() {
+        run(async {
+            let (url, srv) = server(vec![], true);
+            let (mut c, req) = open(&url).await;
+            let cfg1 = cfg(|o| o.headers_timeout_msecs = Some(50));
+            match go(&mut c, &req, &cfg1, false).await {
+                Err(Failure::Failed(e)) => assert_eq!(e.kind(), ErrorKind::HeadersTimeout),
+                other => panic!("expected a headers timeout, got {:?}", other.err()),
+            }
+            drop(c);
+            srv.join().unwrap();
+            let (url, srv) = server(
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01"],
+                true,
+            );
+            let (mut c, req) = open(&url).await;
+            let cfg2 = cfg(|o| o.body_timeout_msecs = Some(50));
+            match go(&mut c, &req, &cfg2, false).await {
+                Err(Failure::Failed(e)) => assert_eq!(e.kind(), ErrorKind::BodyTimeout),
+                other => panic!("expected a body timeout, got {:?}", other.err()),
+            }
+            drop(c);
+            srv.join().unwrap();
+        });
+    }
+}
