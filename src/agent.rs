@@ -42,7 +42,6 @@ struct Inner {
     user_agent: HeaderValue,
     calls: ForkMutex<Calls>,
     calls_done: Condvar,
-    closed: std::sync::atomic::AtomicBool,
 }
 
 /// An HTTP/1.1 client with a keep-alive connection pool. Cheap to share: all methods take
@@ -81,7 +80,6 @@ impl Agent {
                 user_agent,
                 calls: ForkMutex::new(Calls::default()),
                 calls_done: Condvar::new(),
-                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -195,13 +193,6 @@ impl Agent {
     /// connection, and waits (bounded) until the callbacks have run and the sockets are
     /// closed — except on a library thread, where waiting could deadlock.
     pub fn close(&self) {
-        if self
-            .inner
-            .closed
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            return; // closed already (explicitly, then again by Drop)
-        }
         let wait = if runtime::on_runtime_thread() {
             Duration::ZERO
         } else {
@@ -209,7 +200,9 @@ impl Agent {
         };
         let deadline = Instant::now() + wait;
         if let Ok(mut calls) = self.inner.calls.lock() {
-            calls.closed = true;
+            if std::mem::replace(&mut calls.closed, true) {
+                return; // closed already (explicitly, then again by Drop)
+            }
             for (_, tx) in calls.pending.drain() {
                 let _ = tx.send(());
             }

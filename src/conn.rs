@@ -291,29 +291,27 @@ impl Conn {
             self.ctl.request_close(); // it has ended: the monitor reports it
             return;
         };
-        {
-            match self.mode {
-                Mode::Direct => {
-                    *lock(&self.ctl.parked) = Some(Parked::Live(d, s));
-                    self.ctl
-                        .update_timers(|t| t.adopt_at = Some(Instant::now() + ADOPT_AFTER));
-                }
-                Mode::Reactor => {
-                    let waker = lock(&self.ctl.monitor_waker).clone();
-                    match waker {
-                        None => {
-                            *lock(&self.ctl.parked) = Some(Parked::Live(d, s));
-                            self.ctl.notify.notify_one();
-                        }
-                        Some(w) => {
-                            let mut parked = lock(&self.ctl.parked);
-                            if d.as_mut().poll(&mut Context::from_waker(&w)).is_pending() {
-                                *parked = Some(Parked::Live(d, s));
-                            } else {
-                                drop(parked);
-                                drop((d, s)); // ended while being parked
-                                self.ctl.request_close();
-                            }
+        match self.mode {
+            Mode::Direct => {
+                *lock(&self.ctl.parked) = Some(Parked::Live(d, s));
+                self.ctl
+                    .update_timers(|t| t.adopt_at = Some(Instant::now() + ADOPT_AFTER));
+            }
+            Mode::Reactor => {
+                let waker = lock(&self.ctl.monitor_waker).clone();
+                match waker {
+                    None => {
+                        *lock(&self.ctl.parked) = Some(Parked::Live(d, s));
+                        self.ctl.notify.notify_one();
+                    }
+                    Some(w) => {
+                        let mut parked = lock(&self.ctl.parked);
+                        if d.as_mut().poll(&mut Context::from_waker(&w)).is_pending() {
+                            *parked = Some(Parked::Live(d, s));
+                        } else {
+                            drop(parked);
+                            drop((d, s)); // ended while being parked
+                            self.ctl.request_close();
                         }
                     }
                 }

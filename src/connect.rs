@@ -280,3 +280,97 @@ pub(crate) async fn connect(
         t,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_url;
+
+    fn tcp(idle: Option<u64>) -> TcpSettings {
+        TcpSettings {
+            keepalive_idle: idle.map(Duration::from_secs),
+            keepalive_interval: None,
+            keepalive_probes: None,
+        }
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn ip_literals_need_no_lookup_and_names_do() {
+        run(async {
+            let o = parse_url("http://127.0.0.1:8/").unwrap().origin;
+            let (addrs, looked_up) = resolve(&o).await.unwrap();
+            assert_eq!(addrs, vec!["127.0.0.1:8".parse().unwrap()]);
+            assert!(!looked_up);
+            let o = parse_url("http://localhost:8/").unwrap().origin;
+            let (addrs, looked_up) = resolve(&o).await.unwrap();
+            assert!(looked_up);
+            assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8));
+        });
+    }
+
+    #[test]
+    fn keep_alive_probes_are_set_only_when_asked() {
+        for idle in [None, Some(7)] {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            configure(socket2::SockRef::from(&s), &tcp(idle)).unwrap();
+            assert!(s.tcp_nodelay().unwrap());
+            assert_eq!(s.keepalive().unwrap(), idle.is_some());
+            if let Some(secs) = idle {
+                assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(secs));
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_connect_names_the_origin_and_has_its_own_kind() {
+        run(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            drop(l);
+            let o = parse_url(&format!("http://127.0.0.1:{port}/"))
+                .unwrap()
+                .origin;
+            for mode in [Mode::Reactor, Mode::Direct] {
+                let e = match connect(&o, &tcp(None), None, mode).await {
+                    Err(e) => e,
+                    Ok(_) => panic!("connected to a closed port"),
+                };
+                assert_eq!(e.kind(), ErrorKind::ConnectRefused, "{mode:?}");
+                assert!(e.message().contains(&format!("127.0.0.1:{port}")), "{e}");
+            }
+        });
+    }
+
+    #[test]
+    fn bytes_read_are_counted() {
+        run(async {
+            use tokio::io::AsyncReadExt;
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let t = std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                std::io::Write::write_all(&mut s, b"12345").unwrap();
+            });
+            let o = parse_url(&format!("http://127.0.0.1:{port}/"))
+                .unwrap()
+                .origin;
+            let (mut s, _) = connect(&o, &tcp(Some(1)), None, Mode::Reactor)
+                .await
+                .unwrap();
+            let probe = s.probe();
+            let mut b = Vec::new();
+            s.read_to_end(&mut b).await.unwrap();
+            assert_eq!(probe.bytes_read(), 5);
+            t.join().unwrap();
+        });
+    }
+}

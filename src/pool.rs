@@ -587,3 +587,326 @@ fn origin_stats<C>(o: &OriginState<C>) -> Stats {
     s.queued = o.queued as u64;
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+    use std::sync::Mutex;
+
+    /// A connection without a socket. Dropping it records its id, as a real connection's
+    /// close would reach its monitor; the test then reports the end, as the monitor does.
+    struct Fake {
+        id: u64,
+        created: Instant,
+        open: bool,
+        usable: bool,
+        parked: Option<Option<Instant>>,
+        dropped: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Pooled for Fake {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn created(&self) -> Instant {
+            self.created
+        }
+        fn attach(&mut self, _: Weak<dyn Owner>, _: Arc<Origin>, _: bool) {}
+        fn park(&mut self, idle_until: Option<Instant>) {
+            self.parked = Some(idle_until);
+        }
+        fn unpark(&mut self) -> bool {
+            self.parked = None;
+            self.usable
+        }
+        fn is_open(&self) -> bool {
+            self.open
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.dropped.lock().unwrap().push(self.id);
+        }
+    }
+
+    struct Bench {
+        pool: Arc<Pool<Fake>>,
+        dropped: Arc<Mutex<Vec<u64>>>,
+        next: u64,
+    }
+
+    impl Bench {
+        fn new(f: impl FnOnce(&mut Options)) -> Bench {
+            let mut o = Options::default();
+            f(&mut o);
+            Bench {
+                pool: Pool::new(Arc::new(o.validate_with_env(|_| None).unwrap())),
+                dropped: Arc::default(),
+                next: 0,
+            }
+        }
+
+        fn fake(&mut self) -> Fake {
+            self.next += 1;
+            Fake {
+                id: self.next,
+                created: Instant::now(),
+                open: true,
+                usable: true,
+                parked: None,
+                dropped: self.dropped.clone(),
+            }
+        }
+
+        /// Acquires for `origin`, opening a fake connection when given a slot.
+        async fn get(&mut self, origin: &Arc<Origin>) -> (Fake, bool) {
+            match self.pool.acquire(origin, false).await.unwrap() {
+                Checkout::Reused(c) => (c, true),
+                Checkout::Connect(slot) => {
+                    let c = self.fake();
+                    (self.pool.register(slot, c).unwrap(), false)
+                }
+            }
+        }
+
+        /// What a monitor does after a connection it watches was dropped: report the end.
+        fn report_ends(&self, origin: &Arc<Origin>) -> usize {
+            let ids: Vec<u64> = std::mem::take(&mut *self.dropped.lock().unwrap());
+            for id in &ids {
+                self.pool.ended(origin, *id);
+            }
+            ids.len()
+        }
+
+        fn keep(&self) -> Option<Option<Duration>> {
+            Some(self.pool.cfg.free_socket_timeout)
+        }
+    }
+
+    fn origin(port: u16) -> Arc<Origin> {
+        crate::http::parse_url(&format!("http://127.0.0.1:{port}/"))
+            .unwrap()
+            .origin
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_sockets_queues_in_order_and_hands_over_released_connections() {
+        let mut b = Bench::new(|o| o.max_sockets = Some(1));
+        let a = origin(1);
+        let (c1, reused) = b.get(&a).await;
+        assert!(!reused);
+        let pool = b.pool.clone();
+        let waiters: Vec<_> = (0..2)
+            .map(|i| {
+                let (pool, a) = (pool.clone(), a.clone());
+                tokio::spawn(async move {
+                    // Staggered so that the queue order is known.
+                    tokio::time::sleep(Duration::from_millis(i)).await;
+                    match pool.acquire(&a, false).await.unwrap() {
+                        Checkout::Reused(c) => c.id,
+                        Checkout::Connect(_) => panic!("max_sockets = 1 gives no second slot"),
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(pool.stats().queued, 2);
+        assert_eq!(pool.stats().active, 1);
+        let id = c1.id;
+        pool.release(&a, c1, b.keep());
+        let first = waiters.into_iter().next().unwrap().await.unwrap();
+        assert_eq!(first, id, "the oldest waiter gets the released connection");
+        assert_eq!(pool.stats().queued, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lifo_reuses_the_last_released_and_fifo_the_first() {
+        for (scheduling, want_first) in [(0, false), (1, true)] {
+            let mut b = Bench::new(|o| o.scheduling = Some(scheduling));
+            let a = origin(1);
+            let (c1, _) = b.get(&a).await;
+            let (c2, _) = b.get(&a).await;
+            let (id1, id2) = (c1.id, c2.id);
+            b.pool.release(&a, c1, b.keep());
+            b.pool.release(&a, c2, b.keep());
+            assert_eq!(b.pool.stats().idle, 2);
+            let (c, reused) = b.get(&a).await;
+            assert!(reused);
+            assert_eq!(c.id, if want_first { id1 } else { id2 });
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_free_sockets_closes_the_extra_idle_connections() {
+        let mut b = Bench::new(|o| o.max_free_sockets = Some(1));
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        let (c2, _) = b.get(&a).await;
+        let id2 = c2.id;
+        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c2, b.keep());
+        assert_eq!(*b.dropped.lock().unwrap(), vec![id2]);
+        assert_eq!(b.report_ends(&a), 1);
+        let s = b.pool.stats();
+        assert_eq!((s.idle, s.active, s.connections_closed), (1, 0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_past_its_timeout_is_not_handed_out() {
+        let mut b = Bench::new(|o| o.free_socket_timeout_msecs = Some(4000));
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        let id = c1.id;
+        b.pool.release(&a, c1, b.keep());
+        tokio::time::advance(Duration::from_millis(3999)).await;
+        assert!(!b.pool.idle_timer(&a, id), "not due yet");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(b.pool.idle_timer(&a, id), "due: the pool lets it go");
+        assert_eq!(b.pool.stats().idle, 0);
+        // A connection whose timer has not fired yet is skipped at checkout all the same.
+        let (c2, _) = b.get(&a).await;
+        let id2 = c2.id;
+        b.pool.release(&a, c2, b.keep());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (c3, reused) = b.get(&a).await;
+        assert!(!reused);
+        assert_ne!(c3.id, id2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_hints_are_capped_less_the_buffer_and_within_the_free_timeout() {
+        let mut b = Bench::new(|o| {
+            o.free_socket_timeout_msecs = Some(4000);
+            o.keep_alive_timeout_buffer_msecs = Some(1000);
+            o.max_keep_alive_timeout_msecs = Some(600_000);
+        });
+        let c = b.fake();
+        let s = Duration::from_secs;
+        let p = &b.pool;
+        assert_eq!(p.idle_timeout(&c, ReuseHint::Keep(None)), Some(Some(s(4))));
+        assert_eq!(
+            p.idle_timeout(&c, ReuseHint::Keep(Some(s(3)))),
+            Some(Some(s(2)))
+        );
+        assert_eq!(
+            p.idle_timeout(&c, ReuseHint::Keep(Some(s(1)))),
+            None,
+            "hint - buffer <= 0"
+        );
+        assert_eq!(
+            p.idle_timeout(&c, ReuseHint::Keep(Some(s(100)))),
+            Some(Some(s(4)))
+        );
+        assert_eq!(p.idle_timeout(&c, ReuseHint::Close), None);
+        let mut b2 = Bench::new(|o| {
+            o.free_socket_timeout_msecs = Some(0); // none
+            o.max_keep_alive_timeout_msecs = Some(10_000);
+        });
+        let c2 = b2.fake();
+        assert_eq!(
+            b2.pool.idle_timeout(&c2, ReuseHint::Keep(Some(s(3600)))),
+            Some(Some(s(9))),
+            "capped at 10 s, less the 1 s buffer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_lifetime_is_not_reused() {
+        let mut b = Bench::new(|o| o.max_socket_lifetime_msecs = Some(1000));
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        b.pool.release(&a, c1, b.keep());
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let (c2, reused) = b.get(&a).await;
+        assert!(!reused, "expired in the idle list");
+        assert_eq!(
+            b.pool.idle_timeout(&c2, ReuseHint::Keep(None)),
+            Some(Some(Duration::from_secs(4)))
+        );
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(
+            b.pool.idle_timeout(&c2, ReuseHint::Keep(None)),
+            None,
+            "expired on release"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_total_sockets_evicts_another_origins_idle_connection() {
+        let mut b = Bench::new(|o| o.max_total_sockets = Some(1));
+        let (a, z) = (origin(1), origin(2));
+        let (c1, _) = b.get(&a).await;
+        let id1 = c1.id;
+        b.pool.release(&a, c1, b.keep());
+        let pool = b.pool.clone();
+        let z2 = z.clone();
+        let waiter = tokio::spawn(async move { pool.acquire(&z2, false).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *b.dropped.lock().unwrap(),
+            vec![id1],
+            "the idle one is closed for room"
+        );
+        assert_eq!(
+            b.pool.stats().queued,
+            1,
+            "but its slot is held until the socket is closed"
+        );
+        b.report_ends(&a);
+        let slot = waiter.await.unwrap();
+        assert!(
+            matches!(slot, Checkout::Connect(_)),
+            "then the waiting origin gets the slot"
+        );
+        assert_eq!(b.pool.origin_stats(&z).active, 1);
+        drop(slot);
+        assert_eq!(b.pool.stats().active, 0, "an unused slot is given back");
+        assert_eq!(b.pool.origin_stats(&a).connections_closed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unusable_or_closed_connections_are_never_handed_out() {
+        let mut b = Bench::new(|_| {});
+        let a = origin(1);
+        let (mut c1, _) = b.get(&a).await;
+        c1.usable = false; // ended while idle
+        b.pool.release(&a, c1, b.keep());
+        let (mut c2, reused) = b.get(&a).await;
+        assert!(!reused);
+        c2.open = false; // closed by the response
+        b.pool.release(&a, c2, b.keep());
+        assert_eq!(b.pool.stats().idle, 0);
+        assert_eq!(b.report_ends(&a), 2);
+        assert_eq!(b.pool.stats().active, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_fails_queued_requests_and_refuses_new_ones() {
+        let mut b = Bench::new(|o| o.max_sockets = Some(1));
+        let a = origin(1);
+        let (_c1, _) = b.get(&a).await;
+        let pool = b.pool.clone();
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { pool.acquire(&a2, false).await.err() });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        b.pool.close(Duration::ZERO);
+        let e = waiter.await.unwrap().expect("the queued request fails");
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+        let e = b.pool.acquire(&a, false).await.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        let mut b = Bench::new(|o| o.max_sockets = Some(1));
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        let r = tokio::time::timeout(Duration::from_millis(5), b.pool.acquire(&a, false)).await;
+        assert!(r.is_err());
+        assert_eq!(b.pool.stats().queued, 0);
+        b.pool.release(&a, c1, b.keep());
+        assert_eq!(b.pool.stats().idle, 1, "nobody waits: it goes idle");
+    }
+}
