@@ -21,7 +21,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 APT_PACKAGES := nginx-light valgrind clang libclang-rt-14-dev cmake pkg-config wrk curl \
                 libcurl4-openssl-dev openssl iproute2 python3-venv
 
-.PHONY: all lib testserver deps deps-apt test test-rust fmt-check clippy header-check \
+.PHONY: all lib testserver test-hooks-lib deps deps-apt test test-rust fmt-check clippy header-check \
         cargo-test demo bench clean
 
 all: lib
@@ -40,6 +40,19 @@ $(SO) $(STATIC_LIB): $(RUST_SOURCES)
 	@# Programs linked with -lkeepalive_agent record the SONAME; make it resolvable in place.
 	ln -sf libkeepalive_agent.so $(LIB_DIR)/$(SONAME)
 	@touch $(SO) $(STATIC_LIB)
+
+# The library with the `test-hooks` feature (agent_test_panic), for the suites that check
+# how a panic is reported. It has a target directory of its own, so that the release
+# library never carries the hook (c-symbols checks that).
+HOOKS_DIR := $(ROOT)/target/test-hooks
+HOOKS_SO  := $(HOOKS_DIR)/release/libkeepalive_agent.so
+
+test-hooks-lib: $(HOOKS_SO)
+
+$(HOOKS_SO): $(RUST_SOURCES)
+	CARGO_TARGET_DIR=$(HOOKS_DIR) $(CARGO) build --release -p keepalive-agent --lib --features test-hooks
+	ln -sf libkeepalive_agent.so $(HOOKS_DIR)/release/$(SONAME)
+	@touch $@
 
 $(TESTSERVER): $(shell find tests/server/src -name '*.rs') tests/server/Cargo.toml
 	$(CARGO) build --release -p keepalive-testserver

@@ -22,7 +22,7 @@ static void on_response(void *userdata, agent_code code, agent_response *r) {
     } else {
         char msg[256];
         agent_last_error(msg, sizeof msg); /* this callback's failure */
-        printf("request %d: %s: %s\n", index, agent_code_str(code), msg);
+        printf("request %d: %s: %s\n", index, agent_code_name(code), msg);
     }
     pthread_mutex_lock(&mu);
     ok += code == AGENT_CODE_OK;

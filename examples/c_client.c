@@ -8,7 +8,7 @@
 static int fail(const char *what, agent_code code) {
     char msg[512];
     agent_last_error(msg, sizeof msg); /* truncated if longer; always NUL-terminated */
-    fprintf(stderr, "%s: %s: %s\n", what, agent_code_str(code), msg);
+    fprintf(stderr, "%s: %s: %s\n", what, agent_code_name(code), msg);
     return 1;
 }
 

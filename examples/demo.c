@@ -34,7 +34,7 @@ static const char *env(const char *name) {
 static void die(const char *what, agent_code code) {
     char msg[512];
     agent_last_error(msg, sizeof msg);
-    fprintf(stderr, "demo: %s: %s: %s\n", what, agent_code_str(code), msg);
+    fprintf(stderr, "demo: %s: %s: %s\n", what, agent_code_name(code), msg);
     exit(1);
 }
 

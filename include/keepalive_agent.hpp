@@ -66,7 +66,7 @@ inline const char *version() noexcept { return agent_version(); }
 
 /* The name of a code, e.g. "AGENT_CODE_TLS" (agent_code_str). */
 inline const char *code_name(agent_code code) noexcept {
-    return agent_code_str(static_cast<std::uint32_t>(code));
+    return agent_code_name(static_cast<std::uint32_t>(code));
 }
 
 /* A failed call: the code and the library's message. what() is "NAME: message". */

@@ -30,7 +30,8 @@ C_LINK_A   := $(STATIC_LIB) $(STATIC_LIBS)
 C_TEST_SRCS := $(wildcard $(ROOT)/tests/c/*.c)
 C_TEST_DEPS := $(C_TEST_SRCS) $(wildcard $(ROOT)/tests/c/*.h) $(HEADER)
 C_TEST_BINS := $(C_BUILD)/c_tests $(C_BUILD)/c_tests_asan $(C_BUILD)/c_tests_static \
-               $(C_BUILD)/c_tests_static_asan $(C_BUILD)/test_hpp $(C_BUILD)/test_hpp_asan
+               $(C_BUILD)/c_tests_static_asan $(C_BUILD)/test_hpp $(C_BUILD)/test_hpp_asan \
+               $(C_BUILD)/test_panic
 C_EXAMPLES  := $(addprefix $(C_BUILD)/examples/,c_client c_threads c_async cpp_client)
 C_DEMO      := $(C_BUILD)/demo
 
@@ -70,6 +71,15 @@ $(C_BUILD)/c_tests_static: $(C_TEST_DEPS) $(STATIC_LIB)
 
 $(C_BUILD)/c_tests_static_asan: $(C_TEST_DEPS) $(STATIC_LIB)
 	clang $(C_CFLAGS) $(C_SAN) $(C_TEST_SRCS) $(C_LINK_A) -o $@
+
+# The panic test links the test-hooks build of the library (see HOOKS_SO in the Makefile).
+C_HOOKS_LIBDIR := $(C_BUILD)/hooks-lib
+$(C_BUILD)/test_panic: $(ROOT)/tests/c/hooks/test_panic.c $(C_BUILD)/harness.o $(HOOKS_SO)
+	@mkdir -p $(C_HOOKS_LIBDIR)
+	ln -sfn $(HOOKS_SO) $(C_HOOKS_LIBDIR)/libkeepalive_agent.so.$(C_MAJOR)
+	ln -sfn libkeepalive_agent.so.$(C_MAJOR) $(C_HOOKS_LIBDIR)/libkeepalive_agent.so
+	gcc $(C_CFLAGS) $< $(C_BUILD)/harness.o -L$(C_HOOKS_LIBDIR) -lkeepalive_agent \
+	  -Wl,-rpath,$(C_HOOKS_LIBDIR) -pthread -o $@
 
 $(C_BUILD)/harness.o: $(ROOT)/tests/c/harness.c $(ROOT)/tests/c/harness.h $(HEADER)
 	@mkdir -p $(C_BUILD)
@@ -120,16 +130,21 @@ c-hygiene: $(HEADER) $(C_HPP)
 	done
 	@echo "  header hygiene: C11 + C99 (gcc, clang), C++17 strict (g++, clang++), twice included: ok"
 
-# Exports: only agent_*, exactly the functions the header declares; SONAME .so.MAJOR.
-c-symbols: $(SO)
-	@bad=$$(nm -D --defined-only $(SO) | awk '{print $$NF}' | grep -v '^agent_' || true); \
-	if [ -n "$$bad" ]; then echo "  exported symbols outside agent_*:"; echo "$$bad" | head -20; exit 1; fi
+# Exports: exactly the list in tests/c/exports.txt (every one documented in the header, all
+# agent_*, no test hook); the test-hooks build adds agent_test_panic and nothing else;
+# SONAME .so.MAJOR.
+c-symbols: $(SO) $(HOOKS_SO)
+	@diff $(ROOT)/tests/c/exports.txt <(nm -D --defined-only $(SO) | awk '{print $$NF}' | sort -u) \
+	  || { echo "  exports (>) differ from tests/c/exports.txt (<): update the list with the header"; exit 1; }
 	@diff <(grep -v '^ *\*' $(HEADER) | grep -o '\bagent_[a-z_0-9]*(' | tr -d '(' | sort -u) \
 	      <(nm -D --defined-only $(SO) | awk '{print $$NF}' | sort -u) \
 	  || { echo "  header declarations (<) and exports (>) differ"; exit 1; }
+	@diff <(sort -u $(ROOT)/tests/c/exports.txt <(echo agent_test_panic)) \
+	      <(nm -D --defined-only $(HOOKS_SO) | awk '{print $$NF}' | sort -u) \
+	  || { echo "  the test-hooks library should export the list plus agent_test_panic"; exit 1; }
 	@readelf -d $(SO) | grep -q 'Library soname: \[libkeepalive_agent.so.$(C_MAJOR)\]' \
 	  || { echo "  SONAME is not libkeepalive_agent.so.$(C_MAJOR)"; readelf -d $(SO) | grep SONAME; exit 1; }
-	@echo "  symbols: $$(nm -D --defined-only $(SO) | wc -l) exports, all agent_*, all in the header; SONAME libkeepalive_agent.so.$(C_MAJOR): ok"
+	@echo "  symbols: $$(nm -D --defined-only $(SO) | wc -l) exports, as listed in tests/c/exports.txt and declared in the header, no test hook; SONAME libkeepalive_agent.so.$(C_MAJOR): ok"
 
 # The examples built in the tree, run against the test server.
 c-examples: $(C_EXAMPLES) $(TESTSERVER)
@@ -160,6 +175,8 @@ test-c: lib testserver $(STATIC_LIB)
 	@cd $(ROOT) && $(C_RUN_ENV) $(C_BUILD)/c_tests_static
 	@echo "== test-c: C tests, static library, clang ASan + UBSan"
 	@cd $(ROOT) && $(C_RUN_ENV) $(C_BUILD)/c_tests_static_asan
+	@echo "== test-c: the panic boundary (test-hooks build of the library)"
+	@cd $(ROOT) && $(C_RUN_ENV) $(C_BUILD)/test_panic
 	@echo "== test-c: C++ wrapper tests (g++; clang++ ASan + UBSan)"
 	@cd $(ROOT) && $(C_RUN_ENV) $(C_BUILD)/test_hpp
 	@cd $(ROOT) && $(C_RUN_ENV) $(C_BUILD)/test_hpp_asan

@@ -36,8 +36,8 @@ $(NODE_MOTO_STAMP):
 	$(NODE_MOTO_VENV)/bin/pip install --quiet --disable-pip-version-check $(NODE_MOTO_PKGS)
 	@touch $@
 
-test-node: node-build $(TESTSERVER) node-moto
-	cd $(NODE_DIR) && KEEPALIVE_NODE_MOTO_PYTHON=$(NODE_MOTO_VENV)/bin/python \
+test-node: node-build $(TESTSERVER) $(HOOKS_SO) node-moto
+	cd $(NODE_DIR) && KEEPALIVE_AGENT_TEST_HOOKS_LIB=$(HOOKS_SO) KEEPALIVE_NODE_MOTO_PYTHON=$(NODE_MOTO_VENV)/bin/python \
 	  KEEPALIVE_NODE_REQUIRE_MOTO=1 KEEPALIVE_TESTSERVER=$(TESTSERVER) \
 	  $(NODE) --test --expose-gc test/*.test.js
 

@@ -37,8 +37,8 @@ $(PY_INSTALL_STAMP): $(PY_VENV_STAMP) $(PY_SOURCES) $(SO)
 	cd $(PY_DIR) && KEEPALIVE_AGENT_SKIP_CARGO=1 $(PY_PIP) install -q --no-build-isolation --no-deps --force-reinstall .
 	@touch $@
 
-test-python: lib testserver python-install
-	cd $(PY_DIR) && KEEPALIVE_TESTSERVER=$(TESTSERVER) timeout $(PY_TEST_TIMEOUT) \
+test-python: lib testserver test-hooks-lib python-install
+	cd $(PY_DIR) && KEEPALIVE_TESTSERVER=$(TESTSERVER) KEEPALIVE_AGENT_TEST_HOOKS_LIB=$(HOOKS_SO) timeout $(PY_TEST_TIMEOUT) \
 	  $(PY) -m pytest -q --durations=8 tests
 
 python-demo: $(PY_DEMO)

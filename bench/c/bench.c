@@ -168,7 +168,7 @@ static agent *ours_agent(const cell *c, uint32_t max_free, uint32_t idle_ms) {
 /* Checks one response; returns its body length. */
 static size_t ours_check(cell *c, agent_code code, agent_response *resp) {
     if (code != AGENT_CODE_OK) {
-        note_error(c, "%s: %s", agent_code_str(code), last_error());
+        note_error(c, "%s: %s", agent_code_name(code), last_error());
         return 0;
     }
     const uint8_t *body = NULL;
@@ -220,7 +220,7 @@ static bool ours_start(slot *s) {
     agent_code code = agent_request_async(st->a, "GET", st->c->url, NULL, 0, NULL, 0,
                                           TIMEOUT_MS, ours_callback, s, NULL);
     if (code != AGENT_CODE_OK) {
-        note_error(st->c, "start: %s: %s", agent_code_str(code), last_error());
+        note_error(st->c, "start: %s: %s", agent_code_name(code), last_error());
         return false;
     }
     return true;

@@ -129,7 +129,7 @@ int ts_failures(void);
         unsigned ts_got_ = (unsigned)(expr), ts_want_ = (unsigned)(want);              \
         if (ts_got_ != ts_want_) {                                                     \
             ts_fail(__FILE__, __LINE__, "%s: got %s, want %s (last error: %s)", #expr,  \
-                    agent_code_str(ts_got_), agent_code_str(ts_want_), ts_last_error()); \
+                    agent_code_name(ts_got_), agent_code_name(ts_want_), ts_last_error()); \
             return;                                                                    \
         }                                                                              \
     } while (0)

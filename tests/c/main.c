@@ -6,7 +6,6 @@
 static const ts_test tests[] = {
     T(test_version),
     T(test_code_str),
-    T(test_panic),
     T(test_basic_get),
     T(test_timings_ip_literal),
     T(test_post_echo),

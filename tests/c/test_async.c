@@ -105,7 +105,7 @@ void test_async_many(void) {
     for (i = 0; i < n; i++) {
         CHECK_MSG(t->slots[i].calls == 1, "request %d: %d callbacks", i, t->slots[i].calls);
         CHECK_MSG(t->slots[i].code == AGENT_CODE_OK, "request %d: %s (%s)", i,
-                  agent_code_str(t->slots[i].code), t->slots[i].message);
+                  agent_code_name(t->slots[i].code), t->slots[i].message);
         CHECK(t->slots[i].had_response);
         CHECK_EQ(t->slots[i].status, 200);
         for (j = 0; j < i; j++) {

@@ -39,7 +39,7 @@ static int child(const agent *parent_agent, const char *url) {
     }
     c = t_get(b, url, &r);
     if (c != AGENT_CODE_OK) {
-        fprintf(stderr, "child: new agent: %s: %s\n", agent_code_str(c), ts_last_error());
+        fprintf(stderr, "child: new agent: %s: %s\n", agent_code_name(c), ts_last_error());
         return CHILD_NEW_AGENT_FAILED;
     }
     if (agent_response_status(r) != 200) {
@@ -70,7 +70,7 @@ static int child(const agent *parent_agent, const char *url) {
             return CHILD_BAD_STATUS;
         }
     } else {
-        fprintf(stderr, "  (child: parent's agent: %s: %s)\n", agent_code_str(c), ts_last_error());
+        fprintf(stderr, "  (child: parent's agent: %s: %s)\n", agent_code_name(c), ts_last_error());
         if (ts_last_error()[0] == '\0') {
             return CHILD_PARENT_AGENT_NO_MESSAGE;
         }

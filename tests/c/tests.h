@@ -35,7 +35,6 @@ void test_last_error_buffer(void);
 void test_connect_refused(void);
 void test_invalid_url(void);
 void test_header_injection(void);
-void test_panic(void);
 void test_code_str(void);
 void test_version(void);
 void test_invalid_option(void);
