@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -205,9 +208,70 @@ def test_del_frees_the_agent_and_its_connections(srv) -> None:
 
 
 def test_panic_becomes_an_error() -> None:
+    # agent_test_panic exists only in a library built with the test-hooks feature, which is
+    # never the one under test: load it in a child process.
+    hooks = os.environ.get("KEEPALIVE_AGENT_TEST_HOOKS_LIB")
+    if not hooks:
+        pytest.skip("needs KEEPALIVE_AGENT_TEST_HOOKS_LIB (a library built with the test-hooks feature); `make test` sets it")
+    code = (
+        "import json\n"
+        "from keepalive_agent import _native, errors\n"
+        "try:\n"
+        "    _native.lib.agent_test_panic()\n"
+        "except errors.AgentError as e:\n"
+        "    print(json.dumps([type(e) is errors.AgentError, e.code, e.code_name]))\n"
+    )
+    env = dict(os.environ, KEEPALIVE_AGENT_LIB=hooks)
+    p = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [True, 60, "AGENT_CODE_PANIC"], p.stdout
+
+
+def test_stats_fields_are_the_librarys(srv) -> None:
     from keepalive_agent import _native
 
-    with pytest.raises(errors.AgentError) as ei:
-        _native.lib.agent_test_panic()
-    assert ei.value.code == 60 and ei.value.code_name == "AGENT_CODE_PANIC"
-    assert type(ei.value) is errors.AgentError
+    names = []
+    while _native.lib.agent_stats_field_name(len(names)) is not None:
+        names.append(_native.lib.agent_stats_field_name(len(names)).decode())
+    assert len(names) == _native.lib.agent_stats_field_count() and "requests" in names
+    with Agent() as a:
+        a.get(srv.http_url)
+        for s in (a.stats(), a.origin_stats(srv.http_url)):
+            assert list(dataclasses.asdict(s)) == names + ["keep_alive"]  # keep_alive: the binding's
+            assert s.requests == 1 and s.keep_alive is True
+
+
+def test_every_library_code_is_a_module_attribute() -> None:
+    from keepalive_agent import _native
+
+    codes = {}
+    for value in range(128):
+        name = _native.lib.agent_code_name(value).decode()
+        if name != "AGENT_CODE_UNKNOWN":
+            codes[name] = value
+    assert codes["AGENT_CODE_OK"] == 0 and len(codes) > 1
+    for name, value in codes.items():
+        assert getattr(_native, name[len("AGENT_CODE_"):]) == value, name
+        assert _native.code_name(value) == name
+    assert _native.CODES == {name[len("AGENT_CODE_"):]: value for name, value in codes.items()}
+    assert set(_native.ERROR_CLASSES) <= set(codes.values())
+
+
+@pytest.mark.parametrize(
+    "limit, option",
+    [
+        ("max_msecs", "connect_timeout_msecs"),
+        ("max_keep_alive_msecs", "keep_alive_interval_msecs"),
+        ("max_keep_alive_probes", "keep_alive_probes"),
+        ("max_sockets", "max_free_sockets"),
+    ],
+)
+def test_option_bounds_are_the_librarys(limit: str, option: str) -> None:
+    from keepalive_agent import _native
+
+    bound = ctypes.c_uint64()
+    _native.lib.agent_limit(limit.encode(), ctypes.byref(bound))
+    Agent(**{option: bound.value}).close()
+    with pytest.raises(errors.InvalidOptionError) as ei:
+        Agent(**{option: bound.value + 1})
+    assert ei.value.message == f"{option} = {bound.value + 1} is out of range (0..={bound.value})"

@@ -35,9 +35,12 @@ HeadersArg = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
 BodyArg = Union[bytes, bytearray, memoryview, str, None]
 """A request body: bytes-like, or ``str`` (sent as UTF-8)."""
 
-_U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-_MAX_TIMEOUT_MSECS = 2_147_483_647
+# The library's bounds (agent_limit), so that options are refused here as the library would.
+_MAX_MSECS = _native.limit("max_msecs")
+_MAX_KEEP_ALIVE_MSECS = _native.limit("max_keep_alive_msecs")
+_MAX_KEEP_ALIVE_PROBES = _native.limit("max_keep_alive_probes")
+_MAX_SOCKETS = _native.limit("max_sockets")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except tab
 _BAD_URL = re.compile(r"[\x00-\x20\x7f]")
@@ -135,8 +138,8 @@ def _timeout_msecs(timeout: Optional[float]) -> int:
     if not math.isfinite(timeout) or timeout <= 0:
         raise _invalid(f"timeout must be > 0 seconds (None = no deadline), got {timeout!r}")
     ms = max(1, math.ceil(timeout * 1000))
-    if ms > _MAX_TIMEOUT_MSECS:
-        raise _invalid(f"timeout {timeout!r} s is too large (at most {_MAX_TIMEOUT_MSECS / 1000} s)")
+    if ms > _MAX_MSECS:
+        raise _invalid(f"timeout {timeout!r} s is too large (at most {_MAX_MSECS / 1000} s)")
     return ms
 
 
@@ -186,24 +189,6 @@ def _make_response(handle: int, method: str, url: str) -> Response:
         timings=t,
         url=url,
         method=method,
-    )
-
-
-def _pool_stats(s: _native.agent_pool_stats) -> PoolStats:
-    return PoolStats(
-        connections_opened=s.connections_opened,
-        connections_closed=s.connections_closed,
-        connections_timed_out=s.connections_timed_out,
-        connections_errored=s.connections_errored,
-        requests=s.requests,
-        reused_requests=s.reused_requests,
-        retries=s.retries,
-        timeouts=s.timeouts,
-        errors=s.errors,
-        active=s.active,
-        idle=s.idle,
-        queued=s.queued,
-        keep_alive=bool(s.keep_alive),
     )
 
 
@@ -300,7 +285,7 @@ if hasattr(os, "register_at_fork"):
 # Option checking
 
 
-def _opt_u32(name: str, value: Any, limit: int = _U32_MAX) -> int:
+def _opt_int(name: str, value: Any, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not 0 <= value <= limit:
@@ -386,24 +371,24 @@ class Agent:
         self._users = 0
 
         # Check and encode everything before any native object exists.
-        u32_options = [
-            ("keep_alive_msecs", keep_alive_msecs),
-            ("keep_alive_interval_msecs", keep_alive_interval_msecs),
-            ("keep_alive_probes", keep_alive_probes),
-            ("max_sockets", max_sockets),
-            ("max_total_sockets", max_total_sockets),
-            ("max_free_sockets", max_free_sockets),
-            ("free_socket_timeout_msecs", free_socket_timeout_msecs),
-            ("keep_alive_timeout_buffer_msecs", keep_alive_timeout_buffer_msecs),
-            ("max_keep_alive_timeout_msecs", max_keep_alive_timeout_msecs),
-            ("max_socket_lifetime_msecs", max_socket_lifetime_msecs),
-            ("connect_timeout_msecs", connect_timeout_msecs),
-            ("headers_timeout_msecs", headers_timeout_msecs),
-            ("body_timeout_msecs", body_timeout_msecs),
+        u32_options = [  # (name, value, the library's bound)
+            ("keep_alive_msecs", keep_alive_msecs, _MAX_KEEP_ALIVE_MSECS),
+            ("keep_alive_interval_msecs", keep_alive_interval_msecs, _MAX_KEEP_ALIVE_MSECS),
+            ("keep_alive_probes", keep_alive_probes, _MAX_KEEP_ALIVE_PROBES),
+            ("max_sockets", max_sockets, _MAX_SOCKETS),
+            ("max_total_sockets", max_total_sockets, _MAX_SOCKETS),
+            ("max_free_sockets", max_free_sockets, _MAX_SOCKETS),
+            ("free_socket_timeout_msecs", free_socket_timeout_msecs, _MAX_MSECS),
+            ("keep_alive_timeout_buffer_msecs", keep_alive_timeout_buffer_msecs, _MAX_MSECS),
+            ("max_keep_alive_timeout_msecs", max_keep_alive_timeout_msecs, _MAX_MSECS),
+            ("max_socket_lifetime_msecs", max_socket_lifetime_msecs, _MAX_MSECS),
+            ("connect_timeout_msecs", connect_timeout_msecs, _MAX_MSECS),
+            ("headers_timeout_msecs", headers_timeout_msecs, _MAX_MSECS),
+            ("body_timeout_msecs", body_timeout_msecs, _MAX_MSECS),
         ]
-        for name, value in u32_options:
-            _opt_u32(name, value)
-        _opt_u32("max_response_bytes", max_response_bytes, _U64_MAX)
+        for name, value, limit in u32_options:
+            _opt_int(name, value, limit)
+        _opt_int("max_response_bytes", max_response_bytes, _U64_MAX)
         if keep_alive is not None:
             _opt_bool("keep_alive", keep_alive)
         _opt_bool("retry_stale", retry_stale)
@@ -446,7 +431,7 @@ class Agent:
         try:
             if keep_alive is not None:
                 lib.agent_options_set_keep_alive(opts, keep_alive)
-            for name, value in u32_options:
+            for name, value, _ in u32_options:
                 getattr(lib, "agent_options_set_" + name)(opts, value)
             lib.agent_options_set_scheduling(opts, sched)
             lib.agent_options_set_retry_stale(opts, retry_stale)
@@ -550,25 +535,21 @@ class Agent:
             self._release()
 
     def stats(self) -> PoolStats:
-        """Counters and gauges of the whole agent (``agent_stats``)."""
-        s = _native.agent_pool_stats()
-        handle = self._acquire()
-        try:
-            lib.agent_stats(handle, byref(s))
-        finally:
-            self._release()
-        return _pool_stats(s)
+        """Counters and gauges of the whole agent (``agent_stats_values``)."""
+        return self._stats(None)
 
     def origin_stats(self, origin_url: str) -> PoolStats:
         """Counters and gauges of one origin, e.g. ``"https://example.com"``."""
-        url = _encode_url(origin_url)
-        s = _native.agent_pool_stats()
+        return self._stats(_encode_url(origin_url))
+
+    def _stats(self, origin_url: Optional[bytes]) -> PoolStats:
         handle = self._acquire()
         try:
-            lib.agent_origin_stats(handle, url, byref(s))
+            values = _native.stats_values(handle, origin_url)
+            keep_alive = bool(lib.agent_keep_alive_enabled(handle))
         finally:
             self._release()
-        return _pool_stats(s)
+        return PoolStats(*values, keep_alive=keep_alive)
 
     # -- blocking requests ----------------------------------------------------------------
 

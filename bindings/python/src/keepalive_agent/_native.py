@@ -7,6 +7,10 @@ Functions returning an ``agent_code`` get :func:`_check` as ``errcheck``: a non-
 becomes the matching :class:`~keepalive_agent.errors.AgentError` subclass, with the
 message from ``agent_last_error`` read on the same thread right after the call.
 
+What the library can list, it lists: the codes (``agent_code_name``), the limits options
+are checked against (``agent_limit``) and the statistics fields
+(``agent_stats_field_name``) are read from it at import, never repeated here.
+
 ctypes releases the GIL around every call into the library, so a blocking request does
 not stop other Python threads.
 """
@@ -31,7 +35,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from . import errors
 from ._version import __version__
@@ -105,27 +109,6 @@ class agent_header(Structure):
     _fields_ = [("name", c_char_p), ("value", c_char_p)]
 
 
-class agent_pool_stats(Structure):
-    # typedef struct { uint64_t connections_opened, connections_closed,
-    #   connections_timed_out, connections_errored, requests, reused_requests, retries,
-    #   timeouts, errors, active, idle, queued; bool keep_alive; } agent_pool_stats;
-    _fields_ = [
-        ("connections_opened", c_uint64),
-        ("connections_closed", c_uint64),
-        ("connections_timed_out", c_uint64),
-        ("connections_errored", c_uint64),
-        ("requests", c_uint64),
-        ("reused_requests", c_uint64),
-        ("retries", c_uint64),
-        ("timeouts", c_uint64),
-        ("errors", c_uint64),
-        ("active", c_uint64),
-        ("idle", c_uint64),
-        ("queued", c_uint64),
-        ("keep_alive", c_bool),
-    ]
-
-
 class agent_timings(Structure):
     # typedef struct { uint64_t queued_us, dns_us, connect_us, tls_us, sent_us, ttfb_us,
     #   total_us; } agent_timings;
@@ -169,32 +152,6 @@ agent_callback = CFUNCTYPE(None, c_void_p, agent_code, agent_response_p)
 # #define AGENT_SCHEDULING_LIFO 0 / AGENT_SCHEDULING_FIFO 1
 SCHEDULING = {"lifo": 0, "fifo": 1}
 
-# enum agent_code (values are explicit and never reused)
-OK = 0
-INVALID_ARGUMENT = 1
-INVALID_URL = 2
-INVALID_OPTION = 3
-NOT_FOUND = 4
-WOULD_BLOCK = 5
-DNS = 10
-CONNECT_REFUSED = 11
-CONNECT_TIMEOUT = 12
-CONNECT = 13
-TLS = 20
-HEADERS_TIMEOUT = 30
-BODY_TIMEOUT = 31
-TIMEOUT = 32
-CONNECTION_RESET = 40
-CONNECTION_CLOSED = 41
-BROKEN_PIPE = 42
-STALE_CONNECTION = 43
-PROTOCOL = 44
-RESPONSE_TOO_LARGE = 45
-CANCELLED = 50
-FORKED = 51
-PANIC = 60
-INTERNAL = 61
-
 # ---------------------------------------------------------------------------------------
 # Error checking
 
@@ -210,31 +167,8 @@ def last_error() -> str:
 
 
 def code_name(code: int) -> str:
-    """``agent_code_str``: e.g. ``"AGENT_CODE_CONNECT_REFUSED"``."""
-    return lib.agent_code_str(code).decode("ascii", "replace")
-
-
-# Which exception class each code raises; codes not listed raise AgentError itself.
-ERROR_CLASSES = {
-    INVALID_ARGUMENT: errors.InvalidArgumentError,
-    INVALID_URL: errors.InvalidURLError,
-    INVALID_OPTION: errors.InvalidOptionError,
-    DNS: errors.ConnectError,
-    CONNECT_REFUSED: errors.ConnectError,
-    CONNECT: errors.ConnectError,
-    CONNECT_TIMEOUT: errors.TimeoutError,
-    HEADERS_TIMEOUT: errors.TimeoutError,
-    BODY_TIMEOUT: errors.TimeoutError,
-    TIMEOUT: errors.TimeoutError,
-    TLS: errors.TLSError,
-    CONNECTION_RESET: errors.ProtocolError,
-    CONNECTION_CLOSED: errors.ProtocolError,
-    BROKEN_PIPE: errors.ProtocolError,
-    PROTOCOL: errors.ProtocolError,
-    RESPONSE_TOO_LARGE: errors.ResponseTooLargeError,
-    STALE_CONNECTION: errors.StaleConnectionError,
-    CANCELLED: errors.CancelledError,
-}
+    """``agent_code_name``: e.g. ``"AGENT_CODE_CONNECT_REFUSED"``."""
+    return lib.agent_code_name(code).decode("ascii", "replace")
 
 
 def error_for(code: int, message: Optional[str] = None) -> errors.AgentError:
@@ -247,14 +181,14 @@ def error_for(code: int, message: Optional[str] = None) -> errors.AgentError:
 def _check(result: int, func: Any, args: Any) -> int:
     # errcheck of every function returning an agent_code: runs on the calling thread right
     # after the call, so agent_last_error still holds this call's message.
-    if result != OK:
+    if result != CODES["OK"]:
         raise error_for(result)
     return result
 
 
 def _check_not_null(result: Optional[int], func: Any, args: Any) -> int:
     if not result:
-        raise error_for(INTERNAL, f"{func.__name__} returned NULL: {last_error()}")
+        raise error_for(CODES["INTERNAL"], f"{func.__name__} returned NULL: {last_error()}")
     return result
 
 
@@ -271,12 +205,15 @@ def _declare(name: str, restype: Any, argtypes: List[Any], errcheck: Any = None)
 
 # const char *agent_version(void);
 _declare("agent_version", c_char_p, [])
-# const char *agent_code_str(uint32_t code);
-_declare("agent_code_str", c_char_p, [c_uint32])
+# const char *agent_code_name(uint32_t code);
+_declare("agent_code_name", c_char_p, [c_uint32])
+# agent_code agent_limit(const char *name, uint64_t *out);
+_declare("agent_limit", agent_code, [c_char_p, POINTER(c_uint64)], _check)
 # size_t agent_last_error(char *buf, size_t cap);
 _declare("agent_last_error", c_size_t, [c_char_p, c_size_t])
-# agent_code agent_test_panic(void);
-_declare("agent_test_panic", agent_code, [], _check)
+# agent_code agent_test_panic(void);   (only in a library built with the test-hooks feature)
+if hasattr(lib, "agent_test_panic"):
+    _declare("agent_test_panic", agent_code, [], _check)
 # agent *agent_new(bool keep_alive, uint32_t keep_alive_msecs);   (NULL on failure)
 _declare("agent_new", agent_p, [c_bool, c_uint32])
 # agent_code agent_new_with_options(const agent_options *options, agent **out);
@@ -307,11 +244,18 @@ _declare(
 # agent_code agent_request_cancel(const agent *agent, uint64_t id);
 #   (no errcheck: AGENT_CODE_NOT_FOUND just means "already finished")
 _declare("agent_request_cancel", agent_code, [agent_p, c_uint64])
-# agent_code agent_stats(const agent *agent, agent_pool_stats *out);
-_declare("agent_stats", agent_code, [agent_p, POINTER(agent_pool_stats)], _check)
-# agent_code agent_origin_stats(const agent *agent, const char *origin_url,
-#     agent_pool_stats *out);
-_declare("agent_origin_stats", agent_code, [agent_p, c_char_p, POINTER(agent_pool_stats)], _check)
+# size_t agent_stats_field_count(void);
+_declare("agent_stats_field_count", c_size_t, [])
+# const char *agent_stats_field_name(size_t index);   (NULL past the last one)
+_declare("agent_stats_field_name", c_char_p, [c_size_t])
+# agent_code agent_stats_values(const agent *agent, const char *origin_url, uint64_t *out,
+#     size_t cap, size_t *count);
+_declare(
+    "agent_stats_values",
+    agent_code,
+    [agent_p, c_char_p, POINTER(c_uint64), c_size_t, POINTER(c_size_t)],
+    _check,
+)
 # bool agent_keep_alive_enabled(const agent *agent);
 _declare("agent_keep_alive_enabled", c_bool, [agent_p])
 
@@ -421,6 +365,67 @@ if _major_minor(LIBRARY_VERSION) != _major_minor(__version__):
         f"keepalive_agent {__version__} needs libkeepalive_agent {'.'.join(_major_minor(__version__))}.x,"
         f" but {LIBRARY_PATH} is version {LIBRARY_VERSION}"
     )
+
+# ---------------------------------------------------------------------------------------
+# Codes: every value the library names (as the Node binding reads them), by short name,
+# e.g. CODES["CONNECT_REFUSED"]; each is also a module attribute (CONNECT_REFUSED, OK, ...).
+
+CODES: Dict[str, int] = {}
+for _code in range(128):
+    _name = code_name(_code)
+    if _name != "AGENT_CODE_UNKNOWN":
+        CODES[_name[len("AGENT_CODE_"):]] = _code
+del _code, _name
+globals().update(CODES)
+if TYPE_CHECKING:  # tells type checkers that those attributes exist, and are ints
+
+    def __getattr__(name: str) -> int: ...
+
+
+# Which exception class each code raises; codes not listed raise AgentError itself.
+_ERROR_CLASS_BY_NAME = {
+    "INVALID_ARGUMENT": errors.InvalidArgumentError,
+    "INVALID_URL": errors.InvalidURLError,
+    "INVALID_OPTION": errors.InvalidOptionError,
+    "DNS": errors.ConnectError,
+    "CONNECT_REFUSED": errors.ConnectError,
+    "CONNECT": errors.ConnectError,
+    "CONNECT_TIMEOUT": errors.TimeoutError,
+    "HEADERS_TIMEOUT": errors.TimeoutError,
+    "BODY_TIMEOUT": errors.TimeoutError,
+    "TIMEOUT": errors.TimeoutError,
+    "TLS": errors.TLSError,
+    "CONNECTION_RESET": errors.ProtocolError,
+    "CONNECTION_CLOSED": errors.ProtocolError,
+    "BROKEN_PIPE": errors.ProtocolError,
+    "PROTOCOL": errors.ProtocolError,
+    "RESPONSE_TOO_LARGE": errors.ResponseTooLargeError,
+    "STALE_CONNECTION": errors.StaleConnectionError,
+    "CANCELLED": errors.CancelledError,
+}
+ERROR_CLASSES = {CODES[name]: cls for name, cls in _ERROR_CLASS_BY_NAME.items()}
+
+
+def limit(name: str) -> int:
+    """``agent_limit``: one of the library's bounds, e.g. ``limit("max_sockets")``."""
+    out = c_uint64()
+    lib.agent_limit(name.encode("ascii"), byref(out))
+    return out.value
+
+
+# The statistics fields, in the order agent_stats_values writes them.
+STATS_FIELDS: Tuple[str, ...] = tuple(
+    lib.agent_stats_field_name(i).decode("ascii") for i in range(lib.agent_stats_field_count())
+)
+
+
+def stats_values(handle: int, origin_url: Optional[bytes]) -> List[int]:
+    """``agent_stats_values``: one value per :data:`STATS_FIELDS` entry, of the whole
+    agent (``origin_url`` None) or of one origin."""
+    out = (c_uint64 * len(STATS_FIELDS))()
+    lib.agent_stats_values(handle, origin_url, out, len(out), None)
+    return list(out)
+
 
 # ---------------------------------------------------------------------------------------
 # Small helpers over the declarations (used by _agent.py)

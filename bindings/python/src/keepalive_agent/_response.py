@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import json as _json
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union, overload
+from dataclasses import dataclass, make_dataclass
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+    overload,
+)
+
+from . import _native
 
 __all__ = ["Headers", "Timings", "PoolStats", "Response"]
 
@@ -53,10 +67,8 @@ class Headers(Mapping[str, str]):
         return self._index_
 
     def _load(self) -> None:
-        from ._native import parse_header_block
-
         raw, self._raw = self._raw, None
-        self._set(parse_header_block(raw or b""))
+        self._set(_native.parse_header_block(raw or b""))
 
     def __getitem__(self, name: str) -> str:
         return ", ".join(self._index[name.lower()])
@@ -108,24 +120,29 @@ class Timings:
     total_us: int
 
 
-@dataclass(frozen=True)
-class PoolStats:
-    """Counters (only grow) and gauges (``active``, ``idle``, ``queued``) of an agent or
-    one origin (``agent_pool_stats``). ``keep_alive`` is the effective setting."""
+# PoolStats: one int field per statistic the library lists (agent_stats_field_name), in its
+# order, then keep_alive. Built at import, so a statistic added to the library appears here.
+if TYPE_CHECKING:  # type checkers cannot see fields that exist only at run time
 
-    connections_opened: int
-    connections_closed: int
-    connections_timed_out: int
-    connections_errored: int
-    requests: int
-    reused_requests: int
-    retries: int
-    timeouts: int
-    errors: int
-    active: int
-    idle: int
-    queued: int
-    keep_alive: bool
+    class PoolStats:
+        keep_alive: bool
+
+        def __init__(self, *values: int, keep_alive: bool) -> None: ...
+        def __getattr__(self, name: str) -> int: ...
+
+else:
+    PoolStats = make_dataclass(
+        "PoolStats",
+        [(name, int) for name in _native.STATS_FIELDS] + [("keep_alive", bool)],
+        frozen=True,
+        namespace={
+            "__module__": __name__,
+            "__doc__": """Counters (only grow) and gauges (``active``, ``idle``, ``queued``) of
+    an agent or one origin: a field per statistic of the library (``connections_opened``,
+    ``requests``, ``reused_requests``, ``idle``, ...; see ``agent_stats_field_name``).
+    ``keep_alive`` is the agent's effective setting.""",
+        },
+    )
 
 
 class Response:
