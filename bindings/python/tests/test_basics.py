@@ -166,7 +166,7 @@ def test_invalid_options_raise_value_error() -> None:
         Agent(keep_alive="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Agent(bogus=1)  # type: ignore[call-arg]
-    # Found by the library's validation (agent_new_with_options): mapped to ValueError too.
+    # Refused against the library's own bound (agent_limit): mapped to ValueError too.
     with pytest.raises(ValueError) as ei:
         Agent(keep_alive_probes=200)
     assert isinstance(ei.value, errors.InvalidOptionError)
