@@ -17,7 +17,7 @@
 
 const { Readable } = require('node:stream');
 const { STATUS_CODES } = require('node:http');
-const { Agent } = require('./index.js');
+const { Agent, limits } = require('./index.js');
 
 // Option names that configure the Agent itself (a change re-creates it).
 const AGENT_OPTIONS = new Set([
@@ -155,7 +155,7 @@ class KeepAliveHttpHandler {
   async handle(request, { abortSignal, requestTimeout } = {}) {
     const agent = this.agent;
     const timeoutOpt = requestTimeout !== undefined ? requestTimeout : this.#config.requestTimeout;
-    const timeout = typeof timeoutOpt === 'number' && timeoutOpt > 0 ? Math.min(Math.ceil(timeoutOpt), 2 ** 31 - 1) : 0;
+    const timeout = typeof timeoutOpt === 'number' && timeoutOpt > 0 ? Math.min(Math.ceil(timeoutOpt), limits.maxMsecs) : 0;
     const headers = { ...(request.headers || {}) };
     if ((request.username != null || request.password != null) && !hasHeader(headers, 'authorization')) {
       const token = Buffer.from(`${request.username ?? ''}:${request.password ?? ''}`).toString('base64');

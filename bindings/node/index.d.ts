@@ -108,7 +108,11 @@ export interface Response {
   timings: Timings;
 }
 
-/** Counters (only grow) and gauges (a snapshot) of an agent or one origin. */
+/**
+ * Counters (only grow) and gauges (a snapshot) of an agent or one origin: one key per
+ * statistics field of the library (its snake_case names in camelCase), then `keepAlive`.
+ * The fields below are today's; one added to the library appears without a binding change.
+ */
 export interface AgentStats {
   connectionsOpened: number;
   connectionsClosed: number;
@@ -124,6 +128,20 @@ export interface AgentStats {
   queued: number;
   /** The effective keep-alive setting (after the environment switch). */
   keepAlive: boolean;
+  /** A statistic added to the library after these declarations. */
+  [field: string]: number | boolean;
+}
+
+/** The library's bounds for option and request values (agent_limit); validation uses them. */
+export interface Limits {
+  /** Largest value of any timeout, ms (2^31 - 1, as Node's timers). */
+  readonly maxMsecs: number;
+  /** Largest keepAliveMsecs / keepAliveInterval, ms (the kernel's 32767 s). */
+  readonly maxKeepAliveMsecs: number;
+  /** Largest keepAliveProbes (the kernel's 127). */
+  readonly maxKeepAliveProbes: number;
+  /** Largest maxSockets, maxTotalSockets, maxFreeSockets. */
+  readonly maxSockets: number;
 }
 
 /**
@@ -168,3 +186,5 @@ export class Agent {
 export const codes: Readonly<Record<string, number>>;
 /** The native library's version, e.g. '0.1.0'. */
 export const version: string;
+/** The native library's bounds for option and request values. */
+export const limits: Readonly<Limits>;

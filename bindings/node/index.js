@@ -23,7 +23,7 @@ try {
 }
 
 // ----------------------------------------------------------------------------------------
-// Library codes, read from the library itself (agent_code_str) so they cannot drift.
+// Library codes, read from the library itself (agent_code_name) so they cannot drift.
 
 /** Library result codes by short name, e.g. codes.CONNECT_REFUSED === 11. */
 const codes = {};
@@ -113,15 +113,22 @@ class AbortError extends Error {
 // ----------------------------------------------------------------------------------------
 // Agent options
 
-const MSECS_MAX = 2 ** 31 - 1; // as Node's timers
-const KEEPALIVE_MSECS_MAX = 32_767_000; // the kernel's limit for TCP_KEEPIDLE/TCP_KEEPINTVL
-const SOCKETS_MAX = 2 ** 20;
+/**
+ * The library's own bounds (agent_limit), so validation here matches what it enforces:
+ * maxMsecs (any timeout), maxKeepAliveMsecs (TCP_KEEPIDLE and TCP_KEEPINTVL),
+ * maxKeepAliveProbes (TCP_KEEPCNT), maxSockets (every socket count).
+ */
+const limits = native.limits;
+const MSECS_MAX = limits.maxMsecs;
+const KEEPALIVE_MSECS_MAX = limits.maxKeepAliveMsecs;
+const KEEPALIVE_PROBES_MAX = limits.maxKeepAliveProbes;
+const SOCKETS_MAX = limits.maxSockets;
 
 // [name, min, max, value meaning "unlimited" for Infinity (or undefined: Infinity refused)]
 const INTEGER_OPTIONS = [
   ['keepAliveMsecs', 0, KEEPALIVE_MSECS_MAX],
   ['keepAliveInterval', 0, KEEPALIVE_MSECS_MAX],
-  ['keepAliveProbes', 0, 127],
+  ['keepAliveProbes', 0, KEEPALIVE_PROBES_MAX],
   ['maxSockets', 0, SOCKETS_MAX, 0],
   ['maxTotalSockets', 0, SOCKETS_MAX, 0],
   ['maxFreeSockets', 0, SOCKETS_MAX, SOCKETS_MAX],
@@ -432,7 +439,10 @@ class Agent {
     }
   }
 
-  /** Counters and gauges of the whole agent, or of one origin (e.g. 'http://127.0.0.1:8080'). */
+  /**
+   * Counters and gauges of the whole agent, or of one origin (e.g. 'http://127.0.0.1:8080'):
+   * one key per statistics field of the library (camelCase), then keepAlive.
+   */
   stats(origin = undefined) {
     if (origin !== undefined) {
       if (origin instanceof URL) origin = origin.href;
@@ -456,6 +466,6 @@ class Agent {
 /** The version of the native library, e.g. '0.1.0'. */
 const version = native.version();
 
-module.exports = { Agent, AbortError, codes, version };
+module.exports = { Agent, AbortError, codes, limits, version };
 // Internal, for the binding's own tests.
 Object.defineProperty(module.exports, '_native', { value: native, enumerable: false });

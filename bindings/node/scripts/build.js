@@ -170,6 +170,8 @@ function main() {
     `-L${outDir}`,
     '-lkeepalive_agent',
     '-lpthread',
+    // dlsym (agent_test_panic is looked up at run time); part of libc since glibc 2.34.
+    '-ldl',
     "-Wl,-rpath,$ORIGIN",
     // Never unloaded: Node dlclose()s an addon when the last worker that loaded it ends,
     // but the library's runtime threads may still be about to call into it (and into

@@ -6,7 +6,14 @@
  *   create(options)                          -> handle (an external owning one `agent`)
  *   request(handle, method, url, headers, body, timeoutMs) -> [promise, id]
  *   cancel(handle, id)                       -> boolean
- *   stats(handle), keepAlive(handle), destroy(handle), version(), codeName(code)
+ *   stats(handle, origin?), keepAlive(handle), destroy(handle), version(), codeName(code)
+ *   limits                                   -> {maxMsecs, ...}, from agent_limit
+ *   statsFields                              -> the library's statistics field names
+ *   testPanic()                              -> throws AGENT_CODE_PANIC (test-hooks builds)
+ *
+ * Lists the library owns are read from it, never repeated here: statistics are built from
+ * agent_stats_field_name/agent_stats_values (snake_case names become camelCase keys), code
+ * names come from agent_code_name, validation bounds from agent_limit.
  *
  * Threads. Requests go through agent_request_async; its callback runs on a library thread,
  * copies what it needs, and hands the request context to the JS thread through ONE
@@ -35,11 +42,15 @@
  *    context after napi_call_threadsafe_function has accepted it.
  */
 
+/* For RTLD_DEFAULT. */
+#define _GNU_SOURCE
+
 #define NAPI_VERSION 8
 #include <node_api.h>
 
 #include <keepalive_agent.h>
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -60,6 +71,9 @@ typedef struct env_state {
   napi_threadsafe_function tsfn; /* set once at init, before any request */
   size_t inflight;               /* JS thread only: requests not yet settled */
   agent_box *agents;             /* JS thread only: boxes whose agent may be live */
+  size_t stat_count;             /* agent_stats_field_count(), read at init */
+  char **stat_keys;              /* stat_count camelCase keys (malloc'd) */
+  uint64_t *stat_values;         /* JS thread only: scratch for agent_stats_values */
 } env_state;
 
 struct agent_box {
@@ -81,13 +95,25 @@ typedef struct req_ctx {
 /* ------------------------------------------------------------------------------------ */
 /* Small helpers                                                                         */
 
+/* Frees a state whose last reference is gone (or that was never shared). */
+static void state_free(env_state *st) {
+  if (st->stat_keys != NULL) {
+    for (size_t i = 0; i < st->stat_count; i++) {
+      free(st->stat_keys[i]);
+    }
+    free(st->stat_keys);
+  }
+  free(st->stat_values);
+  pthread_mutex_destroy(&st->mu);
+  free(st);
+}
+
 static void state_unref(env_state *st) {
   pthread_mutex_lock(&st->mu);
   size_t left = --st->refs;
   pthread_mutex_unlock(&st->mu);
   if (left == 0) {
-    pthread_mutex_destroy(&st->mu);
-    free(st);
+    state_free(st);
   }
 }
 
@@ -131,7 +157,7 @@ static const char *error_code_for(agent_code code) {
     case AGENT_CODE_INVALID_URL:
       return "ERR_INVALID_URL";
     default:
-      return agent_code_str(code);
+      return agent_code_name(code);
   }
 }
 
@@ -145,7 +171,7 @@ static bool is_type_error(agent_code code) {
  * itself failed (an exception is then pending). */
 static napi_value make_agent_error(napi_env env, agent_code code, const char *message) {
   napi_value err, code_v, msg_v, num_v, name_v;
-  const char *name = agent_code_str(code);
+  const char *name = agent_code_name(code);
   const char *text = (message != NULL && message[0] != '\0') ? message : name;
   if (napi_create_string_utf8(env, error_code_for(code), NAPI_AUTO_LENGTH, &code_v) != napi_ok ||
       napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg_v) != napi_ok ||
@@ -280,8 +306,7 @@ static void on_complete(void *userdata, agent_code code, agent_response *respons
     ctx_free_native(r);
   }
   if (left == 0) {
-    pthread_mutex_destroy(&st->mu);
-    free(st);
+    state_free(st);
   }
 }
 
@@ -297,58 +322,101 @@ static napi_status set_double(napi_env env, napi_value obj, const char *key, dou
   return s != napi_ok ? s : napi_set_named_property(env, obj, key, x);
 }
 
-/* Builds {statusCode, httpVersion, rawHeaders, body, reusedSocket, timings}. May take
- * ownership of r->response (external body): then r->response is set to NULL. */
-static napi_value build_response(napi_env env, req_ctx *r) {
-  agent_response *resp = r->response;
-  napi_value obj, v, raw, timings;
-  NAPI_TRY(env, napi_create_object(env, &obj));
+/* Throws for a header block that does not match agent_response_read's documented form. */
+static napi_value malformed_headers(napi_env env) {
+  napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL",
+                   "keepalive-agent: agent_response_read gave a malformed header block");
+  return NULL;
+}
 
-  NAPI_TRY(env, napi_create_uint32(env, agent_response_status(resp), &v));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "statusCode", v));
-
-  uint32_t ver = agent_response_version(resp);
-  char verbuf[16];
-  snprintf(verbuf, sizeof verbuf, "%u.%u", ver / 10, ver % 10);
-  NAPI_TRY(env, napi_create_string_latin1(env, verbuf, NAPI_AUTO_LENGTH, &v));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "httpVersion", v));
-
-  size_t n = agent_response_header_count(resp);
-  NAPI_TRY(env, napi_create_array_with_length(env, n * 2, &raw));
-  for (size_t i = 0; i < n; i++) {
-    const char *name = NULL, *value = NULL;
-    size_t name_len = 0, value_len = 0;
-    if (agent_response_header_at(resp, i, &name, &name_len, &value, &value_len) != AGENT_CODE_OK) {
-      break;
+/* rawHeaders, [name, value, name, value, ...], from the header block of
+ * agent_response_read: `count` lines of `name: value\r\n` (values never contain CR or LF).
+ * Each string is made straight from the block, as latin1 like Node's HTTP parser. */
+static napi_value build_raw_headers(napi_env env, const uint8_t *block, size_t len, size_t count) {
+  napi_value raw, v;
+  if (count > (size_t)UINT32_MAX / 2) {
+    return malformed_headers(env);
+  }
+  NAPI_TRY(env, napi_create_array_with_length(env, count * 2, &raw));
+  const char *at = (const char *)block;
+  size_t left = block != NULL ? len : 0;
+  for (size_t i = 0; i < count; i++) {
+    const char *colon = left > 0 ? memchr(at, ':', left) : NULL;
+    if (colon == NULL) {
+      return malformed_headers(env);
     }
-    /* Header bytes as latin1, like Node's HTTP parser. */
-    NAPI_TRY(env, napi_create_string_latin1(env, name, name_len, &v));
+    size_t name_len = (size_t)(colon - at);
+    const char *value = colon + 1;
+    left -= name_len + 1;
+    if (left > 0 && *value == ' ') {
+      value++;
+      left--;
+    }
+    const char *cr = left > 0 ? memchr(value, '\r', left) : NULL;
+    if (cr == NULL || (size_t)(cr - value) + 2 > left || cr[1] != '\n') {
+      return malformed_headers(env);
+    }
+    size_t value_len = (size_t)(cr - value);
+    NAPI_TRY(env, napi_create_string_latin1(env, at, name_len, &v));
     NAPI_TRY(env, napi_set_element(env, raw, (uint32_t)(2 * i), v));
     NAPI_TRY(env, napi_create_string_latin1(env, value, value_len, &v));
     NAPI_TRY(env, napi_set_element(env, raw, (uint32_t)(2 * i + 1), v));
+    at = cr + 2;
+    left -= value_len + 2;
+  }
+  if (left != 0) {
+    return malformed_headers(env);
+  }
+  return raw;
+}
+
+/* Builds {statusCode, httpVersion, rawHeaders, body, reusedSocket, timings} from one
+ * agent_response_read. May take ownership of r->response (external body): then
+ * r->response is set to NULL. */
+static napi_value build_response(napi_env env, req_ctx *r) {
+  agent_response *resp = r->response;
+  agent_response_parts p;
+  memset(&p, 0, sizeof p);
+  agent_code code = agent_response_read(resp, &p);
+  if (code != AGENT_CODE_OK) {
+    throw_agent_error(env, code);
+    return NULL;
+  }
+
+  napi_value obj, v, raw, timings;
+  NAPI_TRY(env, napi_create_object(env, &obj));
+
+  NAPI_TRY(env, napi_create_uint32(env, p.status, &v));
+  NAPI_TRY(env, napi_set_named_property(env, obj, "statusCode", v));
+
+  char verbuf[24];
+  snprintf(verbuf, sizeof verbuf, "%u.%u", (unsigned)(p.version / 10), (unsigned)(p.version % 10));
+  NAPI_TRY(env, napi_create_string_latin1(env, verbuf, NAPI_AUTO_LENGTH, &v));
+  NAPI_TRY(env, napi_set_named_property(env, obj, "httpVersion", v));
+
+  raw = build_raw_headers(env, p.headers, p.headers_len, p.header_count);
+  if (raw == NULL) {
+    return NULL;
   }
   NAPI_TRY(env, napi_set_named_property(env, obj, "rawHeaders", raw));
 
-  NAPI_TRY(env, napi_get_boolean(env, agent_response_reused(resp), &v));
+  NAPI_TRY(env, napi_get_boolean(env, p.reused, &v));
   NAPI_TRY(env, napi_set_named_property(env, obj, "reusedSocket", v));
 
-  agent_timings t;
-  memset(&t, 0, sizeof t);
-  agent_response_timings(resp, &t);
+  const agent_timings *t = &p.timings;
   NAPI_TRY(env, napi_create_object(env, &timings));
-  NAPI_TRY(env, set_double(env, timings, "queued", (double)t.queued_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "dns", (double)t.dns_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "connect", (double)t.connect_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "tls", (double)t.tls_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "sent", (double)t.sent_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "ttfb", (double)t.ttfb_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "total", (double)t.total_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "queued", (double)t->queued_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "dns", (double)t->dns_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "connect", (double)t->connect_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "tls", (double)t->tls_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "sent", (double)t->sent_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "ttfb", (double)t->ttfb_us / 1000.0));
+  NAPI_TRY(env, set_double(env, timings, "total", (double)t->total_us / 1000.0));
   NAPI_TRY(env, napi_set_named_property(env, obj, "timings", timings));
 
   /* Last, since it may hand the response over to the Buffer. */
-  const uint8_t *data = NULL;
-  size_t len = 0;
-  agent_response_body(resp, &data, &len);
+  const uint8_t *data = p.body;
+  size_t len = p.body_len;
   napi_value body = NULL;
   if (len >= EXTERNAL_BODY_MIN &&
       napi_create_external_buffer(env, len, (void *)data, free_response_finalizer, resp, &body) ==
@@ -654,11 +722,15 @@ static napi_value js_keep_alive(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* stats(handle, origin?): one key per library statistics field (agent_stats_field_name,
+ * camelCased), in the library's order, then keepAlive. A field added to the library
+ * appears here with no change to this file. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
+  env_state *st = NULL;
   size_t argc = 2;
   napi_value argv[2], out, v;
   char *origin = NULL;
-  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
   agent_box *b = argc < 1 ? NULL : get_box(env, argv[0]);
   if (b == NULL) {
     return NULL;
@@ -667,37 +739,27 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_AGENT_DESTROYED", "the agent was destroyed");
     return NULL;
   }
-  agent_pool_stats s;
-  memset(&s, 0, sizeof s);
-  agent_code code;
   if (argc >= 2 && !is_undefined(env, argv[1])) {
     origin = dup_js_string(env, argv[1], "origin");
     if (origin == NULL) {
       return NULL;
     }
-    code = agent_origin_stats(b->handle, origin, &s);
-    free(origin);
-  } else {
-    code = agent_stats(b->handle, &s);
   }
+  size_t count = 0;
+  agent_code code = agent_stats_values(b->handle, origin, st->stat_values, st->stat_count, &count);
+  free(origin);
   if (code != AGENT_CODE_OK) {
     throw_agent_error(env, code);
     return NULL;
   }
+  if (count > st->stat_count) {
+    count = st->stat_count; /* only the fields named at init were written */
+  }
   NAPI_TRY(env, napi_create_object(env, &out));
-  NAPI_TRY(env, set_double(env, out, "connectionsOpened", (double)s.connections_opened));
-  NAPI_TRY(env, set_double(env, out, "connectionsClosed", (double)s.connections_closed));
-  NAPI_TRY(env, set_double(env, out, "connectionsTimedOut", (double)s.connections_timed_out));
-  NAPI_TRY(env, set_double(env, out, "connectionsErrored", (double)s.connections_errored));
-  NAPI_TRY(env, set_double(env, out, "requests", (double)s.requests));
-  NAPI_TRY(env, set_double(env, out, "reusedRequests", (double)s.reused_requests));
-  NAPI_TRY(env, set_double(env, out, "retries", (double)s.retries));
-  NAPI_TRY(env, set_double(env, out, "timeouts", (double)s.timeouts));
-  NAPI_TRY(env, set_double(env, out, "errors", (double)s.errors));
-  NAPI_TRY(env, set_double(env, out, "active", (double)s.active));
-  NAPI_TRY(env, set_double(env, out, "idle", (double)s.idle));
-  NAPI_TRY(env, set_double(env, out, "queued", (double)s.queued));
-  NAPI_TRY(env, napi_get_boolean(env, s.keep_alive, &v));
+  for (size_t i = 0; i < count; i++) {
+    NAPI_TRY(env, set_double(env, out, st->stat_keys[i], (double)st->stat_values[i]));
+  }
+  NAPI_TRY(env, napi_get_boolean(env, agent_keep_alive_enabled(b->handle), &v));
   NAPI_TRY(env, napi_set_named_property(env, out, "keepAlive", v));
   return out;
 }
@@ -903,15 +965,128 @@ static napi_value js_code_name(napi_env env, napi_callback_info info) {
   uint32_t code = 0;
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   NAPI_TRY(env, napi_get_value_uint32(env, argv[0], &code));
-  NAPI_TRY(env, napi_create_string_utf8(env, agent_code_str(code), NAPI_AUTO_LENGTH, &out));
+  NAPI_TRY(env, napi_create_string_utf8(env, agent_code_name(code), NAPI_AUTO_LENGTH, &out));
   return out;
 }
 
-/* For the binding's tests: the library's panic boundary, as a thrown agent error. */
+typedef agent_code (*test_panic_fn)(void);
+_Static_assert(sizeof(test_panic_fn) == sizeof(void *), "dlsym result must fit a function pointer");
+
+/* For the binding's tests: the library's panic boundary, as a thrown agent error.
+ * agent_test_panic exists only in test-hooks builds of the library, so it is looked up at
+ * run time (a test preloads such a build with LD_PRELOAD); without it this throws. */
 static napi_value js_test_panic(napi_env env, napi_callback_info info) {
   (void)info;
-  throw_agent_error(env, agent_test_panic());
+  void *sym = dlsym(RTLD_DEFAULT, "agent_test_panic");
+  if (sym == NULL) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_NO_TEST_HOOKS",
+                     "keepalive-agent: agent_test_panic is not available: the loaded "
+                     "libkeepalive_agent was built without the test-hooks feature "
+                     "(preload a test-hooks build with LD_PRELOAD)");
+    return NULL;
+  }
+  test_panic_fn test_panic;
+  memcpy(&test_panic, &sym, sizeof test_panic);
+  throw_agent_error(env, test_panic());
   return NULL;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* What the library says about itself, read once per environment                         */
+
+/* "connections_timed_out" -> "connectionsTimedOut", malloc'd (NULL when out of memory). */
+static char *camel_case(const char *snake) {
+  char *out = malloc(strlen(snake) + 1);
+  if (out == NULL) {
+    return NULL;
+  }
+  size_t n = 0;
+  bool upper = false;
+  for (const char *c = snake; *c != '\0'; c++) {
+    if (*c == '_' && n > 0) {
+      upper = true;
+      continue;
+    }
+    out[n++] = (upper && *c >= 'a' && *c <= 'z') ? (char)(*c - 'a' + 'A') : *c;
+    upper = false;
+  }
+  out[n] = '\0';
+  return out;
+}
+
+/* Fills st->stat_keys/stat_values from agent_stats_field_count/agent_stats_field_name.
+ * False (with an exception pending) on failure. */
+static bool load_stats_fields(napi_env env, env_state *st) {
+  size_t n = agent_stats_field_count();
+  st->stat_keys = calloc(n > 0 ? n : 1, sizeof *st->stat_keys);
+  st->stat_values = calloc(n > 0 ? n : 1, sizeof *st->stat_values);
+  if (st->stat_keys == NULL || st->stat_values == NULL) {
+    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+    return false;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const char *name = agent_stats_field_name(i);
+    if (name == NULL) {
+      break; /* fewer names than the count says: keep the named ones */
+    }
+    st->stat_keys[i] = camel_case(name);
+    if (st->stat_keys[i] == NULL) {
+      napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+      return false;
+    }
+    st->stat_count = i + 1;
+  }
+  return true;
+}
+
+/* statsFields: the library's own names of the statistics fields, in order. */
+static napi_value stats_fields_array(napi_env env) {
+  napi_value arr, v;
+  size_t n = agent_stats_field_count();
+  NAPI_TRY(env, napi_create_array(env, &arr));
+  for (size_t i = 0; i < n; i++) {
+    const char *name = agent_stats_field_name(i);
+    if (name == NULL) {
+      break;
+    }
+    NAPI_TRY(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v));
+    NAPI_TRY(env, napi_set_element(env, arr, (uint32_t)i, v));
+  }
+  NAPI_TRY(env, napi_object_freeze(env, arr));
+  return arr;
+}
+
+/* The limits index.js validates with. agent_limit has no enumeration, so the names it
+ * is asked for are listed here; the values always come from the library. */
+static const char *const LIMIT_NAMES[] = {
+    "max_msecs",
+    "max_keep_alive_msecs",
+    "max_keep_alive_probes",
+    "max_sockets",
+};
+
+/* limits: {maxMsecs, maxKeepAliveMsecs, maxKeepAliveProbes, maxSockets}, frozen. */
+static napi_value limits_object(napi_env env) {
+  napi_value obj;
+  NAPI_TRY(env, napi_create_object(env, &obj));
+  for (size_t i = 0; i < sizeof LIMIT_NAMES / sizeof LIMIT_NAMES[0]; i++) {
+    uint64_t value = 0;
+    agent_code code = agent_limit(LIMIT_NAMES[i], &value);
+    if (code != AGENT_CODE_OK) {
+      throw_agent_error(env, code);
+      return NULL;
+    }
+    char *key = camel_case(LIMIT_NAMES[i]);
+    if (key == NULL) {
+      napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+      return NULL;
+    }
+    napi_status s = set_double(env, obj, key, (double)value);
+    free(key);
+    NAPI_TRY(env, s);
+  }
+  NAPI_TRY(env, napi_object_freeze(env, obj));
+  return obj;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -961,13 +1136,14 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   pthread_mutex_init(&st->mu, NULL);
   st->refs = 1; /* the environment's */
 
-  napi_value name;
-  NAPI_TRY(env, napi_create_string_utf8(env, "keepalive-agent completions", NAPI_AUTO_LENGTH, &name));
-  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, st, tsfn_finalize, st, call_js,
-                                      &st->tsfn) != napi_ok) {
-    ensure_exception(env, "napi_create_threadsafe_function");
-    pthread_mutex_destroy(&st->mu);
-    free(st);
+  napi_value name, limits, stats_fields;
+  if (!load_stats_fields(env, st) || (limits = limits_object(env)) == NULL ||
+      (stats_fields = stats_fields_array(env)) == NULL ||
+      napi_create_string_utf8(env, "keepalive-agent completions", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, st, tsfn_finalize, st,
+                                      call_js, &st->tsfn) != napi_ok) {
+    ensure_exception(env, "module init");
+    state_free(st);
     return NULL;
   }
   st->refs++; /* the thread-safe function's, dropped by tsfn_finalize */
@@ -989,6 +1165,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"version", NULL, js_version, NULL, NULL, NULL, napi_default, st},
       {"codeName", NULL, js_code_name, NULL, NULL, NULL, napi_default, st},
       {"testPanic", NULL, js_test_panic, NULL, NULL, NULL, napi_default, st},
+      {"limits", NULL, NULL, NULL, NULL, limits, napi_enumerable, st},
+      {"statsFields", NULL, NULL, NULL, NULL, stats_fields, napi_enumerable, st},
   };
   NAPI_TRY(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -4,11 +4,16 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
 const path = require('node:path');
 const readline = require('node:readline');
 const { spawn } = require('node:child_process');
-const { Agent, codes, _native } = require('..');
-const { startServer, closedPort } = require('./helpers');
+const { Agent, codes } = require('..');
+const { startServer, closedPort, runNode } = require('./helpers');
+
+// The library's test-hooks build (it exports agent_test_panic); `make test` sets this.
+const HOOKS_LIB = process.env.KEEPALIVE_AGENT_TEST_HOOKS_LIB;
+const PANIC_CHILD = path.join(__dirname, 'fixtures', 'panic_child.js');
 
 let srv;
 let raw; // {epipe_port, blackhole_port} from fixtures/raw_servers.py
@@ -169,7 +174,7 @@ test('EPIPE: the server closed while the request body was being written', async 
   agent.destroy();
 });
 
-test('library names for the rest: AGENT_CODE_PROTOCOL, AGENT_CODE_RESPONSE_TOO_LARGE, AGENT_CODE_PANIC', async () => {
+test('library names for the rest: AGENT_CODE_PROTOCOL, AGENT_CODE_RESPONSE_TOO_LARGE', async () => {
   const agent = new Agent({ maxResponseSize: 1000 });
   await failure(agent.request(`${srv.http}?bad_status=1`), { code: 'AGENT_CODE_PROTOCOL', agentCodeName: 'AGENT_CODE_PROTOCOL' });
   await failure(agent.request(`${srv.http}?bytes=5000`), {
@@ -177,6 +182,30 @@ test('library names for the rest: AGENT_CODE_PROTOCOL, AGENT_CODE_RESPONSE_TOO_L
     agentCodeName: 'AGENT_CODE_RESPONSE_TOO_LARGE',
   });
   assert.equal((await agent.request(`${srv.http}?bytes=1000`)).body.length, 1000);
-  assert.throws(() => _native.testPanic(), (e) => e.code === 'AGENT_CODE_PANIC' && e.agentCode === codes.PANIC);
   agent.destroy();
+});
+
+test(
+  'AGENT_CODE_PANIC: a panic inside the library (test-hooks build preloaded in a child process)',
+  {
+    skip: HOOKS_LIB
+      ? false
+      : 'KEEPALIVE_AGENT_TEST_HOOKS_LIB is unset: `make test` sets it to the test-hooks build of the library',
+  },
+  async () => {
+    assert.ok(fs.existsSync(HOOKS_LIB), `KEEPALIVE_AGENT_TEST_HOOKS_LIB=${HOOKS_LIB} does not exist`);
+    // Same SONAME as the library the addon links, so the loader takes the preloaded one
+    // and the addon finds agent_test_panic in it at run time.
+    const preload = process.env.LD_PRELOAD ? `${HOOKS_LIB}:${process.env.LD_PRELOAD}` : HOOKS_LIB;
+    const r = await runNode([PANIC_CHILD, 'present'], { env: { LD_PRELOAD: preload } });
+    assert.equal(r.code, 0, `child exited with ${r.code} (signal ${r.signal})\n${r.stdout}${r.stderr}`);
+    assert.match(r.stdout, /^ok /m);
+  },
+);
+
+test('without the test hooks, testPanic() throws a clear Error instead of crashing', async () => {
+  // In a child without any preload, so the release library is the one loaded.
+  const r = await runNode([PANIC_CHILD, 'absent'], { env: { LD_PRELOAD: '' } });
+  assert.equal(r.code, 0, `child exited with ${r.code} (signal ${r.signal})\n${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /^ok /m);
 });
