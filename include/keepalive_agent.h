@@ -134,6 +134,11 @@ enum agent_code
    */
   AGENT_CODE_RESPONSE_TOO_LARGE = 45,
   /**
+   * The request body source (`agent_body_source`) reported an error, or ended before
+   * the length it announced; nothing more was sent and the connection was closed.
+   */
+  AGENT_CODE_BODY_SOURCE = 46,
+  /**
    * The request was cancelled, or its agent was freed while it was in flight.
    */
   AGENT_CODE_CANCELLED = 50,
@@ -187,6 +192,19 @@ typedef struct agent_options agent_options;
  * a time (reading from several threads at once is fine, freeing is not).
  */
 typedef struct agent_response agent_response;
+
+/**
+ * A response whose head has arrived and whose body is read piece by piece, with
+ * `agent_stream_read` (blocking) or `agent_stream_read_async` (callback). Reading it to the
+ * end gives the connection back to the pool; `agent_stream_free` before the end aborts the
+ * request (the connection is closed, never reused). The engine holds a bounded window of
+ * the body per stream (hyper's read buffer, at most 256 KiB, plus the piece being handed
+ * over): a reader that stops reading stops the socket being read.
+ *
+ * One read at a time; the head may be read at any time. Free every stream before its agent
+ * (`agent_free` waits up to 5 s for streams still open).
+ */
+typedef struct agent_stream agent_stream;
 
 /**
  * One request header: NUL-terminated name and value. Names must be HTTP tokens; values
@@ -350,6 +368,59 @@ typedef struct {
    */
   agent_timings timings;
 } agent_response_parts;
+
+/**
+ * A request body the library reads from the caller, piece by piece (like curl's
+ * `CURLOPT_READFUNCTION`). The library copies this struct; `userdata` must stay valid until
+ * `release` is called.
+ *
+ * - `read(userdata, buf, cap, &n)` fills `buf` with up to `cap` bytes, sets `*n`, and
+ *   returns 0; `*n == 0` means the end of the body. A non-zero return fails the request with
+ *   `AGENT_CODE_BODY_SOURCE`. It runs on the thread that drives the request: the caller's
+ *   own for `agent_request_stream`, a library thread for `agent_request_stream_async`
+ *   (where it should not block for long).
+ * - `rewind(userdata)` (may be NULL) starts the body again from its first byte and returns
+ *   0. With it, a request on a stale keep-alive connection is retried like a request with
+ *   a bytes body; without it (or when it returns non-zero) the request fails with
+ *   `AGENT_CODE_STALE_CONNECTION` instead, since the bytes already read cannot be sent again.
+ * - `release(userdata)` (may be NULL) is called exactly once, from any thread, when the
+ *   library no longer needs the source — also when the request fails to start.
+ * - `length`: the body's length in bytes, sent as `Content-Length` (then exactly that many
+ *   bytes must come, or the request fails with `AGENT_CODE_BODY_SOURCE`); -1 when unknown,
+ *   sent with `Transfer-Encoding: chunked`.
+ */
+typedef struct {
+  int (*read)(void *userdata,
+              uint8_t *buf,
+              size_t cap,
+              size_t *n);
+  int (*rewind)(void *userdata);
+  void (*release)(void *userdata);
+  int64_t length;
+  void *userdata;
+} agent_body_source;
+
+/**
+ * Completion callback of `agent_request_stream_async`: called exactly once, on a library
+ * thread, with `AGENT_CODE_OK` and a stream the callee owns (free it with
+ * `agent_stream_free`), or an error code and NULL (`agent_last_error` gives the message).
+ */
+typedef void (*agent_stream_callback)(void *userdata,
+                                      agent_code code,
+                                      agent_stream *stream);
+
+/**
+ * Callback of `agent_stream_read_async`: called exactly once per read, on a library
+ * thread. With `AGENT_CODE_OK`, `data`/`len` is the next piece of the body, valid only
+ * during the call (copy what you keep), and `len == 0` means the end of the body. With an
+ * error code, `data` is NULL (`agent_last_error` gives the message); a stream freed while
+ * its read was in flight completes with `AGENT_CODE_CANCELLED`. The callback may call
+ * `agent_stream_read_async` again on the same stream.
+ */
+typedef void (*agent_data_callback)(void *userdata,
+                                    agent_code code,
+                                    const uint8_t *data,
+                                    size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -918,6 +989,115 @@ agent_code agent_response_body(const agent_response *response,
  */
 agent_code agent_response_timings(const agent_response *response,
                                   agent_timings *out);
+
+/**
+ * Sends a request and blocks until its response head has arrived; the body is then read
+ * from `*out` with `agent_stream_read`. Arguments as for `agent_request`, plus `source`:
+ * NULL to send `body`/`body_len`, or a request body read from the caller (then `body` must
+ * be NULL and `body_len` 0). The source's `release` is called in every case, also when
+ * this fails.
+ *
+ * Returns the codes of `agent_request`, plus `AGENT_CODE_BODY_SOURCE`.
+ *
+ * # Safety
+ * As `agent_request`; `source` is NULL or points to a readable `agent_body_source`.
+ */
+agent_code agent_request_stream(const agent *agent,
+                                const char *method,
+                                const char *url,
+                                const agent_header *headers,
+                                size_t header_count,
+                                const uint8_t *body,
+                                size_t body_len,
+                                const agent_body_source *source,
+                                uint32_t timeout_msecs,
+                                agent_stream **out);
+
+/**
+ * Starts a request and returns at once; `callback` runs once its response head has
+ * arrived (or it failed). Arguments as for `agent_request_stream`; `out_id` (if not NULL)
+ * receives an id for `agent_request_cancel`, which works until the head has arrived. When
+ * this returns an error code, the callback is not called.
+ *
+ * # Safety
+ * As `agent_request_stream`; `userdata` must stay valid until the callback has run.
+ */
+agent_code agent_request_stream_async(const agent *agent,
+                                      const char *method,
+                                      const char *url,
+                                      const agent_header *headers,
+                                      size_t header_count,
+                                      const uint8_t *body,
+                                      size_t body_len,
+                                      const agent_body_source *source,
+                                      uint32_t timeout_msecs,
+                                      agent_stream_callback callback,
+                                      void *userdata,
+                                      uint64_t *out_id);
+
+/**
+ * Fills `*out` with the response head: status, version, reused flag, headers (as
+ * `agent_response_read` gives them) and timings (`total_us` is set once the body has been
+ * read to its end); `body` is NULL and `body_len` 0. Pointers stay valid until the stream
+ * is freed. Allowed while an async read is in flight.
+ *
+ * # Safety
+ * `stream` is NULL or live; `out` must be writable.
+ */
+agent_code agent_stream_head(const agent_stream *stream,
+                             agent_response_parts *out);
+
+/**
+ * Reads the next bytes of the body into `buf` (at most `cap`, which must be > 0), blocking
+ * until some arrive; `*n` receives how many, 0 at the end of the body (the connection has
+ * then gone back to the pool). After a failure, later reads fail with the same code.
+ *
+ * Returns `AGENT_CODE_OK` or the body's failure: `BODY_TIMEOUT`, `TIMEOUT` (the request's
+ * overall timeout covers the whole stream), `CONNECTION_RESET`, `CONNECTION_CLOSED`,
+ * `PROTOCOL`, `RESPONSE_TOO_LARGE`; `WOULD_BLOCK` from a library thread;
+ * `INVALID_ARGUMENT` while an async read is in flight.
+ *
+ * # Safety
+ * `stream` is NULL or live and not used by another thread at once; `buf` points to `cap`
+ * writable bytes; `n` is writable.
+ */
+agent_code agent_stream_read(agent_stream *stream,
+                             uint8_t *buf,
+                             size_t cap,
+                             size_t *n);
+
+/**
+ * Bytes the engine holds for this stream that the caller has not read yet (read from the
+ * socket, response head included): at most the window of `agent_stream`, whatever the
+ * body's size. 0 once the body has ended. For monitoring and tests.
+ *
+ * # Safety
+ * `stream` is NULL or live.
+ */
+uint64_t agent_stream_buffered(const agent_stream *stream);
+
+/**
+ * Starts reading the next piece of the body and returns at once; `callback` runs when it
+ * has arrived (see `agent_data_callback`). One read at a time: a second call before the
+ * callback has run returns `AGENT_CODE_INVALID_ARGUMENT` (and the callback is not called
+ * for it). Until the next read, the engine does not read the socket (backpressure).
+ *
+ * # Safety
+ * `stream` is NULL or live; `userdata` must stay valid until the callback has run.
+ */
+agent_code agent_stream_read_async(agent_stream *stream,
+                                   agent_data_callback callback,
+                                   void *userdata);
+
+/**
+ * Frees a stream. Before the end of the body this aborts the request: the connection is
+ * closed, never reused, and the request counts as failed in the statistics. An async read
+ * in flight completes with `AGENT_CODE_CANCELLED`. NULL is ignored.
+ *
+ * # Safety
+ * `stream` is NULL or a stream from this library not freed before.
+ */
+void agent_stream_free(agent_stream *stream);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::HeaderValue;
 use rustls::ClientConfig;
 use rustls_pki_types::CertificateDer;
@@ -15,8 +16,8 @@ use crate::conn::Conn;
 use crate::connect::TcpSettings;
 use crate::direct::{self, Mode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::exchange::{Failure, exchange};
-use crate::http::{Origin, Request, Response, Scheme, Timings, micros};
+use crate::exchange::{self, BodyReader, Failure, Head};
+use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros};
 use crate::options::{Config, Options};
 use crate::pool::{Checkout, Discard, Pool, SlotGuard};
 use crate::runtime::{self, ForkMutex};
@@ -98,25 +99,15 @@ impl Agent {
     /// Sends a request and blocks the calling thread until the response is complete.
     /// Refused with [`ErrorKind::WouldBlock`] on the library's own threads.
     pub fn request_blocking(&self, req: Request) -> Result<Response> {
-        if runtime::on_runtime_thread() {
-            return Err(Error::new(
-                ErrorKind::WouldBlock,
-                "blocking request refused on a keepalive-agent thread (inside a completion callback); use the async API",
-            ));
-        }
-        let handle = runtime::handle()?;
         let inner = self.inner.clone();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Inside another tokio runtime, `block_on` is not allowed: run on ours and wait.
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            handle.spawn(async move {
-                let _ = tx.send(run(inner, req, Mode::Reactor).await);
-            });
-            return rx
-                .recv()
-                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "request task vanished")));
-        }
-        direct::block_on(&handle, |mode| run(inner, req, mode))
+        blocking(move |mode| run(inner, req, mode))
+    }
+
+    /// Sends a request and blocks until its response head has arrived; the body is then
+    /// read from the returned stream. Refused on the library's own threads.
+    pub fn request_stream_blocking(&self, req: Request) -> Result<ResponseStream> {
+        let inner = self.inner.clone();
+        blocking(move |mode| async move { ResponseStream::open(inner, &req, mode).await })
     }
 
     /// Starts a request and returns its id at once. `done` runs exactly once, on a library
@@ -125,6 +116,33 @@ impl Agent {
     pub fn request_async<F>(&self, req: Request, done: F) -> Result<u64>
     where
         F: FnOnce(Result<Response>) + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.spawn_call(async move { run(inner, req, Mode::Reactor).await }, done)
+    }
+
+    /// As [`Agent::request_async`], but `done` gets the response as a stream as soon as
+    /// its head has arrived.
+    pub fn request_stream_async<F>(&self, req: Request, done: F) -> Result<u64>
+    where
+        F: FnOnce(Result<ResponseStream>) + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.spawn_call(
+            async move { ResponseStream::open(inner, &req, Mode::Reactor).await },
+            done,
+        )
+    }
+
+    /// Runs `fut` as a cancellable call on the runtime; `done` gets its result exactly once.
+    fn spawn_call<T, F>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+        done: F,
+    ) -> Result<u64>
+    where
+        T: Send + 'static,
+        F: FnOnce(Result<T>) + Send + 'static,
     {
         let handle = runtime::handle()?;
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
@@ -143,20 +161,14 @@ impl Agent {
             inner: self.inner.clone(),
             id,
             done: Some(done),
+            _result: std::marker::PhantomData,
         };
-        let inner = self.inner.clone();
         handle.spawn(async move {
             let mut completion = completion;
-            let origin = req.target.origin.clone();
+            // A cancelled request is counted by its `Tally`, dropped with `fut`.
             let res = tokio::select! {
-                r = run(inner.clone(), req, Mode::Reactor) => r,
-                _ = cancel_rx => {
-                    inner.pool.record(&origin, |s| {
-                        s.requests += 1;
-                        s.errors += 1;
-                    });
-                    Err(Error::new(ErrorKind::Cancelled, "request cancelled"))
-                }
+                r = fut => r,
+                _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
             };
             completion.finish(res);
         });
@@ -231,14 +243,15 @@ impl Drop for Agent {
 
 /// Calls the completion callback exactly once: with the result, or — if the task is
 /// dropped first (cancelled, runtime gone, panic) — with `Cancelled` / `Panic`.
-struct Completion<F: FnOnce(Result<Response>)> {
+struct Completion<T, F: FnOnce(Result<T>)> {
     inner: Arc<Inner>,
     id: u64,
     done: Option<F>,
+    _result: std::marker::PhantomData<fn(T)>,
 }
 
-impl<F: FnOnce(Result<Response>)> Completion<F> {
-    fn finish(&mut self, res: Result<Response>) {
+impl<T, F: FnOnce(Result<T>)> Completion<T, F> {
+    fn finish(&mut self, res: Result<T>) {
         if let Some(done) = self.done.take() {
             // From here on the request cannot be cancelled: `cancel` reports it finished.
             if let Ok(mut calls) = self.inner.calls.lock() {
@@ -249,7 +262,7 @@ impl<F: FnOnce(Result<Response>)> Completion<F> {
     }
 }
 
-impl<F: FnOnce(Result<Response>)> Drop for Completion<F> {
+impl<T, F: FnOnce(Result<T>)> Drop for Completion<T, F> {
     fn drop(&mut self) {
         if self.done.is_some() {
             let err = if std::thread::panicking() {
@@ -268,31 +281,328 @@ impl<F: FnOnce(Result<Response>)> Drop for Completion<F> {
     }
 }
 
-/// One request, start to end: the retry loop within the overall deadline, then the
-/// request's line in the statistics.
-async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
-    let start = Instant::now();
-    let fut = inner.attempts(&req, start, mode);
-    let res = match req.timeout {
-        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorKind::Timeout,
-                format!("request timed out after {} ms", t.as_millis()),
-            ))
-        }),
-        None => fut.await,
-    };
-    inner.pool.record(&req.target.origin, |s| {
-        s.requests += 1;
-        match &res {
-            Ok(r) => s.reused_requests += u64::from(r.reused),
+/// Runs a request future on the calling thread: on its own sockets with `block_on`, or —
+/// inside another tokio runtime, where `block_on` is not allowed — on ours, waiting for it.
+/// Refused on the library's own threads.
+fn blocking<T, Fut>(make: impl FnOnce(Mode) -> Fut + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    if runtime::on_runtime_thread() {
+        return Err(would_block());
+    }
+    let handle = runtime::handle()?;
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        handle.spawn(async move {
+            let _ = tx.send(make(Mode::Reactor).await);
+        });
+        return rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "request task vanished")));
+    }
+    direct::block_on(&handle, make)
+}
+
+fn would_block() -> Error {
+    Error::new(
+        ErrorKind::WouldBlock,
+        "blocking call refused on a keepalive-agent thread (inside a completion callback); use the async API",
+    )
+}
+
+/// Counts one request in the statistics exactly once: as a success, as a failure, or —
+/// dropped before either (cancelled, aborted) — as a failure.
+struct Tally {
+    inner: Arc<Inner>,
+    origin: Arc<Origin>,
+    done: bool,
+}
+
+impl Tally {
+    fn ok(&mut self, reused: bool) {
+        self.done = true;
+        self.inner.pool.record(&self.origin, |s| {
+            s.requests += 1;
+            s.reused_requests += u64::from(reused);
+        });
+    }
+
+    fn failed(&mut self, e: &Error) {
+        self.done = true;
+        self.inner.pool.record(&self.origin, |s| {
+            s.requests += 1;
+            s.errors += 1;
+            s.timeouts += u64::from(e.is_timeout());
+        });
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if !self.done {
+            self.failed(&Error::new(ErrorKind::Cancelled, "request cancelled"));
+        }
+    }
+}
+
+/// A response whose head has arrived and whose body is read piece by piece. Reading it to
+/// the end gives its connection back to the pool; dropping it before the end aborts it (the
+/// connection is closed, never reused). The overall timeout of the request covers the
+/// whole stream; `body_timeout` the gap between two pieces.
+pub struct ResponseStream {
+    inner: Arc<Inner>,
+    origin: Arc<Origin>,
+    head: Response,
+    hint: ReuseHint,
+    /// The connection and the body's reader, until the end or a failure.
+    open: Option<(Conn, BodyReader)>,
+    /// Socket bytes read before the request was sent (see [`ResponseStream::buffered`]).
+    bytes_before: u64,
+    start: Instant,
+    timeout: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+    tally: Tally,
+    /// The failure that ended the stream, returned again by later reads.
+    failed: Option<Error>,
+}
+
+impl ResponseStream {
+    /// Sends the request (retrying a stale connection when it may) and reads its head.
+    async fn open(inner: Arc<Inner>, req: &Request, mode: Mode) -> Result<ResponseStream> {
+        let start = Instant::now();
+        let mut tally = Tally {
+            inner: inner.clone(),
+            origin: req.target.origin.clone(),
+            done: false,
+        };
+        let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+        let fut = inner.attempts(req, start, mode);
+        let opened = match deadline {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(req.timeout))),
+            None => fut.await,
+        };
+        let (conn, head, bytes_before) = match opened {
+            Ok(o) => o,
             Err(e) => {
-                s.errors += 1;
-                s.timeouts += u64::from(e.is_timeout());
+                tally.failed(&e);
+                return Err(e);
+            }
+        };
+        Ok(ResponseStream {
+            origin: req.target.origin.clone(),
+            inner,
+            head: head.response,
+            hint: head.hint,
+            open: Some((conn, head.body)),
+            bytes_before,
+            start,
+            timeout: req.timeout,
+            deadline,
+            tally,
+            failed: None,
+        })
+    }
+
+    /// Status, version, headers, whether the connection was reused, and timings (the
+    /// total is set when the body has been read); the body is empty.
+    pub fn head(&self) -> &Response {
+        &self.head
+    }
+
+    /// Whether the whole body has been read (or the stream failed).
+    pub fn is_finished(&self) -> bool {
+        self.open.is_none()
+    }
+
+    /// Bytes read from the socket for this response that the caller has not received yet
+    /// (including the response head): what the engine holds for this stream.
+    pub fn buffered(&self) -> u64 {
+        self.open.as_ref().map_or(0, |(conn, reader)| {
+            (conn.bytes_read() - self.bytes_before).saturating_sub(reader.total())
+        })
+    }
+
+    /// The next piece of the body (`None` at the end). For use inside this library's
+    /// runtime (see [`Agent::request`]).
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        self.next_in(Mode::Reactor).await
+    }
+
+    /// The next piece of the body, blocking the calling thread (`None` at the end).
+    /// Refused on the library's own threads.
+    pub fn next_chunk_blocking(&mut self) -> Result<Option<Bytes>> {
+        if self.open.is_none() {
+            return self.ended();
+        }
+        if runtime::on_runtime_thread() {
+            return Err(would_block());
+        }
+        // Lend the stream to a future that owns it, and take it back.
+        let mut me = std::mem::replace(self, self.placeholder());
+        let (res, back) = blocking(move |mode| async move {
+            let r = me.next_in(mode).await;
+            Ok((r, me))
+        })?;
+        *self = back;
+        res
+    }
+
+    /// An empty stream standing in while the real one is lent out.
+    fn placeholder(&self) -> ResponseStream {
+        ResponseStream {
+            inner: self.inner.clone(),
+            origin: self.origin.clone(),
+            head: empty_response(),
+            hint: self.hint,
+            open: None,
+            bytes_before: 0,
+            start: self.start,
+            timeout: None,
+            deadline: None,
+            tally: Tally {
+                inner: self.inner.clone(),
+                origin: self.origin.clone(),
+                done: true,
+            },
+            failed: None,
+        }
+    }
+
+    fn ended(&self) -> Result<Option<Bytes>> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
+        }
+    }
+
+    async fn next_in(&mut self, mode: Mode) -> Result<Option<Bytes>> {
+        let Some((conn, reader)) = self.open.as_mut() else {
+            return self.ended();
+        };
+        conn.set_mode(mode);
+        let fut = reader.next(conn);
+        let next = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(self.timeout))),
+            None => fut.await,
+        };
+        match next {
+            Ok(Some(b)) => Ok(Some(b)),
+            Ok(None) => {
+                self.finish().await;
+                Ok(None)
+            }
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
             }
         }
-    });
-    res
+    }
+
+    /// Reads the rest of the body into one buffer and returns the whole response.
+    async fn read_to_end(mut self, mode: Mode) -> Result<Response> {
+        let Some((conn, reader)) = self.open.as_mut() else {
+            return Err(self
+                .ended()
+                .err()
+                .unwrap_or_else(|| Error::new(ErrorKind::Internal, "the body was already read")));
+        };
+        conn.set_mode(mode);
+        let fut = reader.read_all(conn);
+        let body = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(self.timeout))),
+            None => fut.await,
+        };
+        match body {
+            Ok(body) => {
+                self.finish().await;
+                let mut response = std::mem::replace(&mut self.head, empty_response());
+                response.body = body;
+                Ok(response)
+            }
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The body is complete: the connection goes back to the pool if it may be reused.
+    async fn finish(&mut self) {
+        let Some((mut conn, _)) = self.open.take() else {
+            return;
+        };
+        let pool = &self.inner.pool;
+        let mut keep = pool.idle_timeout(&conn, self.hint);
+        if keep.is_some() && !conn.ready_for_next().await {
+            keep = None;
+        }
+        pool.release(&self.origin, conn, keep);
+        self.head.timings.total_us = micros(self.start.elapsed());
+        self.tally.ok(self.head.reused);
+    }
+
+    fn fail(&mut self, e: Error) {
+        if let Some((conn, _)) = self.open.take() {
+            let why = match e.kind() {
+                // The request's own deadline: the connection is closed, as when the deadline
+                // passes before the head, but not counted against the connection.
+                ErrorKind::Timeout => None,
+                _ if e.is_timeout() => Some(Discard::Timeout),
+                _ => Some(Discard::Error),
+            };
+            match why {
+                Some(why) => self.inner.pool.discard(&self.origin, conn, why),
+                None => drop(conn),
+            }
+        }
+        self.tally.failed(&e);
+        self.failed = Some(e);
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        // Before its end: the connection is closed (dropped), and the tally counts the
+        // request as failed.
+        self.open = None;
+    }
+}
+
+fn empty_response() -> Response {
+    Response {
+        status: 0,
+        version: http::Version::HTTP_11,
+        headers: http::HeaderMap::new(),
+        body: Bytes::new(),
+        reused: false,
+        timings: Timings::default(),
+    }
+}
+
+fn timed_out(timeout: Option<Duration>) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "request timed out after {} ms",
+            timeout.map_or(0, |t| t.as_millis())
+        ),
+    )
+}
+
+/// One whole-message request: a stream read to its end.
+async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
+    ResponseStream::open(inner, &req, mode)
+        .await?
+        .read_to_end(mode)
+        .await
 }
 
 impl Inner {
@@ -304,9 +614,16 @@ impl Inner {
         Ok(self.tls.get_or_init(|| c).clone())
     }
 
-    /// Takes a connection, runs the exchange, gives the connection back; once more on a
+    /// Takes a connection, sends the request and reads the response head; once more on a
     /// new connection when a reused one turned out stale and the request may be repeated.
-    async fn attempts(&self, req: &Request, start: Instant, mode: Mode) -> Result<Response> {
+    /// Returns the connection, the head (with the body's reader), and the socket bytes read
+    /// on that connection before this request.
+    async fn attempts(
+        &self,
+        req: &Request,
+        start: Instant,
+        mode: Mode,
+    ) -> Result<(Conn, Head, u64)> {
         let origin = &req.target.origin;
         let mut fresh = false;
         loop {
@@ -321,7 +638,8 @@ impl Inner {
                 Checkout::Connect(slot) => (self.open(slot, &mut t, mode).await?, false),
             };
             conn.set_mode(mode);
-            let failure = match exchange(
+            let before = conn.bytes_read();
+            let failure = match exchange::start(
                 &mut conn,
                 req,
                 &self.cfg,
@@ -332,16 +650,7 @@ impl Inner {
             )
             .await
             {
-                Ok(done) => {
-                    let mut keep = self.pool.idle_timeout(&conn, done.hint);
-                    if keep.is_some() && !conn.ready_for_next().await {
-                        keep = None;
-                    }
-                    self.pool.release(origin, conn, keep);
-                    let mut response = done.response;
-                    response.timings.total_us = micros(start.elapsed());
-                    return Ok(response);
-                }
+                Ok(head) => return Ok((conn, head, before)),
                 Err(f) => f,
             };
             let discard = |e: &Error| {
@@ -362,15 +671,18 @@ impl Inner {
                 }
                 Failure::Stale(e) => {
                     self.pool.discard(origin, conn, discard(&e));
-                    if !fresh && self.cfg.retry_stale && req.is_retryable() {
+                    let replayable = req.is_retryable() && req.body.rewind();
+                    if !fresh && self.cfg.retry_stale && replayable {
                         self.pool.record(origin, |s| s.retries += 1);
                         fresh = true;
                         continue;
                     }
-                    let why = if req.is_retryable() {
-                        "retrying is off"
-                    } else {
+                    let why = if !req.is_retryable() {
                         "the method is not idempotent and there is no Idempotency-Key"
+                    } else if !replayable {
+                        "the request body is a stream that cannot be rewound"
+                    } else {
+                        "retrying is off"
                     };
                     return Err(Error::new(
                         ErrorKind::StaleConnection,

@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
@@ -23,13 +21,13 @@ use tokio::time::Instant;
 use crate::connect::{ConnectTimings, IoProbe, Stream, TcpSettings, connect};
 use crate::direct::Mode;
 use crate::error::{Error, ErrorKind, Result, chain_message};
-use crate::http::Origin;
+use crate::http::{Origin, ReqBody};
 
-pub(crate) type Sender = http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = http1::SendRequest<ReqBody>;
 /// hyper's protocol state machine for one connection. It is polled by the request that
 /// holds the connection (inline, on that request's thread: no hand-off per request) and,
 /// while the connection is idle, by its monitor task (to notice a server close at once).
-pub(crate) type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>;
+pub(crate) type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, ReqBody>>>;
 
 /// How long an idle connection parked by a blocking caller stays unwatched before the
 /// monitor takes it back into the reactor. A caller making back-to-back requests reuses it
@@ -44,6 +42,11 @@ const COMPACT_AFTER: Duration = Duration::from_millis(100);
 /// How long a finished connection may take to become ready for its next request before
 /// it is given up (it is normally a few microseconds).
 const READY_WAIT: Duration = Duration::from_millis(100);
+
+/// The most hyper reads ahead of the request that holds the connection (its read buffer):
+/// with the piece being handed over, what the engine holds per response stream, whatever
+/// the body's size. It also bounds a response head.
+const READ_WINDOW: usize = 256 * 1024;
 
 /// Connection ids, unique in the process: owners find their connections by id.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -227,6 +230,7 @@ impl Conn {
     pub(crate) async fn handshake(stream: Stream, mode: Mode) -> hyper::Result<Conn> {
         let probe = stream.probe();
         let (sender, driver) = http1::Builder::new()
+            .max_buf_size(READ_WINDOW)
             .handshake(TokioIo::new(stream))
             .await?;
         Ok(Conn {
@@ -375,7 +379,7 @@ impl Conn {
     /// `None`: the connection was already closed, or ended before the head.
     pub(crate) async fn send(
         &mut self,
-        req: http::Request<Full<Bytes>>,
+        req: http::Request<ReqBody>,
     ) -> Option<hyper::Result<http::Response<hyper::body::Incoming>>> {
         let sender = self.sender.as_mut().filter(|s| !s.is_closed())?;
         let fut = sender.send_request(req);
@@ -455,7 +459,9 @@ impl Drop for Conn {
 /// hyper's HTTP/1 handshake over an already connected stream. It does no I/O, so its
 /// future completes on the first poll.
 fn handshake_now(stream: Stream) -> Option<(Sender, Driver)> {
-    let fut = http1::Builder::new().handshake(TokioIo::new(stream));
+    let fut = http1::Builder::new()
+        .max_buf_size(READ_WINDOW)
+        .handshake(TokioIo::new(stream));
     let mut fut = std::pin::pin!(fut);
     match fut
         .as_mut()
@@ -591,11 +597,11 @@ mod tests {
         )
     }
 
-    fn get() -> http::Request<Full<Bytes>> {
+    fn get() -> http::Request<ReqBody> {
         http::Request::builder()
             .uri("/")
             .header("host", "x")
-            .body(Full::new(Bytes::new()))
+            .body(ReqBody::Full(None))
             .unwrap()
     }
 

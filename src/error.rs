@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Protocol,
     /// The response body exceeded `max_response_bytes`.
     ResponseTooLarge,
+    /// The caller's request body source failed, or gave fewer bytes than its length.
+    BodySource,
     /// The request was cancelled, or its agent was freed while it was in flight.
     Cancelled,
     /// A blocking call was made from a library thread (inside a completion callback).

@@ -3,7 +3,7 @@
 //! say what the response allows for reuse (`Connection`, `Keep-Alive`), and map hyper's
 //! errors to ours. Streaming bodies change this file.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::conn::Conn;
 use crate::error::{Error, ErrorKind, chain_message, find_io_error};
-use crate::http::{Request, Response, ReuseHint, Timings, micros, reuse_hint};
+use crate::http::{Request, Response, ReuseHint, SourceFailed, Timings, micros, reuse_hint};
 use crate::options::Config;
 
 /// A whole body is collected into one buffer sized from `Content-Length`, but never
@@ -31,16 +31,19 @@ pub(crate) enum Failure {
     Failed(Error),
 }
 
-/// A complete response, and what it says about reusing its connection.
-pub(crate) struct Exchanged {
+/// A response head, and the reader of its body.
+pub(crate) struct Head {
+    /// Status, version, headers, reuse and timings so far; the body is empty.
     pub(crate) response: Response,
+    /// What the response allows for reusing its connection.
     pub(crate) hint: ReuseHint,
+    pub(crate) body: BodyReader,
 }
 
-/// Sends `req` on `conn` and reads the whole response. `reused` says whether the
+/// Sends `req` on `conn` and reads the response head. `reused` says whether the
 /// connection served an earlier request; `start` is when the request started (timings
 /// count from it) and `t` carries the timings of the phases before this one.
-pub(crate) async fn exchange(
+pub(crate) async fn start(
     conn: &mut Conn,
     req: &Request,
     cfg: &Config,
@@ -48,7 +51,7 @@ pub(crate) async fn exchange(
     reused: bool,
     start: Instant,
     mut t: Timings,
-) -> Result<Exchanged, Failure> {
+) -> Result<Head, Failure> {
     let before = conn.bytes_read();
     if !conn.adopt().await || !conn.is_open() {
         return Err(Failure::NotSent);
@@ -77,21 +80,36 @@ pub(crate) async fn exchange(
         }
     };
     t.ttfb_us = micros(start.elapsed());
-    let (parts, mut body) = resp.into_parts();
-    let body = read_body(&mut body, conn, &parts, cfg)
-        .await
-        .map_err(Failure::Failed)?;
+    let (parts, body) = resp.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = BodyReader {
+        body,
+        declared,
+        total: 0,
+        max: cfg.max_response_bytes,
+        gap: cfg.body_timeout,
+    };
+    if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
+        if n > max {
+            return Err(Failure::Failed(body.too_large(n)));
+        }
+    }
     let hint = reuse_hint(parts.version, &parts.headers);
-    Ok(Exchanged {
+    Ok(Head {
         response: Response {
             status: parts.status.as_u16(),
             version: parts.version,
             headers: parts.headers,
-            body,
+            body: Bytes::new(),
             reused,
             timings: t,
         },
         hint,
+        body,
     })
 }
 
@@ -110,87 +128,101 @@ fn head_failure(err: Error, conn: &Conn, reused: bool, bytes_before: u64) -> Fai
     }
 }
 
-/// Reads a whole body, enforcing the gap timeout and the size cap.
-async fn read_body(
-    body: &mut Incoming,
-    conn: &mut Conn,
-    parts: &http::response::Parts,
-    cfg: &Config,
-) -> Result<Bytes, Error> {
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = |n: u64| {
+/// Reads a response body piece by piece, within the gap timeout and the size cap. The
+/// connection is polled only while a piece is asked for: a reader that stops asking stops
+/// the socket being read (TCP's flow control then holds the sender back).
+pub(crate) struct BodyReader {
+    body: Incoming,
+    /// The `Content-Length`, when the response has one.
+    declared: Option<u64>,
+    /// Body bytes read so far.
+    total: u64,
+    max: Option<u64>,
+    /// The longest wait for the next piece (`body_timeout`).
+    gap: Option<Duration>,
+}
+
+impl BodyReader {
+    fn too_large(&self, n: u64) -> Error {
         Error::new(
             ErrorKind::ResponseTooLarge,
             format!(
                 "response body of {n}+ bytes exceeds max_response_bytes = {}",
-                cfg.max_response_bytes.unwrap_or(0)
+                self.max.unwrap_or(0)
             ),
         )
-    };
-    if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
-        if n > max {
-            return Err(too_large(n));
-        }
     }
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut total: u64 = 0;
-    loop {
-        let next = conn.drive(body.frame());
-        let frame = match cfg.body_timeout {
-            Some(d) => tokio::time::timeout(d, next).await.map_err(|_| {
-                Error::new(
-                    ErrorKind::BodyTimeout,
-                    format!("no body data for {} ms", d.as_millis()),
-                )
-            })?,
-            None => next.await,
-        };
-        let Some(frame) = frame else {
-            return Err(Error::new(
-                ErrorKind::ConnectionClosed,
-                "connection closed before the response body was complete",
-            ));
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(map_hyper_error(&e)),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue, // trailers
-            },
-        };
-        total += data.len() as u64;
-        if cfg.max_response_bytes.is_some_and(|m| total > m) {
-            return Err(too_large(total));
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let cap = declared.map_or(f.len() + data.len(), |n| n as usize);
-                let mut b = BytesMut::with_capacity(cap.min(MAX_BODY_PREALLOC));
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                rest = Some(b);
+
+    /// Body bytes read so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    pub(crate) async fn next(&mut self, conn: &mut Conn) -> Result<Option<Bytes>, Error> {
+        loop {
+            let next = conn.drive(self.body.frame());
+            let frame = match self.gap {
+                Some(d) => tokio::time::timeout(d, next).await.map_err(|_| {
+                    Error::new(
+                        ErrorKind::BodyTimeout,
+                        format!("no body data for {} ms", d.as_millis()),
+                    )
+                })?,
+                None => next.await,
+            };
+            let Some(frame) = frame else {
+                return Err(Error::new(
+                    ErrorKind::ConnectionClosed,
+                    "connection closed before the response body was complete",
+                ));
+            };
+            let data = match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(map_hyper_error(&e)),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue, // trailers
+                },
+            };
+            self.total += data.len() as u64;
+            if self.max.is_some_and(|m| self.total > m) {
+                return Err(self.too_large(self.total));
             }
-            (Some(_), Some(b)) => b.extend_from_slice(&data),
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
         }
     }
-    Ok(match (first, rest) {
-        (_, Some(b)) => b.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    })
+
+    /// Reads the rest of the body into one buffer, sized from `Content-Length`.
+    pub(crate) async fn read_all(&mut self, conn: &mut Conn) -> Result<Bytes, Error> {
+        let Some(first) = self.next(conn).await? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.next(conn).await? else {
+            return Ok(first);
+        };
+        let cap = self
+            .declared
+            .map_or(first.len() + second.len(), |n| n as usize);
+        let mut b = BytesMut::with_capacity(cap.min(MAX_BODY_PREALLOC));
+        b.extend_from_slice(&first);
+        b.extend_from_slice(&second);
+        while let Some(d) = self.next(conn).await? {
+            b.extend_from_slice(&d);
+        }
+        Ok(b.freeze())
+    }
 }
 
 /// Maps a hyper error to our kinds by what happened on the wire.
 fn map_hyper_error(e: &hyper::Error) -> Error {
     let msg = chain_message(e);
     if let Some(io) = find_io_error(e) {
+        if io.get_ref().is_some_and(|i| i.is::<SourceFailed>()) {
+            return Error::new(ErrorKind::BodySource, msg);
+        }
         let kind = match io.kind() {
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
                 ErrorKind::ConnectionReset
@@ -222,7 +254,6 @@ mod tests {
     use crate::options::Options;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
-    use std::time::Duration;
 
     /// One connection; each request gets the next canned answer; after the last, the
     /// server closes (or, with `hang`, keeps the connection open without answering).
@@ -282,6 +313,12 @@ mod tests {
             .block_on(f)
     }
 
+    /// A whole exchange: the head, then the body read to its end.
+    struct Exchanged {
+        response: Response,
+        hint: ReuseHint,
+    }
+
     async fn go(
         c: &mut Conn,
         req: &Request,
@@ -289,7 +326,12 @@ mod tests {
         reused: bool,
     ) -> Result<Exchanged, Failure> {
         let ua = HeaderValue::from_static("t");
-        exchange(c, req, cfg, &ua, reused, Instant::now(), Timings::default()).await
+        let mut head = start(c, req, cfg, &ua, reused, Instant::now(), Timings::default()).await?;
+        head.response.body = head.body.read_all(c).await.map_err(Failure::Failed)?;
+        Ok(Exchanged {
+            response: head.response,
+            hint: head.hint,
+        })
     }
 
     #[test]

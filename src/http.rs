@@ -1,7 +1,10 @@
 //! The request/response model: URL parsing, header validation, the response handed back.
 
 use std::fmt;
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -201,13 +204,179 @@ pub fn request_timeout(msecs: u32) -> Result<Option<Duration>> {
     }
 }
 
+/// A request body produced piece by piece: curl's read callback, a file, a generator.
+pub trait BodySource: Send {
+    /// Fills `buf` with the next bytes: `Ready(Ok(n))` with `n > 0`, `Ready(Ok(0))` at the
+    /// end, `Pending` after arranging for `cx`'s waker to be woken, or an error (which fails
+    /// the request with [`ErrorKind::BodySource`]). Called on the thread that drives the
+    /// request (the caller's own for a blocking request).
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    /// The body's length when known: sent as `Content-Length`. `None`: chunked.
+    fn length(&self) -> Option<u64>;
+    /// Starts again from the first byte, for a transparent retry. False (the default):
+    /// the source cannot be replayed, and a stale connection fails the request instead.
+    fn rewind(&mut self) -> bool {
+        false
+    }
+}
+
+/// A request body source shared by the request and its retries.
+pub type SharedSource = Arc<Mutex<Box<dyn BodySource>>>;
+
+/// A request body: bytes (always replayable) or a source read piece by piece.
+#[derive(Clone)]
+pub enum Body {
+    Bytes(Bytes),
+    Source(SharedSource),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::Bytes(Bytes::new())
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => write!(f, "Body::Bytes({} bytes)", b.len()),
+            Body::Source(_) => f.write_str("Body::Source"),
+        }
+    }
+}
+
+impl Body {
+    /// A body from a source.
+    pub fn source(src: impl BodySource + 'static) -> Body {
+        Body::Source(Arc::new(Mutex::new(Box::new(src))))
+    }
+
+    /// Gets the body ready to be sent again (a retry); false when it cannot be.
+    pub(crate) fn rewind(&self) -> bool {
+        match self {
+            Body::Bytes(_) => true,
+            Body::Source(s) => s.lock().unwrap_or_else(|p| p.into_inner()).rewind(),
+        }
+    }
+}
+
+/// Marks an error that a caller's [`BodySource`] reported, so that it maps to
+/// [`ErrorKind::BodySource`] however hyper wraps it.
+#[derive(Debug)]
+pub(crate) struct SourceFailed(pub(crate) String);
+
+impl fmt::Display for SourceFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceFailed {}
+
+/// The most a body source is asked for at once.
+const SOURCE_CHUNK: usize = 64 * 1024;
+
+/// hyper's view of a request body.
+pub(crate) enum ReqBody {
+    Full(Option<Bytes>),
+    Source {
+        src: SharedSource,
+        /// Bytes still to come when the length is known.
+        remaining: Option<u64>,
+        sent: u64,
+    },
+}
+
+impl ReqBody {
+    fn source_error(msg: String) -> io::Error {
+        io::Error::other(SourceFailed(msg))
+    }
+}
+
+impl hyper::body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            ReqBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(hyper::body::Frame::data(b))),
+            ),
+            ReqBody::Source {
+                src,
+                remaining,
+                sent,
+            } => {
+                if *remaining == Some(0) {
+                    return Poll::Ready(None);
+                }
+                let want = remaining.map_or(SOURCE_CHUNK, |r| r.min(SOURCE_CHUNK as u64) as usize);
+                let mut buf = bytes::BytesMut::zeroed(want);
+                let polled = src
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .poll_read(cx, &mut buf);
+                match polled {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Self::source_error(format!(
+                        "the request body source failed after {sent} bytes: {e}"
+                    ))))),
+                    Poll::Ready(Ok(0)) => match remaining {
+                        Some(r) => Poll::Ready(Some(Err(Self::source_error(format!(
+                            "the request body source ended after {sent} bytes, {r} short of its length"
+                        ))))),
+                        None => Poll::Ready(None),
+                    },
+                    Poll::Ready(Ok(n)) if n > want => {
+                        Poll::Ready(Some(Err(Self::source_error(format!(
+                            "the request body source returned {n} bytes for a {want}-byte buffer"
+                        )))))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        buf.truncate(n);
+                        *sent += n as u64;
+                        if let Some(r) = remaining {
+                            *r -= n as u64;
+                        }
+                        Poll::Ready(Some(Ok(hyper::body::Frame::data(buf.freeze()))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            ReqBody::Source { remaining, .. } => *remaining == Some(0),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ReqBody::Full(b) => {
+                hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ReqBody::Source {
+                remaining: Some(r), ..
+            } => hyper::body::SizeHint::with_exact(*r),
+            ReqBody::Source { .. } => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
 /// A validated request, ready for the pool.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
     pub target: Target,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: Body,
     /// Overall deadline: queueing, connecting, sending and reading.
     pub timeout: Option<Duration>,
 }
@@ -218,7 +387,7 @@ impl Request {
             method: parse_method(method)?,
             target: parse_url(url)?,
             headers: HeaderMap::new(),
-            body: Bytes::new(),
+            body: Body::default(),
             timeout: None,
         })
     }
@@ -230,7 +399,13 @@ impl Request {
     }
 
     pub fn body(mut self, body: impl Into<Bytes>) -> Request {
-        self.body = body.into();
+        self.body = Body::Bytes(body.into());
+        self
+    }
+
+    /// A body read piece by piece from `src` (chunked unless it knows its length).
+    pub fn body_source(mut self, src: impl BodySource + 'static) -> Request {
+        self.body = Body::source(src);
         self
     }
 
@@ -258,8 +433,19 @@ impl Request {
         &self,
         keep_alive: bool,
         user_agent: &HeaderValue,
-    ) -> http::Request<http_body_util::Full<Bytes>> {
-        let mut req = http::Request::new(http_body_util::Full::new(self.body.clone()));
+    ) -> http::Request<ReqBody> {
+        let body = match &self.body {
+            Body::Bytes(b) => ReqBody::Full(Some(b.clone())),
+            Body::Source(src) => {
+                let length = src.lock().unwrap_or_else(|p| p.into_inner()).length();
+                ReqBody::Source {
+                    src: src.clone(),
+                    remaining: length,
+                    sent: 0,
+                }
+            }
+        };
+        let mut req = http::Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.target.path.clone();
         let h = req.headers_mut();

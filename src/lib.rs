@@ -31,9 +31,9 @@ mod runtime;
 mod stats;
 mod tls;
 
-pub use agent::Agent;
+pub use agent::{Agent, ResponseStream};
 pub use error::{Error, ErrorKind, Result};
-pub use http::{Origin, Request, Response, Scheme, Target, Timings};
+pub use http::{Body, BodySource, Origin, Request, Response, Scheme, Target, Timings};
 pub use http::{parse_header, parse_method, parse_url, request_timeout};
 pub use options::limit_by_name as limit;
 pub use options::{Config, Options, Scheduling};

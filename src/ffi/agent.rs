@@ -25,6 +25,12 @@ pub struct agent {
     inner: Agent,
 }
 
+impl agent {
+    pub(crate) fn agent(&self) -> &Agent {
+        &self.inner
+    }
+}
+
 /// One request header: NUL-terminated name and value. Names must be HTTP tokens; values
 /// must not contain CR, LF, NUL or other control characters (tab is allowed; bytes
 /// 0x80-0xFF are sent as they are, as RFC 9110's obs-text allows). The same name may appear
@@ -159,7 +165,7 @@ pub unsafe extern "C" fn agent_free(agent: *mut agent) {
 ///
 /// # Safety
 /// Pointers as documented for `agent_request`.
-unsafe fn build_request(
+pub(crate) unsafe fn build_request(
     method: *const c_char,
     url: *const c_char,
     headers: *const agent_header,
@@ -199,7 +205,7 @@ unsafe fn build_request(
     }
     // SAFETY: forwarded contract.
     let body = unsafe { c_bytes(body, body_len, "body") }?;
-    req.body = bytes::Bytes::copy_from_slice(body);
+    req.body = crate::http::Body::Bytes(bytes::Bytes::copy_from_slice(body));
     req.timeout = request_timeout(timeout_msecs)?;
     Ok(req)
 }
@@ -260,7 +266,7 @@ pub unsafe extern "C" fn agent_request(
 }
 
 /// The caller's userdata, carried to the completion callback on a library thread.
-struct Userdata(*mut c_void);
+pub(crate) struct Userdata(pub(crate) *mut c_void);
 // SAFETY: the pointer is opaque to us and only handed back to the caller's callback, which
 // the caller documented (by using this API) as safe to run on another thread.
 unsafe impl Send for Userdata {}

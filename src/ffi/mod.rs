@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub mod agent;
 pub mod options;
 pub mod response;
+pub mod stream;
 
 /// Result codes. Values are explicit and never reused; a retired value stays reserved.
 #[repr(u32)]
@@ -66,6 +67,9 @@ pub enum agent_code {
     AGENT_CODE_PROTOCOL = 44,
     /// The body exceeded max_response_bytes; the connection was dropped.
     AGENT_CODE_RESPONSE_TOO_LARGE = 45,
+    /// The request body source (`agent_body_source`) reported an error, or ended before
+    /// the length it announced; nothing more was sent and the connection was closed.
+    AGENT_CODE_BODY_SOURCE = 46,
     /// The request was cancelled, or its agent was freed while it was in flight.
     AGENT_CODE_CANCELLED = 50,
     /// The agent's state was locked by another thread when the process forked.
@@ -100,6 +104,7 @@ impl agent_code {
             ErrorKind::StaleConnection => AGENT_CODE_STALE_CONNECTION,
             ErrorKind::Protocol => AGENT_CODE_PROTOCOL,
             ErrorKind::ResponseTooLarge => AGENT_CODE_RESPONSE_TOO_LARGE,
+            ErrorKind::BodySource => AGENT_CODE_BODY_SOURCE,
             ErrorKind::Cancelled => AGENT_CODE_CANCELLED,
             ErrorKind::Forked => AGENT_CODE_FORKED,
             ErrorKind::Panic => AGENT_CODE_PANIC,
@@ -361,6 +366,7 @@ mod tests {
             StaleConnection,
             Protocol,
             ResponseTooLarge,
+            BodySource,
             Cancelled,
             WouldBlock,
             Forked,

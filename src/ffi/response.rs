@@ -26,19 +26,22 @@ impl agent_response {
     }
 
     fn header_block(&self) -> &[u8] {
-        self.header_block.get_or_init(|| {
-            let h = &self.resp.headers;
-            let size = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-            let mut b = Vec::with_capacity(size);
-            for (k, v) in h {
-                b.extend_from_slice(k.as_str().as_bytes());
-                b.extend_from_slice(b": ");
-                b.extend_from_slice(v.as_bytes());
-                b.extend_from_slice(b"\r\n");
-            }
-            b.into_boxed_slice()
-        })
+        self.header_block
+            .get_or_init(|| header_block(&self.resp.headers))
     }
+}
+
+/// All header lines as `name: value\r\n` (see `agent_response_parts.headers`).
+pub(crate) fn header_block(h: &http::HeaderMap) -> Box<[u8]> {
+    let size = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let mut b = Vec::with_capacity(size);
+    for (k, v) in h {
+        b.extend_from_slice(k.as_str().as_bytes());
+        b.extend_from_slice(b": ");
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(b"\r\n");
+    }
+    b.into_boxed_slice()
 }
 
 /// Everything about a response in one call (for bindings, where each call costs): see
@@ -122,7 +125,7 @@ pub unsafe extern "C" fn agent_response_read(
     })
 }
 
-fn timings(r: &Response) -> agent_timings {
+pub(crate) fn timings(r: &Response) -> agent_timings {
     let t = r.timings;
     agent_timings {
         queued_us: t.queued_us,

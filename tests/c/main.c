@@ -28,6 +28,17 @@ static const ts_test tests[] = {
     T(test_free_with_in_flight),
     T(test_threads_share_agent),
     T(test_fork),
+    T(test_stream_download_big_in_constant_memory),
+    T(test_stream_upload_content_length),
+    T(test_stream_upload_chunked),
+    T(test_stream_abort_closes_the_connection),
+    T(test_stream_read_to_end_reuses_the_connection),
+    T(test_stream_slow_reader_keeps_the_window),
+    T(test_stream_server_resets_mid_upload),
+    T(test_stream_source_failure_has_its_own_code),
+    T(test_stream_bad_arguments_release_the_source),
+    T(test_stream_stale_retry_needs_a_rewindable_source),
+    T(test_stream_async_reads),
 };
 
 int main(int argc, char **argv) {

@@ -39,6 +39,19 @@ void test_code_str(void);
 void test_version(void);
 void test_invalid_option(void);
 
+/* test_stream.c */
+void test_stream_download_big_in_constant_memory(void);
+void test_stream_upload_content_length(void);
+void test_stream_upload_chunked(void);
+void test_stream_abort_closes_the_connection(void);
+void test_stream_read_to_end_reuses_the_connection(void);
+void test_stream_slow_reader_keeps_the_window(void);
+void test_stream_server_resets_mid_upload(void);
+void test_stream_source_failure_has_its_own_code(void);
+void test_stream_bad_arguments_release_the_source(void);
+void test_stream_stale_retry_needs_a_rewindable_source(void);
+void test_stream_async_reads(void);
+
 /* test_async.c */
 void test_async_many(void);
 void test_free_with_in_flight(void);

@@ -54,6 +54,8 @@ enum ReadErr {
     TooLarge,
     /// Malformed request.
     Bad,
+    /// The script said to reset the connection in the middle of the request body.
+    Abort,
 }
 
 impl From<io::Error> for ReadErr {
@@ -182,6 +184,8 @@ struct Script {
     bad_header: bool,
     big_headers: Option<u64>,
     infinite: bool,
+    /// Reset the connection after this many request body bytes.
+    body_rst_after: Option<u64>,
 }
 
 impl Script {
@@ -221,6 +225,7 @@ impl Script {
                 "bad_header" => s.bad_header = flag,
                 "big_headers" => s.big_headers = num,
                 "infinite" => s.infinite = flag,
+                "body_rst_after" => s.body_rst_after = num,
                 _ => {}
             }
         }
@@ -341,20 +346,38 @@ impl<S: Io> Conn<S> {
         }
     }
 
-    async fn discard(&mut self, mut n: u64) -> Result<(), ReadErr> {
+    async fn discard(&mut self, mut n: u64, seen: &mut BodySeen) -> Result<(), ReadErr> {
         while n > 0 {
             if self.buf.is_empty() && self.fill().await? == 0 {
                 return Err(ReadErr::Gone);
             }
-            let take = n.min(self.buf.len() as u64);
+            let mut take = n.min(self.buf.len() as u64);
+            if let Some(limit) = seen.abort_after {
+                take = take.min(limit.saturating_sub(seen.len));
+                if take == 0 {
+                    return Err(ReadErr::Abort);
+                }
+            }
+            seen.add(&self.buf[..take as usize]);
             self.buf.drain(..take as usize);
             n -= take;
         }
         Ok(())
     }
 
-    /// Reads and discards the request body; returns its length.
-    async fn read_body(&mut self, req: &Request) -> Result<u64, ReadErr> {
+    /// Reads and discards the request body; returns its length and FNV-1a hash.
+    async fn read_body(
+        &mut self,
+        req: &Request,
+        abort_after: Option<u64>,
+    ) -> Result<BodySeen, ReadErr> {
+        let mut seen = BodySeen::new(abort_after);
+        let len = self.read_body_into(req, &mut seen).await?;
+        debug_assert_eq!(len, seen.len);
+        Ok(seen)
+    }
+
+    async fn read_body_into(&mut self, req: &Request, seen: &mut BodySeen) -> Result<u64, ReadErr> {
         if req.has_token("transfer-encoding", "chunked") {
             let mut total = 0;
             loop {
@@ -365,7 +388,7 @@ impl<S: Io> Conn<S> {
                     while !self.read_line().await?.is_empty() {}
                     return Ok(total);
                 }
-                self.discard(size).await?;
+                self.discard(size, seen).await?;
                 total += size;
                 if !self.read_line().await?.is_empty() {
                     return Err(ReadErr::Bad);
@@ -376,7 +399,7 @@ impl<S: Io> Conn<S> {
             None => Ok(0),
             Some(v) => {
                 let n = v.trim().parse::<u64>().map_err(|_| ReadErr::Bad)?;
-                self.discard(n).await?;
+                self.discard(n, seen).await?;
                 Ok(n)
             }
         }
@@ -448,7 +471,34 @@ impl<S: Io> Conn<S> {
     }
 }
 
-fn echo_json(req: &Request, body_len: u64, remote_port: u16) -> String {
+/// What the server saw of a request body: its length and FNV-1a 64 hash (so a test can
+/// check a large upload arrived intact without the server keeping it).
+struct BodySeen {
+    len: u64,
+    fnv: u64,
+    abort_after: Option<u64>,
+}
+
+impl BodySeen {
+    fn new(abort_after: Option<u64>) -> BodySeen {
+        BodySeen {
+            len: 0,
+            fnv: 0xcbf2_9ce4_8422_2325,
+            abort_after,
+        }
+    }
+
+    fn add(&mut self, data: &[u8]) {
+        for &b in data {
+            self.fnv = (self.fnv ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.len += data.len() as u64;
+    }
+}
+
+fn echo_json(req: &Request, body: &BodySeen, remote_port: u16) -> String {
+    let body_len = body.len;
+    let body_fnv = body.fnv;
     let mut s = String::from("{\"method\":");
     json_str(&mut s, &req.method);
     s.push_str(",\"target\":");
@@ -465,7 +515,7 @@ fn echo_json(req: &Request, body_len: u64, remote_port: u16) -> String {
     }
     let _ = write!(
         s,
-        "],\"body_len\":{body_len},\"remote_port\":{remote_port}}}"
+        "],\"body_len\":{body_len},\"body_fnv\":\"{body_fnv:016x}\",\"remote_port\":{remote_port}}}"
     );
     s
 }
@@ -474,7 +524,7 @@ fn echo_json(req: &Request, body_len: u64, remote_port: u16) -> String {
 async fn respond<S: Io>(
     c: &mut Conn<S>,
     req: &Request,
-    body_len: u64,
+    body: &BodySeen,
     sc: &Script,
     track: &ConnTrack,
     n: u64,
@@ -496,7 +546,7 @@ async fn respond<S: Io>(
     let (body, ctype) = if bodiless {
         (Body::Bytes(Vec::new()), "text/plain")
     } else if sc.echo {
-        let json = echo_json(req, body_len, track.remote_port);
+        let json = echo_json(req, body, track.remote_port);
         (Body::Bytes(json.into_bytes()), "application/json")
     } else if let Some(n) = sc.bytes {
         (Body::Pattern(n), "text/plain")
@@ -638,16 +688,20 @@ pub(crate) async fn serve<S: Io>(io: S, track: &mut ConnTrack) -> bool {
         {
             return true;
         }
-        let body_len = match c.read_body(&req).await {
-            Ok(len) => len,
+        let body = match c.read_body(&req, sc.body_rst_after).await {
+            Ok(seen) => seen,
             Err(ReadErr::Gone) => return true,
+            Err(ReadErr::Abort) => {
+                c.close_rst();
+                return false;
+            }
             Err(_) => {
                 let _ = c.simple(400, "{}", true).await;
                 c.close_fin().await;
                 return false;
             }
         };
-        match respond(&mut c, &req, body_len, &sc, track, n).await {
+        match respond(&mut c, &req, &body, &sc, track, n).await {
             Ok(After::KeepAlive) => {}
             Ok(how) => {
                 c.close(how).await;
@@ -691,7 +745,7 @@ pub(crate) async fn serve_admin(io: TcpStream, shared: Arc<Shared>) {
                 return c.close_fin().await;
             }
         };
-        if c.read_body(&req).await.is_err() {
+        if c.read_body(&req, None).await.is_err() {
             return;
         }
         let path = req.target.split(['?', '#']).next().unwrap_or("");

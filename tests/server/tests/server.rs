@@ -199,7 +199,7 @@ fn echo_reports_request() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let port = c.r.get_ref().local_addr().unwrap().port();
     let want = format!(
-        "{{\"method\":\"POST\",\"target\":\"/e?echo=1\",\"version\":\"HTTP/1.1\",\"headers\":[[\"Host\",\"x\"],[\"X-Mixed-Case\",\"a \\\"q\\\"\"],[\"Content-Length\",\"5\"]],\"body_len\":5,\"remote_port\":{port}}}"
+        "{{\"method\":\"POST\",\"target\":\"/e?echo=1\",\"version\":\"HTTP/1.1\",\"headers\":[[\"Host\",\"x\"],[\"X-Mixed-Case\",\"a \\\"q\\\"\"],[\"Content-Length\",\"5\"]],\"body_len\":5,\"body_fnv\":\"a430d84680aabd0b\",\"remote_port\":{port}}}"
     );
     assert_eq!(String::from_utf8(r.body).unwrap(), want);
 
