@@ -448,12 +448,13 @@ void test_code_str(void) {
         {AGENT_CODE_STALE_CONNECTION, "AGENT_CODE_STALE_CONNECTION"},
         {AGENT_CODE_PROTOCOL, "AGENT_CODE_PROTOCOL"},
         {AGENT_CODE_RESPONSE_TOO_LARGE, "AGENT_CODE_RESPONSE_TOO_LARGE"},
+        {AGENT_CODE_BODY_SOURCE, "AGENT_CODE_BODY_SOURCE"},
         {AGENT_CODE_CANCELLED, "AGENT_CODE_CANCELLED"},
         {AGENT_CODE_FORKED, "AGENT_CODE_FORKED"},
         {AGENT_CODE_PANIC, "AGENT_CODE_PANIC"},
         {AGENT_CODE_INTERNAL, "AGENT_CODE_INTERNAL"},
     };
-    static const uint32_t unknown[] = {6, 9, 14, 46, 59, 62, 1000, 0xFFFFFFFFu};
+    static const uint32_t unknown[] = {6, 9, 14, 47, 59, 62, 1000, 0xFFFFFFFFu};
     size_t i;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         const char *s = agent_code_name(codes[i].code);
