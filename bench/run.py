@@ -7,6 +7,8 @@ Workloads (SPEC section 7, issue 6):
     W1 HTTP  c=1  keep-alive        W2 HTTP  c=1  reuse off (Connection: close)
     W3 HTTPS c=1  keep-alive        W4 HTTPS c=1  reuse off
     W5 HTTP  c=64 keep-alive        W6 HTTP  c=1  keep-alive, 1 MiB body (MB/s)
+    W7 HTTP  c=1  1 GiB streamed download (MB/s, RSS growth)
+    W8 HTTP  c=1  256 MiB streamed upload, PUT (MB/s, RSS growth)
 Clients:
     C       wrk (the ceiling), libcurl (easy handle reused; multi at c=64),
             keepalive-agent (agent_request; agent_request_async at c=64)      bench/c/bench.c
@@ -56,8 +58,16 @@ WORKLOADS = [
     dict(id="W5", title="HTTP, c=64, keep-alive", scheme="http", conc=64, keep_alive=True, path="", size=13),
     dict(id="W6", title="HTTP, c=1, keep-alive, 1 MiB body", scheme="http", conc=1, keep_alive=True,
          path="1m.bin", size=1048576),
+    # Streamed: one transfer per cell, never held whole; RSS growth reported beside the rate.
+    dict(id="W7", title="HTTP, c=1, 1 GiB streamed download", scheme="http", conc=1, keep_alive=True,
+         path="1g.bin", size=1 << 30, stream=True, upload=0),
+    dict(id="W8", title="HTTP, c=1, 256 MiB streamed upload (PUT)", scheme="http", conc=1,
+         keep_alive=True, path="upload/put.bin", size=256 << 20, stream=True, upload=256 << 20),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
+STREAMED = {w["id"] for w in WORKLOADS if w.get("stream")}
+# The clients that run the streamed workloads (each with its own streaming API).
+STREAM_CLIENTS = {("C", "ours"), ("C", "curl")}
 
 # (language, client key, runner, label); "ours" first in each language.
 CLIENTS = [
@@ -86,6 +96,8 @@ GOALS = [
     ("C", "W5", "ours", "curl", 1.5),
     ("C", "W5", "ours", "wrk", 0.8),
     ("C", "W6", "ours", "curl", 0.9),
+    ("C", "W7", "ours", "curl", 1.0),
+    ("C", "W8", "ours", "curl", 1.0),
     ("Python", "W1", "ours", "pycurl", 1.0),
     ("Python", "W1", "ours", "urllib3", 3.0),
     ("Python", "W3", "ours", "pycurl", 1.0),
@@ -238,9 +250,12 @@ def encode_json(cmd):
 def encode_c(cmd):
     if cmd["op"] in ("versions", "quit"):
         return cmd["op"]
-    return "run {client} {conc} {ka} {seconds} {warmup} {max_requests} {expect_len} {url} {ca}".format(
+    line = "run {client} {conc} {ka} {seconds} {warmup} {max_requests} {expect_len} {url} {ca}".format(
         ka=int(cmd["keep_alive"]), ca=cmd["ca_file"] or "-", **cmd
     )
+    if cmd.get("stream"):
+        line += " 1 {}".format(cmd.get("upload", 0))
+    return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,8 +357,11 @@ def run_cells(args, nginx, runners, available):
     cells = []
     cap_ka, cap_off, cap_big = 2_000_000, args.reuse_off_cap, 200_000
     t_start = time.monotonic()
+    chosen = {x.strip() for x in args.workloads.split(",") if x.strip()}
     for rep in range(args.reps):
         for wi, w in enumerate(WORKLOADS):
+            if chosen and w["id"] not in chosen:
+                continue
             # Shuffled, but a language's clients run back to back, so that ours and the
             # peers it is compared with see the same moment of a shared machine.
             rnd = random.Random(1000 * rep + wi)
@@ -355,6 +373,7 @@ def run_cells(args, nginx, runners, available):
                     (lang, key, runner)
                     for lang, key, runner, _ in CLIENTS
                     if lang == language and (lang, key) in available and w["id"] in ONLY_IN.get(key, {w["id"]})
+                    and (w["id"] not in STREAMED or (lang, key) in STREAM_CLIENTS)
                 ]
                 rnd.shuffle(group)
                 todo += group
@@ -371,11 +390,14 @@ def run_cells(args, nginx, runners, available):
                     "url": nginx.url(w["scheme"], w["path"]),
                     "ca_file": nginx.ca_file if w["scheme"] == "https" else "",
                 }
+                if w.get("stream"):
+                    # One whole transfer per cell, no warm-up transfer.
+                    cmd.update(stream=True, upload=w["upload"], max_requests=1, warmup=0)
                 before = nginx.accepts()
                 if runner == "wrk":
                     res = run_wrk(cmd, args.pin)
                 else:
-                    res = runners[runner].ask(cmd, timeout=args.seconds + args.warmup + 60)
+                    res = runners[runner].ask(cmd, timeout=args.seconds + args.warmup + (300 if w.get("stream") else 60))
                 res["connections"] = nginx.accepts() - before
                 res.update(rep=rep, workload=w["id"], language=lang, client=key)
                 cells.append(res)
@@ -384,9 +406,10 @@ def run_cells(args, nginx, runners, available):
                 else:
                     rate = rate_of(res, w)
                     unit = "MB/s" if w["size"] > 13 else "req/s"
+                    rss = f"  RSS +{res.get('rss_growth_kib', 0) / 1024:.1f} MiB" if w.get("stream") else ""
                     log(
                         f"  rep {rep + 1} {w['id']} {lang:6} {key:15} {rate:10.1f} {unit}  "
-                        f"p50 {res['p50_ms']:.3f} ms  errors {res['errors']}  conns {res['connections']}"
+                        f"p50 {res['p50_ms']:.3f} ms  errors {res['errors']}  conns {res['connections']}{rss}"
                     )
         log(f"repetition {rep + 1}/{args.reps} done after {time.monotonic() - t_start:.0f} s")
     return cells
@@ -504,6 +527,7 @@ def summarize(cells, reps):
             "total_requests": median([c["total_requests"] for c in ok]),
             "fatal": [c["fatal"] for c in cs if "fatal" in c],
             "error": next((c["error"] for c in ok if c.get("error")), ""),
+            "rss_growth_kib": median([c["rss_growth_kib"] for c in ok if "rss_growth_kib" in c]),
         }
     return summary
 
@@ -571,7 +595,8 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
     L.append("")
     L.append(f"Measured by `make bench` on {meta['date']} in {meta['elapsed_s']:.0f} s. "
              "The server is Debian's nginx (one worker, its own config from `scripts/nginx.sh`: "
-             "13-byte `GET /`, 1 MiB static `/1m.bin`, TLS 1.2/1.3 with an ECDSA P-256 certificate, "
+             "13-byte `GET /`, 1 MiB static `/1m.bin`, a 1 GiB file `/1g.bin`, `PUT /upload/` "
+             "into memory-backed files (WebDAV), TLS 1.2/1.3 with an ECDSA P-256 certificate, "
              "`keepalive_requests 1000000`, access log off); every client runs on the same machine.")
     L.append("")
     placement = "pinned to CPU 0 and CPU 1" if meta["pin"] else "share the cores (not pinned)"
@@ -612,9 +637,15 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
         unit = "MB/s" if big else "req/s"
         L.append(f"## {w['id']}: {w['title']}" + (" (throughput in MB/s)" if big else " (13-byte body)"))
         L.append("")
+        streamed = w["id"] in STREAMED
+        if streamed:
+            L.append("One transfer per cell, streamed (never held whole); CPU is per transfer, and "
+                     "RSS growth is the largest resident-set growth of the client process sampled "
+                     "every 5 ms during the transfer.")
+            L.append("")
         L.append(f"| language | client | {unit} | spread | p50 ms | p99 ms | CPU µs/req | errors "
-                 "| conns (nginx) / requests | ours ÷ this |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| conns (nginx) / requests | ours ÷ this |" + (" RSS growth MiB |" if streamed else ""))
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if streamed else ""))
         for lang, key, _, label in CLIENTS:
             s = summary.get((w["id"], lang, key))
             if s is None:
@@ -633,8 +664,12 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
                     r += f"; asyncio {ra['median']:.2f}" if ra else ""
             conns = f"{s['connections']:,.0f} / {s['total_requests']:,.0f}"
             errs = f"{s['errors']}" + (f" ({len(s['fatal'])} failed)" if s["fatal"] else "")
+            rss = ""
+            if streamed:
+                g = s.get("rss_growth_kib")
+                rss = f" {g / 1024:.1f} |" if g is not None else " — |"
             L.append(f"| {lang} | {label} | {fmt_rate(s['rate'])} | {spread:.0f}% | {s['p50_ms']:.3f} | "
-                     f"{s['p99_ms']:.3f} | {s['cpu_us']:.1f} | {errs} | {conns} | {r} |")
+                     f"{s['p99_ms']:.3f} | {s['cpu_us']:.1f} | {errs} | {conns} | {r} |" + rss)
         L.append("")
 
     L.append(f"## Keep-alive vs reuse off over TLS (W3 ÷ W4, goal ≥ {KEEPALIVE_SPEEDUP_GOAL:g}×)")
@@ -850,6 +885,7 @@ def main():
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind instruction counts")
     ap.add_argument("--pin", action="store_true", help="pin nginx to CPU 0 and the clients to CPU 1")
     ap.add_argument("--only", default="", help="languages to run, e.g. C,Node (default: all)")
+    ap.add_argument("--workloads", default="", help="workloads to run, e.g. W7,W8 (default: all)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="raw results directory")
     ap.add_argument("--report", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--chart", default=os.path.join(HERE, "ratios.svg"))

@@ -14,6 +14,7 @@
 #   NGINX_PID          the master process
 #   NGINX_HTTP_PORT    plain HTTP                        GET /  -> 200 "hello, world\n" (13 bytes)
 #   NGINX_HTTPS_PORT   TLS 1.2 + 1.3, ECDSA P-256 leaf   GET /1m.bin -> 1 MiB static file
+#                      GET /1g.bin -> 1 GiB (sparse) file; PUT /upload/NAME -> stored in /dev/shm
 #   NGINX_ADMIN_PORT   GET /status -> stub_status, on its own server block and port
 #   NGINX_CA_FILE      the CA that signed the leaf (SAN IP:127.0.0.1, IP:::1, DNS:localhost)
 #   NGINX_HTTP_URL, NGINX_HTTPS_URL (both end with "/"), NGINX_STATUS_URL, NGINX_BIG_PATH
@@ -122,7 +123,7 @@ PY
 }
 
 write_config() {
-  local d=$1 http=$2 https=$3 admin=$4 blackhole=${5:-}
+  local d=$1 http=$2 https=$3 admin=$4 blackhole=${5:-} shm=${6:-/dev/shm/keepalive-nginx}
   local user_line="" affinity_line="" slow_block=""
   [ "$(id -u)" = 0 ] && user_line="user root;"
   if [ -n "${NGINX_CPU:-}" ]; then
@@ -185,6 +186,16 @@ http {
             return 200 "hello, world\n";
         }
         location = /1m.bin {
+        }
+        location = /1g.bin {
+        }
+        # Streamed uploads (bench W8): PUT bodies are read whole before the answer, into
+        # memory-backed files under /dev/shm (never the disk), each overwriting the last.
+        location /upload/ {
+            root $shm;
+            dav_methods PUT;
+            client_max_body_size 0;
+            client_body_temp_path $shm/tmp;
         }$slow_block
     }
 
@@ -235,13 +246,17 @@ cmd_start() {
   mkdir -p "$dir/www" "$dir/tmp"
   make_certs "$dir"
   head -c 1048576 /dev/urandom > "$dir/www/1m.bin"
+  truncate -s 1G "$dir/www/1g.bin"   # sparse: no disk space, read as zeros
+  local shm="/dev/shm/$(basename "$dir")"
+  mkdir -p "$shm/tmp" "$shm/upload"
+  echo "$shm" > "$dir/shm.path"
   local blackhole=""
   if [ "$slow" = 1 ]; then blackhole=$(start_blackhole "$dir"); fi
 
   local attempt http https admin started=0
   for attempt in 1 2 3 4 5; do
     read -r http https admin < <(free_ports)
-    write_config "$dir" "$http" "$https" "$admin" "$blackhole"
+    write_config "$dir" "$http" "$https" "$admin" "$blackhole" "$shm"
     # daemon mode: when this returns 0 the master has bound every listener.
     if "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g "pid $dir/nginx.pid;" \
          2>>"$dir/start.log"; then
@@ -252,7 +267,7 @@ cmd_start() {
   done
   if [ "$started" != 1 ]; then
     cat "$dir/start.log" "$dir/error.log" >&2 2>/dev/null || true
-    rm -rf "$dir"
+    rm -rf "$dir" "$shm"
     die "nginx did not start (attempt $attempt)"
   fi
   local pid="" i
@@ -274,6 +289,8 @@ cmd_start() {
     "NGINX_HTTPS_URL=https://127.0.0.1:$https/"
     "NGINX_STATUS_URL=http://127.0.0.1:$admin/status"
     "NGINX_BIG_PATH=1m.bin"
+    "NGINX_HUGE_PATH=1g.bin"
+    "NGINX_UPLOAD_PATH=upload/put.bin"
   )
   if [ "$slow" = 1 ]; then kv+=("NGINX_SLOW_PATH=slow"); fi
   if [ "$json" = 1 ]; then
@@ -303,6 +320,10 @@ cmd_stop() {
     fi
   fi
   if [ -s "$dir/blackhole.pid" ]; then kill "$(cat "$dir/blackhole.pid")" 2>/dev/null || true; fi
+  if [ -s "$dir/shm.path" ]; then
+    local shm; shm=$(cat "$dir/shm.path")
+    case "$shm" in /dev/shm/keepalive-nginx.*) rm -rf "$shm" ;; esac
+  fi
   rm -rf "$dir"
 }
 
