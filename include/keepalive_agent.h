@@ -1067,6 +1067,20 @@ agent_code agent_stream_read(agent_stream *stream,
                              size_t *n);
 
 /**
+ * Reads the next piece of the body without copying it: `*data`/`*len` point into the
+ * library's own buffer, valid until the next read on this stream or `agent_stream_free`
+ * (like the pointer libcurl hands to a write callback). `*len == 0` at the end. Bytes left
+ * over from an `agent_stream_read` come first. Codes as for `agent_stream_read`.
+ *
+ * # Safety
+ * `stream` is NULL or live and not used by another thread at once; `data` and `len` are
+ * writable.
+ */
+agent_code agent_stream_next(agent_stream *stream,
+                             const uint8_t **data,
+                             size_t *len);
+
+/**
  * Bytes the engine holds for this stream that the caller has not read yet (read from the
  * socket, response head included): at most the window of `agent_stream`, whatever the
  * body's size. 0 once the body has ended. For monitoring and tests.

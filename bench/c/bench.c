@@ -229,7 +229,9 @@ static void ours_stream_once(agent *a, cell *c) {
     double t0 = now_s();
     agent_code code = agent_request_stream(a, c->upload_len ? "PUT" : "GET", c->url, NULL, 0,
                                            NULL, 0, c->upload_len ? &src : NULL, 0, &s);
-    while (code == AGENT_CODE_OK && (code = agent_stream_read(s, buf, sizeof buf, &n)) == AGENT_CODE_OK &&
+    const uint8_t *piece = NULL;
+    (void)buf;
+    while (code == AGENT_CODE_OK && (code = agent_stream_next(s, &piece, &n)) == AGENT_CODE_OK &&
            n > 0) {
         total += n;
     }

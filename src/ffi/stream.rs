@@ -144,6 +144,8 @@ struct Shared {
     head: Response,
     header_block: Box<[u8]>,
     state: Mutex<State>,
+    /// The piece `agent_stream_next` handed out last (the caller's pointer points into it).
+    lent: Mutex<Bytes>,
 }
 
 enum State {
@@ -163,6 +165,10 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn hold(&self, piece: Bytes) {
+        *self.lent.lock().unwrap_or_else(|p| p.into_inner()) = piece;
+    }
 }
 
 impl agent_stream {
@@ -176,6 +182,7 @@ impl agent_stream {
                 leftover: Bytes::new(),
                 total_us: 0,
             }),
+            lent: Mutex::new(Bytes::new()),
         });
         Box::into_raw(Box::new(agent_stream { shared }))
     }
@@ -406,6 +413,60 @@ pub unsafe extern "C" fn agent_stream_read(
             total_us,
         };
         n.write(res?);
+        Ok(())
+    })
+}
+
+/// Reads the next piece of the body without copying it: `*data`/`*len` point into the
+/// library's own buffer, valid until the next read on this stream or `agent_stream_free`
+/// (like the pointer libcurl hands to a write callback). `*len == 0` at the end. Bytes left
+/// over from an `agent_stream_read` come first. Codes as for `agent_stream_read`.
+///
+/// # Safety
+/// `stream` is NULL or live and not used by another thread at once; `data` and `len` are
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stream_next(
+    stream: *mut agent_stream,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let s = unsafe { borrow(stream, "stream") }?;
+        let data = out_ptr(data, "data")?;
+        let len = out_ptr(len, "len")?;
+        let (mut stream, leftover) =
+            match std::mem::replace(&mut *s.shared.lock(), State::Reading { total_us: 0 }) {
+                State::Idle {
+                    stream, leftover, ..
+                } => (stream, leftover),
+                other => {
+                    *s.shared.lock() = other;
+                    return Err(busy());
+                }
+            };
+        // The piece handed out last is dropped here: the caller is done with it.
+        let res = if leftover.is_empty() {
+            stream.next_chunk_blocking().map(|c| c.unwrap_or_default())
+        } else {
+            Ok(leftover)
+        };
+        let total_us = stream.head().timings.total_us;
+        let (ptr, n, held) = match &res {
+            Ok(chunk) => (chunk.as_ptr(), chunk.len(), chunk.clone()),
+            Err(_) => (std::ptr::null(), 0, Bytes::new()),
+        };
+        *s.shared.lock() = State::Idle {
+            stream,
+            leftover: Bytes::new(),
+            total_us,
+        };
+        res?;
+        // Kept alive until the next call: the caller's pointer stays valid.
+        s.shared.hold(held);
+        data.write(ptr);
+        len.write(n);
         Ok(())
     })
 }

@@ -39,6 +39,7 @@ static const ts_test tests[] = {
     T(test_stream_bad_arguments_release_the_source),
     T(test_stream_stale_retry_needs_a_rewindable_source),
     T(test_stream_async_reads),
+    T(test_stream_next_without_copy),
 };
 
 int main(int argc, char **argv) {

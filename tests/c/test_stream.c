@@ -503,3 +503,34 @@ void test_stream_async_reads(void) {
     CHECK_EQ(ps.requests, 2);
     agent_free(a);
 }
+
+/* agent_stream_next hands out the library's own pieces; mixing it with agent_stream_read
+ * keeps the byte order (a read's left-over comes first). */
+void test_stream_next_without_copy(void) {
+    char url[256];
+    uint8_t small[1000];
+    agent *a = agent_new(true, 1000);
+    agent_stream *s = NULL;
+    const uint8_t *p = NULL;
+    size_t n = 0;
+    unsigned long long total = 0;
+    CHECK(a != NULL);
+    stream_url(url, sizeof url, "/?bytes=5000000");
+    CHECK_CODE(t_stream(a, "GET", url, NULL, &s), AGENT_CODE_OK);
+    CHECK_CODE(agent_stream_read(s, small, sizeof small, &n), AGENT_CODE_OK);
+    CHECK(n > 0 && pattern_ok(small, n, 0));
+    total += n;
+    for (;;) {
+        CHECK_CODE(agent_stream_next(s, &p, &n), AGENT_CODE_OK);
+        if (n == 0) break;
+        CHECK(p != NULL);
+        CHECK_MSG(pattern_ok(p, n, total), "at %llu", total);
+        total += n;
+    }
+    CHECK_EQ(total, 5000000);
+    CHECK_CODE(agent_stream_next(s, &p, &n), AGENT_CODE_OK); /* after the end: stays 0 */
+    CHECK_EQ(n, 0);
+    CHECK_CODE(agent_stream_next(s, NULL, &n), AGENT_CODE_INVALID_ARGUMENT);
+    agent_stream_free(s);
+    agent_free(a);
+}

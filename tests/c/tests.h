@@ -51,6 +51,7 @@ void test_stream_source_failure_has_its_own_code(void);
 void test_stream_bad_arguments_release_the_source(void);
 void test_stream_stale_retry_needs_a_rewindable_source(void);
 void test_stream_async_reads(void);
+void test_stream_next_without_copy(void);
 
 /* test_async.c */
 void test_async_many(void);
