@@ -89,8 +89,14 @@ def test_read_readinto_and_raw(srv) -> None:
         assert rest == body[pos + 3 :]
         assert r.read() == b"" and raw.read(10) == b""
     with Agent() as a, a.stream("GET", srv.http_url + "?bytes=5000") as r:
-        assert r.read() == pattern(0, 5000)
+        assert r.read(1 << 30) == pattern(0, 5000)  # n past the length allocates only what comes
         assert r.closed
+    m = 3 << 20
+    with Agent() as a, a.stream("GET", srv.http_url + f"?bytes={m}&chunked=1&chunks=3") as r:
+        first = r.read(1_500_000)  # no length known: gathered piece by piece, exactly n
+        assert first == pattern(0, 1_500_000)
+        assert r.read(1 << 30) == pattern(1_500_000, m - 1_500_000)
+        assert r.read(1) == b"" and r.closed
     with Agent() as a:
         r = a.stream("GET", srv.http_url + "?bytes=5000")
         r.raw.close()  # closing raw closes the response

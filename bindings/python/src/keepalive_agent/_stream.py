@@ -40,6 +40,8 @@ __all__ = ["StreamResponse", "AsyncStreamResponse"]
 
 _VERSIONS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
 _BODILESS = {204, 304}
+# Largest buffer read(n) allocates at once when the body's length is unknown.
+_BIG_READ = 1 << 20
 
 
 def _timings(t: Any) -> Timings:
@@ -299,12 +301,29 @@ class StreamResponse(_StreamBase):
         the end of the body; ``b""`` at the end."""
         if n is None or n < 0:
             return self._read_all()
+        if self._length is not None and self._handle is not None:
+            n = min(n, max(self._length - self.bytes_read, 0))  # never allocate past the body
         if n == 0:
             return b""
-        buf = bytearray(n)
-        k = self.readinto(buf)
-        del buf[k:]
-        return bytes(buf)
+        if n <= _BIG_READ:
+            buf = bytearray(n)
+            k = self.readinto(buf)
+            del buf[k:]
+            return bytes(buf)
+        parts = []  # a large n with no known length: gathered piece by piece
+        got = 0
+        buf = bytearray(_BIG_READ)
+        view = memoryview(buf)
+        try:
+            while got < n:
+                k = self.readinto1(view[: min(_BIG_READ, n - got)])
+                if not k:
+                    break
+                parts.append(bytes(view[:k]))
+                got += k
+        finally:
+            view.release()
+        return b"".join(parts)
 
     def read1(self, n: int = 65536) -> bytes:
         """Up to ``n`` bytes of one piece, as it arrived (``b""`` at the end)."""
@@ -326,8 +345,12 @@ class StreamResponse(_StreamBase):
                 k = self.readinto(buf)
                 del buf[k:]
                 parts.append(bytes(buf))
-        for piece in self.iter_bytes(1 << 20):
-            parts.append(piece)
+        if self._handle is not None:  # no length, or the end not read yet
+            parts.extend(self.iter_bytes(65536))
+        else:
+            self._ended()  # the failure that ended the stream, if any
+        if not parts:
+            return b""
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def iter_bytes(self, size: int = 65536) -> Iterator[bytes]:
