@@ -220,6 +220,9 @@ def test_request_body_framing_for_each_body_kind(srv, tmp_path) -> None:
             a.post(url, body=agen())
         with pytest.raises(TypeError):
             a.post(url, body={"a": 1})  # type: ignore[arg-type]
+        # Other bytes-like objects are sent whole, not iterated.
+        e = a.post(url, body=array.array("B", b"abc")).json()  # type: ignore[arg-type]
+        assert e["body_len"] == 3 and echo_framing(e) == {"content-length": "3"}
         with pytest.raises(TypeError):
             a.post(url, body=[b"ok", 42])  # type: ignore[list-item]
     _no_sources_left()
@@ -391,3 +394,23 @@ def test_close_waits_for_a_read_in_another_thread(srv) -> None:
     assert result and result[0] == pattern(1000, 1000)
     with pytest.raises(errors.CancelledError):
         r.read1(10)
+
+
+def test_the_source_is_released_when_the_request_fails_to_start(srv) -> None:
+    consumed = []
+
+    def gen() -> Iterator[bytes]:
+        consumed.append(1)
+        yield b"never sent"
+
+    with Agent() as a:
+        with pytest.raises(errors.ConnectError):
+            a.post(f"http://127.0.0.1:{free_port()}/", body=gen())
+        with pytest.raises(errors.InvalidURLError):
+            a.post("http://user:pw@127.0.0.1/", body=gen())
+        with pytest.raises(ValueError):
+            a.post(srv.http_url, headers={"Bad Name": "x"}, body=gen())  # refused before C
+        with pytest.raises(errors.ConnectError):
+            a.stream("PUT", f"http://127.0.0.1:{free_port()}/", body=io.BytesIO(b"abc"))
+    assert consumed == []
+    _no_sources_left()

@@ -210,3 +210,21 @@ def test_closing_the_agent_cancels_its_async_streams(srv) -> None:
 
     asyncio.run(main())
     _nothing_pending()
+
+
+def test_async_sources_are_released_when_the_request_fails(srv) -> None:
+    from conftest import free_port
+
+    async def agen() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    async def main() -> None:
+        async with Agent() as a:
+            with pytest.raises(errors.ConnectError):
+                await a.apost(f"http://127.0.0.1:{free_port()}/", body=agen())
+            with pytest.raises(errors.InvalidURLError):
+                async with a.stream_async("POST", "ftp://127.0.0.1/", body=agen()):
+                    pass  # pragma: no cover
+
+    asyncio.run(main())
+    _nothing_pending()

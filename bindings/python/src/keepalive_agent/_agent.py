@@ -135,7 +135,11 @@ def _encode_body(body: BodyArg) -> Optional[bytes]:
         return bytes(body) or None
     if isinstance(body, str):
         return body.encode("utf-8") or None
-    raise TypeError(f"body must be bytes, bytearray, memoryview or str, not {type(body).__name__}")
+    try:  # another object with the buffer protocol (array.array, ...)
+        view = memoryview(body)
+    except TypeError:
+        raise TypeError(f"body must be bytes, bytearray, memoryview or str, not {type(body).__name__}") from None
+    return view.tobytes() or None
 
 
 def _timeout_msecs(timeout: Optional[float]) -> int:

@@ -233,8 +233,17 @@ class AsyncIterSource(Source):
 
 
 def is_streamed_body(body: Any) -> bool:
-    """Whether ``body`` is read piece by piece (a file or an iterable), not bytes."""
-    return body is not None and not isinstance(body, (bytes, bytearray, memoryview, str))
+    """Whether ``body`` is read piece by piece (a file, an iterable, an async iterable)
+    rather than sent whole (bytes-like, str)."""
+    if body is None or isinstance(body, (bytes, bytearray, memoryview, str)):
+        return False
+    if hasattr(body, "__aiter__") or callable(getattr(body, "readinto", None)) or callable(getattr(body, "read", None)):
+        return True  # a file (even an mmap, which is bytes-like too) is read, not copied whole
+    try:
+        memoryview(body)
+    except TypeError:
+        return True  # an iterable, or something make_source refuses
+    return False  # another bytes-like object (array.array, ...): sent whole
 
 
 def make_source(body: Any, allow_async: bool) -> Source:
