@@ -269,6 +269,7 @@ def _complete(userdata: Optional[int], code: int, response: Optional[int]) -> No
 
 _on_complete = _native.agent_callback(_complete)
 
+
 def _whole_response(s: Any, body: bytes) -> Response:
     """A complete Response from a stream read to its end."""
     return Response(
