@@ -105,3 +105,36 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming helpers: the test server's body pattern, FNV-1a 64 (as in its echo), RSS.
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+_MASK64 = (1 << 64) - 1
+_ALPHABET = bytes(range(ord("a"), ord("z") + 1))
+
+
+def fnv1a64(data: bytes, h: int = FNV_OFFSET) -> int:
+    """FNV-1a 64 of ``data`` (continuing from ``h``), as the test server's ``body_fnv``."""
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & _MASK64
+    return h
+
+
+def pattern(offset: int, n: int) -> bytes:
+    """``n`` bytes of the server's ``?bytes=`` body from ``offset``: 'a' + i % 26."""
+    start = offset % 26
+    return (_ALPHABET * ((start + n) // 26 + 1))[start : start + n]
+
+
+def rss() -> int:
+    """Resident set size of this process in bytes (/proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def echo_framing(echo: Dict[str, Any]) -> Dict[str, str]:
+    """The framing headers (Content-Length, Transfer-Encoding) of an echoed request."""
+    return {n.lower(): v for n, v in echo["headers"] if n.lower() in ("content-length", "transfer-encoding")}

@@ -135,3 +135,115 @@ def test_gzip_body_and_cookies_like_requests() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming through requests: stream=True reads from the engine's stream; generators and
+# files are uploaded through a body source.
+
+
+def test_stream_true_iter_content_256mib_with_flat_rss(srv, session) -> None:
+    import gc
+
+    from conftest import pattern, rss
+
+    n = 256 << 20
+    url = srv.http_url + f"?bytes={n}"
+    with session.get(srv.http_url + f"?bytes={16 << 20}", stream=True) as r:  # warm-up
+        for _ in r.iter_content(1 << 20):
+            pass
+    gc.collect()
+    base = peak = rss()
+    got = 0
+    r = session.get(url, stream=True)
+    assert r.status_code == 200 and r.headers["content-length"] == str(n)
+    assert not r._content_consumed  # nothing but the head has been read
+    for i, chunk in enumerate(r.iter_content(chunk_size=1 << 20)):
+        assert 0 < len(chunk) <= 1 << 20
+        assert chunk == pattern(got, len(chunk))
+        got += len(chunk)
+        if i % 16 == 0:
+            peak = max(peak, rss())
+    assert got == n
+    end = rss()
+    r.close()
+    assert peak - base < 32 << 20 and end - base < 32 << 20, (base, peak, end)
+    # Consumed to the end: the connection went back to the pool and is reused.
+    assert session.get(srv.http_url).headers["X-Conn-Requests"] == "3"
+    assert srv.stats()["accepted"] == 1
+
+
+def test_stream_true_raw_read_and_early_close(srv, session) -> None:
+    from conftest import pattern, wait_until
+
+    r = session.get(srv.http_url + f"?bytes={8 << 20}", stream=True)
+    assert r.raw.read(10) == pattern(0, 10)
+    assert r.raw.read(100_000) == pattern(10, 100_000)  # urllib3-like: amt bytes
+    r.close()  # before the end: aborted, the connection closed
+    wait_until(
+        lambda: [c["closed_by_client"] for c in srv.stats()["connections"]] == [True],
+        what="the server to see the connection closed",
+    )
+    adapter = session.get_adapter(srv.http_url)
+    s = adapter.agent.stats()
+    assert (s.requests, s.errors, s.idle) == (1, 1, 0)
+    with session.get(srv.http_url + "?bytes=100", stream=True) as r:
+        assert r.content == pattern(0, 100) and r.text == pattern(0, 100).decode()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with session.get(srv.http_url + "?rst_mid=1&bytes=1000000", stream=True) as r:
+            for _ in r.iter_content(65536):
+                pass
+
+
+def test_generator_and_file_uploads_are_streamed(srv, session, tmp_path) -> None:
+    import os
+
+    from conftest import echo_framing, fnv1a64
+
+    data = os.urandom(1 << 20)
+    fnv = f"{fnv1a64(data):016x}"
+
+    def gen():
+        for i in range(0, len(data), 100_000):
+            yield data[i : i + 100_000]
+
+    r = session.post(srv.http_url + "?echo=1", data=gen())
+    e = r.json()
+    assert e["body_len"] == len(data) and e["body_fnv"] == fnv
+    assert echo_framing(e) == {"transfer-encoding": "chunked"}
+    path = tmp_path / "upload.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        e = session.put(srv.http_url + "?echo=1", data=f).json()
+    assert e["body_len"] == len(data) and e["body_fnv"] == fnv
+    assert echo_framing(e) == {"content-length": str(len(data))}
+
+    class Broke(Exception):
+        pass
+
+    def failing():
+        yield b"x"
+        raise Broke("producer")
+
+    with pytest.raises(Broke):
+        session.post(srv.http_url + "?echo=1", data=failing())
+
+
+def test_stream_true_decodes_gzip_incrementally() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GzipCookieHandler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        with requests.Session() as s:
+            s.mount("http://", KeepAliveAdapter())
+            with s.get(url, stream=True) as r:
+                assert b"".join(r.iter_content(3)) == b"compressed hello"
+                assert r.cookies.get_dict() == {"a": "1", "b": "2"}
+            with s.get(url, stream=True) as r:
+                assert gzip.decompress(r.raw.read()) == b"compressed hello"  # as sent, like urllib3
+            with s.get(url, stream=True) as r:
+                assert r.raw.read(decode_content=True) == b"compressed hello"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

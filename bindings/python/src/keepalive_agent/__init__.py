@@ -10,6 +10,10 @@ Quick start::
 
     off = keepalive_agent.Agent(keep_alive=False)       # every request on a fresh connection
 
+Streaming: ``with agent.stream("GET", url) as r: for piece in r.iter_bytes(): ...``;
+``async with agent.stream_async("GET", url) as r: async for piece in r.aiter_bytes(): ...``;
+request bodies may be files or iterables of bytes (read piece by piece, never whole).
+
 asyncio: ``await agent.request_async("GET", url)`` (or ``aget``, ``apost``, ...).
 requests: ``session.mount("https://", keepalive_agent.requests_adapter.KeepAliveAdapter())``.
 Errors: :mod:`keepalive_agent.errors`.
@@ -19,9 +23,11 @@ from ._version import __version__
 from . import errors
 from ._native import LIBRARY_PATH as library_path, LIBRARY_VERSION as library_version
 from ._response import Headers, PoolStats, Response, Timings
+from ._stream import AsyncStreamResponse, StreamResponse
 from ._agent import Agent
 from .errors import (
     AgentError,
+    BodySourceError,
     CancelledError,
     ConnectError,
     InvalidArgumentError,
@@ -40,6 +46,8 @@ __all__ = [
     "library_version",
     "Agent",
     "Response",
+    "StreamResponse",
+    "AsyncStreamResponse",
     "Headers",
     "Timings",
     "PoolStats",

@@ -14,8 +14,11 @@ import threading
 import weakref
 from ctypes import byref, c_uint64, c_void_p
 from typing import (
+    IO,
     Any,
+    AsyncIterable,
     Dict,
+    Generator,
     Iterable,
     List,
     Mapping,
@@ -24,16 +27,21 @@ from typing import (
     Union,
 )
 
-from . import _native, errors
+from . import _body, _native, _stream, errors
 from ._native import lib
 from ._response import Headers, PoolStats, Response, Timings
+from ._stream import AsyncStreamResponse, StreamResponse
 
 __all__ = ["Agent", "HeadersArg", "BodyArg"]
 
 HeadersArg = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
 """Request headers: a mapping, or ``(name, value)`` pairs (repeated names allowed)."""
-BodyArg = Union[bytes, bytearray, memoryview, str, None]
-"""A request body: bytes-like, or ``str`` (sent as UTF-8)."""
+BodyArg = Union[bytes, bytearray, memoryview, str, IO[bytes], IO[str], Iterable[Union[bytes, str]], None]
+"""A request body: bytes-like or ``str`` (sent as UTF-8), sent whole; or read piece by piece:
+a file object (``readinto``/``read``; a seekable one is sent with ``Content-Length`` and can
+be rewound for a retry) or an iterable of bytes-like/str items (sent chunked, not
+rewindable). The async calls also take an async iterable."""
+AsyncBodyArg = Union[BodyArg, AsyncIterable[Union[bytes, str]]]
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 # The library's bounds (agent_limit), so that options are refused here as the library would.
@@ -127,7 +135,11 @@ def _encode_body(body: BodyArg) -> Optional[bytes]:
         return bytes(body) or None
     if isinstance(body, str):
         return body.encode("utf-8") or None
-    raise TypeError(f"body must be bytes, bytearray, memoryview or str, not {type(body).__name__}")
+    try:  # another object with the buffer protocol (array.array, ...)
+        view = memoryview(body)
+    except TypeError:
+        raise TypeError(f"body must be bytes, bytearray, memoryview or str, not {type(body).__name__}") from None
+    return view.tobytes() or None
 
 
 def _timeout_msecs(timeout: Optional[float]) -> int:
@@ -144,16 +156,17 @@ def _timeout_msecs(timeout: Optional[float]) -> int:
 
 
 class _Prepared:
-    __slots__ = ("method", "url", "headers", "n_headers", "body", "body_len", "timeout")
+    __slots__ = ("method", "url", "headers", "n_headers", "body", "body_len", "timeout", "source")
 
     def __init__(
         self,
         method: Any,
         url: Any,
         headers: HeadersArg,
-        body: BodyArg,
+        body: Any,
         timeout: Optional[float],
         json: Any,
+        allow_async: bool = False,
     ) -> None:
         self.method = _encode_method(method)
         self.url = _encode_url(url)
@@ -165,9 +178,15 @@ class _Prepared:
             if not any(isinstance(n, (str, bytes)) and _lower(n) == "content-type" for n, _ in pairs):
                 pairs.append(("Content-Type", "application/json"))
         self.headers, self.n_headers = _encode_headers(pairs)
-        self.body = _encode_body(body)
-        self.body_len = len(self.body) if self.body else 0
         self.timeout = _timeout_msecs(timeout)
+        # A file or an iterable is read piece by piece through an agent_body_source.
+        self.source: Optional[_body.Source] = None
+        if _body.is_streamed_body(body):
+            self.source = _body.make_source(body, allow_async)
+            self.body = None
+        else:
+            self.body = _encode_body(body)
+        self.body_len = len(self.body) if self.body else 0
 
 
 def _lower(name: Union[str, bytes]) -> str:
@@ -250,6 +269,55 @@ def _complete(userdata: Optional[int], code: int, response: Optional[int]) -> No
 
 _on_complete = _native.agent_callback(_complete)
 
+
+def _whole_response(s: Any, body: bytes) -> Response:
+    """A complete Response from a stream read to its end."""
+    return Response(
+        status=s.status,
+        http_version=s.http_version,
+        headers=s.headers,
+        body=body,
+        reused=s.reused,
+        timings=s.timings,
+        url=s.url,
+        method=s.method,
+    )
+
+
+class _AsyncStreamContext:
+    """What ``Agent.stream_async`` returns: an async context manager (``async with``)
+    that is also awaitable. Nothing is sent before it is entered or awaited."""
+
+    __slots__ = ("_agent", "_prepared", "_args", "_resp")
+
+    def __init__(self, agent: "Agent", prepared: Optional[_Prepared], method: str, url: str,
+                 headers: HeadersArg = None, body: Any = None, timeout: Optional[float] = None) -> None:
+        self._agent = agent
+        self._prepared = prepared
+        self._args = (method, url, headers, body, timeout)
+        self._resp: Optional[AsyncStreamResponse] = None
+
+    async def _open(self) -> AsyncStreamResponse:
+        method, url, headers, body, timeout = self._args
+        p = self._prepared
+        if p is None:
+            p = _Prepared(method, url, headers, body, timeout, None, allow_async=True)
+        self._prepared = None
+        return await self._agent._open_stream_async(p, method, url)
+
+    def __await__(self) -> Generator[Any, None, AsyncStreamResponse]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncStreamResponse:
+        self._resp = await self._open()
+        return self._resp
+
+    async def __aexit__(self, *exc: Any) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            await resp.aclose()
+
+
 # ---------------------------------------------------------------------------------------
 # Live agents: closed at interpreter exit (so that no callback runs during finalization)
 # and given fresh locks in a forked child.
@@ -273,7 +341,12 @@ def _after_fork_in_child() -> None:
     for agent in list(_live):
         agent._cond = threading.Condition(threading.Lock())
         agent._users = 0
+        for s in list(agent._streams):
+            s._lock = threading.Lock()
     _pending.clear()
+    _stream._head_pending.clear()
+    _stream._data_pending.clear()
+    _body._after_fork_in_child()
 
 
 atexit.register(_close_all_at_exit)
@@ -369,6 +442,9 @@ class Agent:
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
         self._cond = threading.Condition(threading.Lock())
         self._users = 0
+        # Open streams, freed by close() (agent_free would wait up to 5 s for each).
+        # Added to under _cond only, while the agent is open.
+        self._streams: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
         # Check and encode everything before any native object exists.
         u32_options = [  # (name, value, the library's bound)
@@ -471,8 +547,10 @@ class Agent:
 
     def close(self) -> None:
         """Frees the native agent: in-flight async requests fail with
-        :class:`~keepalive_agent.errors.CancelledError`, every connection is closed.
-        Waits for blocking requests running in other threads. Idempotent."""
+        :class:`~keepalive_agent.errors.CancelledError`, open streams are closed (an
+        unfinished one is aborted; reading it then raises ``CancelledError``), every
+        connection is closed. Waits for blocking requests, and for a stream read in
+        progress, in other threads. Idempotent."""
         self._close(wait_for_users=True)
 
     def _close(self, wait_for_users: bool) -> None:
@@ -487,6 +565,11 @@ class Agent:
                     cond.wait()
             elif self._users:
                 return  # interpreter exit with a request still running: leak, never race
+            streams = list(self._streams)  # no stream is added once the handle is None
+        # Free the open streams first: agent_free would otherwise wait up to 5 s for them.
+        for s in streams:
+            if not s._close_for_agent(wait=wait_for_users):
+                return  # interpreter exit while another thread reads a stream: leak, never race
         _live.discard(self)
         lib.agent_free(handle)
 
@@ -566,11 +649,19 @@ class Agent:
         """Sends a request and returns the complete response (any status is a success).
 
         ``headers``: a mapping or ``(name, value)`` pairs; ``body``: bytes-like or str
-        (UTF-8); ``json``: an object sent as JSON instead of ``body``; ``timeout``: an
-        overall deadline in seconds covering queueing, connecting and reading (None = none).
-        Raises an :class:`~keepalive_agent.errors.AgentError` subclass on failure.
+        (UTF-8), or a file object or an iterable of bytes read piece by piece (see
+        :data:`BodyArg`); ``json``: an object sent as JSON instead of ``body``;
+        ``timeout``: an overall deadline in seconds covering queueing, connecting and
+        reading (None = none). Raises an :class:`~keepalive_agent.errors.AgentError`
+        subclass on failure; an exception raised by a body file or iterator is raised as
+        it is.
         """
         p = _Prepared(method, url, headers, body, timeout, json)
+        if p.source is not None:
+            # agent_request takes bytes only: stream the request, read the whole response.
+            with self._open_stream(p, method, url) as s:
+                data = s.read()
+            return _whole_response(s, data)
         out = c_void_p()
         handle = self._acquire()
         try:
@@ -611,6 +702,145 @@ class Agent:
     ) -> Response:
         return self.request("PATCH", url, headers, body, timeout, json=json)
 
+    # -- streaming ------------------------------------------------------------------------
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersArg = None,
+        body: BodyArg = None,
+        timeout: Optional[float] = None,
+    ) -> StreamResponse:
+        """Sends a request and returns as soon as the response head has arrived; the body
+        is then read from the returned :class:`StreamResponse`, piece by piece::
+
+            with agent.stream("GET", url) as r:
+                for piece in r.iter_bytes():
+                    ...
+
+        Arguments as for :meth:`request` (``body`` may be a file or an iterable, read
+        piece by piece too). ``timeout`` covers the whole exchange, the body included;
+        the agent's ``headers_timeout_msecs`` and ``body_timeout_msecs`` bound the wait
+        for the head and the gap between two pieces. Reading the body to its end gives
+        the connection back to the pool; closing the stream before that aborts the
+        request and closes the connection.
+        """
+        p = _Prepared(method, url, headers, body, timeout, None)
+        return self._open_stream(p, method, url)
+
+    def _open_stream(self, p: _Prepared, method: str, url: str) -> StreamResponse:
+        out = c_void_p()
+        src = p.source
+        handle = self._acquire()
+        try:
+            ptr = src.register() if src is not None else None
+            failure: Optional[BaseException] = None
+            try:
+                lib.agent_request_stream(
+                    handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, ptr,
+                    p.timeout, byref(out),
+                )
+            except errors.AgentError as e:  # the library has released the source
+                failure = _body.error_for_exception(e, src)
+                if failure is e:
+                    raise
+            except ctypes.ArgumentError:  # pragma: no cover - the C function never ran
+                if src is not None:
+                    src.unregister()
+                raise
+            if failure is not None:
+                raise failure  # the body file's or iterator's own exception, as it was
+            try:
+                resp = StreamResponse(self, out.value, method, url, src)  # type: ignore[arg-type]
+            except BaseException:  # pragma: no cover - defensive
+                lib.agent_stream_free(out.value)
+                raise
+            with self._cond:  # before _release: close() waits for us, then frees it
+                self._streams.add(resp)
+        finally:
+            self._release()
+        return resp
+
+    def stream_async(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersArg = None,
+        body: AsyncBodyArg = None,
+        timeout: Optional[float] = None,
+    ) -> "_AsyncStreamContext":
+        """As :meth:`stream`, without blocking the event loop::
+
+            async with agent.stream_async("GET", url) as r:
+                async for piece in r.aiter_bytes():
+                    ...
+
+        (``r = await agent.stream_async(...)`` works too; then ``await r.aclose()``.)
+        The head comes through ``agent_request_stream_async``, each piece of the body
+        through ``agent_stream_read_async``, read only when asked for. ``body`` may also
+        be an async iterable: the library reads it on one of its threads, which waits
+        there while the event loop produces the next item. Cancelling the awaiting task
+        cancels the request (before the head) or closes the stream (after it).
+        """
+        return _AsyncStreamContext(self, None, method, url, headers, body, timeout)
+
+    async def _open_stream_async(self, p: _Prepared, method: str, url: str) -> AsyncStreamResponse:
+        loop = asyncio.get_running_loop()
+        src = p.source
+        if isinstance(src, _body.AsyncIterSource):
+            src.loop = loop
+        fut: "asyncio.Future[int]" = loop.create_future()
+        token = next(_stream._tokens)
+        rid = c_uint64()
+        handle = self._acquire()
+        try:
+            # Registered before the call: the callback may run before the call returns.
+            _stream._head_pending[token] = (loop, fut, src)
+            ptr = src.register() if src is not None else None
+            failure: Optional[BaseException] = None
+            try:
+                lib.agent_request_stream_async(
+                    handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, ptr,
+                    p.timeout, _stream.on_head, token, byref(rid),
+                )
+            except errors.AgentError as e:  # the callback never runs; the source is released
+                _stream._head_pending.pop(token, None)
+                failure = _body.error_for_exception(e, src)
+                if failure is e:
+                    raise
+            except BaseException:  # pragma: no cover - the C function never ran
+                _stream._head_pending.pop(token, None)
+                if src is not None:
+                    src.unregister()
+                raise
+            if failure is not None:
+                raise failure
+        finally:
+            self._release()
+        try:
+            stream_ptr = await fut
+        except asyncio.CancelledError:
+            if src is not None:
+                src.abort()  # a library thread may be waiting for the loop in src.read
+            if fut.cancelled():
+                self._cancel(rid.value)  # the callback then frees a stream that came anyway
+            elif fut.exception() is None:  # the head came, but the task was cancelled first
+                lib.agent_stream_free(fut.result())
+            raise
+        try:
+            with self._cond:
+                if self._handle is None:
+                    raise errors.CancelledError(
+                        _native.CANCELLED, "the agent was closed while the request was in flight"
+                    )
+                resp = AsyncStreamResponse(self, stream_ptr, method, url, src)
+                self._streams.add(resp)
+        except BaseException:
+            lib.agent_stream_free(stream_ptr)
+            raise
+        return resp
+
     # -- asyncio --------------------------------------------------------------------------
 
     async def request_async(
@@ -618,7 +848,7 @@ class Agent:
         method: str,
         url: str,
         headers: HeadersArg = None,
-        body: BodyArg = None,
+        body: AsyncBodyArg = None,
         timeout: Optional[float] = None,
         *,
         json: Any = None,
@@ -628,7 +858,11 @@ class Agent:
         Cancelling the awaiting task cancels the native request (its connection is closed
         if it was mid-response) and raises ``asyncio.CancelledError`` as usual.
         """
-        p = _Prepared(method, url, headers, body, timeout, json)
+        p = _Prepared(method, url, headers, body, timeout, json, allow_async=True)
+        if p.source is not None:
+            async with _AsyncStreamContext(self, p, method, url) as s:
+                data = await s.aread()
+            return _whole_response(s, data)
         loop = asyncio.get_running_loop()
         fut: "asyncio.Future[Response]" = loop.create_future()
         token = next(_tokens)
@@ -671,24 +905,24 @@ class Agent:
         return await self.request_async("HEAD", url, headers, None, timeout)
 
     async def adelete(
-        self, url: str, headers: HeadersArg = None, body: BodyArg = None, timeout: Optional[float] = None
+        self, url: str, headers: HeadersArg = None, body: AsyncBodyArg = None, timeout: Optional[float] = None
     ) -> Response:
         return await self.request_async("DELETE", url, headers, body, timeout)
 
     async def apost(
-        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        self, url: str, body: AsyncBodyArg = None, headers: HeadersArg = None,
         timeout: Optional[float] = None, *, json: Any = None,
     ) -> Response:
         return await self.request_async("POST", url, headers, body, timeout, json=json)
 
     async def aput(
-        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        self, url: str, body: AsyncBodyArg = None, headers: HeadersArg = None,
         timeout: Optional[float] = None, *, json: Any = None,
     ) -> Response:
         return await self.request_async("PUT", url, headers, body, timeout, json=json)
 
     async def apatch(
-        self, url: str, body: BodyArg = None, headers: HeadersArg = None,
+        self, url: str, body: AsyncBodyArg = None, headers: HeadersArg = None,
         timeout: Optional[float] = None, *, json: Any = None,
     ) -> Response:
         return await self.request_async("PATCH", url, headers, body, timeout, json=json)

@@ -28,6 +28,8 @@ from ctypes import (
     byref,
     c_bool,
     c_char_p,
+    c_int,
+    c_int64,
     c_size_t,
     c_uint16,
     c_uint32,
@@ -148,6 +150,36 @@ agent_code = c_uint32
 
 # typedef void (*agent_callback)(void *userdata, agent_code code, agent_response *response);
 agent_callback = CFUNCTYPE(None, c_void_p, agent_code, agent_response_p)
+
+# Streaming: a response read piece by piece, and a request body read from the caller.
+agent_stream_p = c_void_p
+
+# int (*read)(void *userdata, uint8_t *buf, size_t cap, size_t *n);
+agent_body_read = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, POINTER(c_size_t))
+# int (*rewind)(void *userdata);
+agent_body_rewind = CFUNCTYPE(c_int, c_void_p)
+# void (*release)(void *userdata);
+agent_body_release = CFUNCTYPE(None, c_void_p)
+
+
+class agent_body_source(Structure):
+    # typedef struct { int (*read)(void *userdata, uint8_t *buf, size_t cap, size_t *n);
+    #   int (*rewind)(void *userdata); void (*release)(void *userdata); int64_t length;
+    #   void *userdata; } agent_body_source;
+    _fields_ = [
+        ("read", agent_body_read),
+        ("rewind", agent_body_rewind),
+        ("release", agent_body_release),
+        ("length", c_int64),
+        ("userdata", c_void_p),
+    ]
+
+
+# typedef void (*agent_stream_callback)(void *userdata, agent_code code, agent_stream *stream);
+agent_stream_callback = CFUNCTYPE(None, c_void_p, agent_code, agent_stream_p)
+# typedef void (*agent_data_callback)(void *userdata, agent_code code, const uint8_t *data,
+#     size_t len);
+agent_data_callback = CFUNCTYPE(None, c_void_p, agent_code, c_void_p, c_size_t)
 
 # #define AGENT_SCHEDULING_LIFO 0 / AGENT_SCHEDULING_FIFO 1
 SCHEDULING = {"lifo": 0, "fifo": 1}
@@ -350,6 +382,43 @@ _declare("agent_response_timings", agent_code, [agent_response_p, POINTER(agent_
 # agent_code agent_response_read(const agent_response *response, agent_response_parts *out);
 _declare("agent_response_read", agent_code, [agent_response_p, POINTER(agent_response_parts)], _check)
 
+# agent_code agent_request_stream(const agent *agent, const char *method, const char *url,
+#     const agent_header *headers, size_t header_count, const uint8_t *body,
+#     size_t body_len, const agent_body_source *source, uint32_t timeout_msecs,
+#     agent_stream **out);
+_declare(
+    "agent_request_stream",
+    agent_code,
+    [agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p, c_size_t,
+     POINTER(agent_body_source), c_uint32, POINTER(agent_stream_p)],
+    _check,
+)
+# agent_code agent_request_stream_async(const agent *agent, const char *method,
+#     const char *url, const agent_header *headers, size_t header_count,
+#     const uint8_t *body, size_t body_len, const agent_body_source *source,
+#     uint32_t timeout_msecs, agent_stream_callback callback, void *userdata,
+#     uint64_t *out_id);
+_declare(
+    "agent_request_stream_async",
+    agent_code,
+    [agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p, c_size_t,
+     POINTER(agent_body_source), c_uint32, agent_stream_callback, c_void_p, POINTER(c_uint64)],
+    _check,
+)
+# agent_code agent_stream_head(const agent_stream *stream, agent_response_parts *out);
+_declare("agent_stream_head", agent_code, [agent_stream_p, POINTER(agent_response_parts)], _check)
+# agent_code agent_stream_read(agent_stream *stream, uint8_t *buf, size_t cap, size_t *n);
+#   (no errcheck: the caller maps the code, to tell a body source's own failure apart)
+_declare("agent_stream_read", agent_code, [agent_stream_p, c_void_p, c_size_t, POINTER(c_size_t)])
+# uint64_t agent_stream_buffered(const agent_stream *stream);
+_declare("agent_stream_buffered", c_uint64, [agent_stream_p])
+# agent_code agent_stream_read_async(agent_stream *stream, agent_data_callback callback,
+#     void *userdata);
+#   (no errcheck, as agent_stream_read)
+_declare("agent_stream_read_async", agent_code, [agent_stream_p, agent_data_callback, c_void_p])
+# void agent_stream_free(agent_stream *stream);
+_declare("agent_stream_free", None, [agent_stream_p])
+
 # ---------------------------------------------------------------------------------------
 # Version check: the library's major.minor must be the package's.
 
@@ -402,6 +471,7 @@ _ERROR_CLASS_BY_NAME = {
     "RESPONSE_TOO_LARGE": errors.ResponseTooLargeError,
     "STALE_CONNECTION": errors.StaleConnectionError,
     "CANCELLED": errors.CancelledError,
+    "BODY_SOURCE": errors.BodySourceError,
 }
 ERROR_CLASSES = {CODES[name]: cls for name, cls in _ERROR_CLASS_BY_NAME.items()}
 
@@ -448,6 +518,22 @@ def read_response(handle: int) -> Tuple[int, int, bool, bytes, bytes, agent_timi
     block = ctypes.string_at(p.headers, p.headers_len) if p.headers_len else b""
     body = ctypes.string_at(p.body, p.body_len) if p.body_len else b""
     return p.status, p.version, p.reused, block, body, p.timings
+
+
+def read_stream_head(handle: int) -> Tuple[int, int, bool, bytes, agent_timings]:
+    """Copies the head of a stream (``agent_stream_head``): status, version, reused, the
+    header block and the timings (``total_us`` is set once the body has ended)."""
+    p = agent_response_parts()
+    lib.agent_stream_head(handle, byref(p))
+    block = ctypes.string_at(p.headers, p.headers_len) if p.headers_len else b""
+    return p.status, p.version, p.reused, block, p.timings
+
+
+def stream_timings(handle: int) -> agent_timings:
+    """The timings of a stream (``agent_stream_head``), without copying its headers."""
+    p = agent_response_parts()
+    lib.agent_stream_head(handle, byref(p))
+    return p.timings
 
 
 def parse_header_block(block: bytes) -> List[Tuple[str, str]]:

@@ -16,6 +16,7 @@ Every failure reported by the library is an :class:`AgentError` carrying the C c
     │   │                                         CONNECTION_CLOSED, BROKEN_PIPE
     │   └── ResponseTooLargeError                 RESPONSE_TOO_LARGE
     ├── StaleConnectionError                      STALE_CONNECTION
+    ├── BodySourceError                           BODY_SOURCE
     └── CancelledError                            CANCELLED
 
 Other codes (WOULD_BLOCK, FORKED, PANIC, INTERNAL, ...) raise AgentError itself.
@@ -43,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "ResponseTooLargeError",
     "StaleConnectionError",
+    "BodySourceError",
     "CancelledError",
 ]
 
@@ -113,6 +115,12 @@ class ResponseTooLargeError(ProtocolError):
 class StaleConnectionError(AgentError):
     """A reused connection failed before any response byte and the request (not
     idempotent, or ``retry_stale=False``) was not retried. It may not have been processed."""
+
+
+class BodySourceError(AgentError):
+    """A streamed request body (file or iterable) failed or ended before the length it
+    announced; nothing more was sent and the connection was closed. When the failure was
+    an exception raised by your file or iterator, that exception is raised instead."""
 
 
 class CancelledError(AgentError):

@@ -27,8 +27,26 @@ What maps to what:
   so the adapter never checks less than its agent; configure the agent instead. Client
   certificates (``cert``) raise ``ValueError``. Proxies are not supported: a proxy chosen
   for the URL raises ``requests.exceptions.ProxyError``.
-- The body is read whole (``stream=True`` still works, from memory); gzip and deflate
-  bodies are decoded as requests would (``Accept-Encoding`` is requests' default).
+- Response bodies: without ``stream=True`` the body is read whole (gzip and deflate
+  decoded, as requests does; ``Accept-Encoding`` is requests' default). With
+  ``stream=True`` nothing but the head has been read when ``send`` returns:
+  ``response.raw`` reads from the engine's stream, so ``iter_content``, ``iter_lines``,
+  ``raw.read(n)`` and ``shutil.copyfileobj(response.raw, f)`` go piece by piece and the
+  engine holds at most its read window per response. As with urllib3, ``raw.read()``
+  gives the bytes as sent unless ``decode_content=True`` (or ``raw.decode_content =
+  True``), and ``iter_content`` decodes gzip/deflate incrementally. Consuming the body
+  gives the connection back to the pool; ``response.close()`` (or a ``with`` block)
+  before the end aborts the request and closes the connection. Mid-body failures raise
+  what requests raises there: ``ChunkedEncodingError`` (reset, early close, bad
+  framing), ``ConnectionError`` (timeouts, cancellation), ``ContentDecodingError``.
+  The deadline from ``timeout`` covers reading the body too (the engine has no
+  per-read timeout): for a long download give ``timeout=None`` and rely on the agent's
+  ``headers_timeout_msecs``/``body_timeout_msecs``.
+- Request bodies: bytes and str are sent whole; a file (``data=open(path, "rb")``) or a
+  generator/iterable (``data=gen()``) is read piece by piece through the engine's body
+  source, never buffered whole: a seekable file with ``Content-Length`` (its remaining
+  size), anything else chunked. An exception raised by the generator or file is raised
+  as it is by ``session.request``.
 """
 
 from __future__ import annotations
@@ -37,12 +55,13 @@ import datetime
 import http.client
 import io
 import zlib
-from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter
 from requests.cookies import extract_cookies_to_jar
 from requests.exceptions import (
+    ChunkedEncodingError,
     ConnectionError,
     ConnectTimeout,
     ContentDecodingError,
@@ -57,12 +76,14 @@ from requests.utils import get_encoding_from_headers, select_proxy
 
 from . import _native, errors
 from ._agent import Agent
+from ._stream import StreamResponse
 
 __all__ = ["KeepAliveAdapter"]
 
 TimeoutArg = Union[None, float, int, Tuple[Optional[float], Optional[float]]]
 
-# Headers the library computes from the body we pass (the body is always whole).
+# Headers the library computes from the body we pass (its length, or chunked for a body
+# source of unknown length).
 _FRAMING = {"content-length", "transfer-encoding"}
 
 
@@ -121,23 +142,6 @@ def _lower(name: Union[str, bytes]) -> str:
     return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
 
 
-def _body_bytes(body: Any) -> Optional[bytes]:
-    if body is None:
-        return None
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, (bytearray, memoryview)):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    if hasattr(body, "read"):  # a file
-        data = body.read()
-        return data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    # an iterable of chunks (requests sends these chunked; we send them whole)
-    parts = [c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in body]
-    return b"".join(parts)
-
-
 def _decode_content(body: bytes, content_encoding: str) -> bytes:
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     for coding in reversed(codings):
@@ -154,6 +158,234 @@ def _decode_content(body: bytes, content_encoding: str) -> bytes:
         else:
             break  # unknown coding: leave the bytes as they are, like urllib3
     return body
+
+
+class _GzipDecoder:
+    """Incremental gzip decoding, several members allowed (as urllib3 does)."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._state = "first"  # then "other_members", or "swallow" after trailing garbage
+
+    def decompress(self, data: bytes) -> bytes:
+        ret = bytearray()
+        if self._state == "swallow" or not data:
+            return bytes(ret)
+        while True:
+            try:
+                ret += self._obj.decompress(data)
+            except zlib.error:
+                previous, self._state = self._state, "swallow"
+                if previous == "other_members":  # garbage after a complete member
+                    return bytes(ret)
+                raise
+            data = self._obj.unused_data
+            if not data:
+                return bytes(ret)
+            self._state = "other_members"
+            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+class _DeflateDecoder:
+    """Incremental deflate decoding: zlib-wrapped, or raw deflate (tried when the first
+    bytes are not a zlib header), as urllib3 does."""
+
+    def __init__(self) -> None:
+        self._first_try = True
+        self._data = b""
+        self._obj = zlib.decompressobj()
+
+    def decompress(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if not self._first_try:
+            return self._obj.decompress(data)
+        self._data += data
+        try:
+            out = self._obj.decompress(data)
+            if out:
+                self._first_try = False
+                self._data = b""
+            return out
+        except zlib.error:
+            self._first_try = False
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                return self.decompress(self._data)
+            finally:
+                self._data = b""
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+class _Decoder:
+    """The chain of decoders for a ``Content-Encoding`` (last applied, first removed); an
+    unknown coding stops the chain (the bytes are left as they are, like urllib3)."""
+
+    def __init__(self, content_encoding: str) -> None:
+        self._chain: List[Any] = []
+        codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+        for coding in reversed(codings):
+            if coding in ("gzip", "x-gzip"):
+                self._chain.append(_GzipDecoder())
+            elif coding == "deflate":
+                self._chain.append(_DeflateDecoder())
+            elif coding == "identity":
+                continue
+            else:
+                break
+
+    def __bool__(self) -> bool:
+        return bool(self._chain)
+
+    def decompress(self, data: bytes) -> bytes:
+        for d in self._chain:
+            data = d.decompress(data)
+        return data
+
+    def flush(self) -> bytes:
+        data = b""
+        for d in self._chain:
+            if data:
+                data = d.decompress(data)
+            data += d.flush()
+        return data
+
+
+# Largest piece read from the engine when decoding (bounds what one piece can expand to).
+_DECODE_PIECE = 64 * 1024
+
+
+class _StreamRaw(io.IOBase):
+    """``response.raw`` with ``stream=True``: reads from the engine's stream, piece by
+    piece, with the parts of urllib3's ``HTTPResponse`` that requests uses (``read`` and
+    ``stream`` with ``decode_content``, ``release_conn``, ``_original_response``)."""
+
+    def __init__(self, resp: StreamResponse, msg: http.client.HTTPMessage, request: Any) -> None:
+        super().__init__()
+        self._resp = resp
+        self._request = request
+        self._original_response = _OriginalResponse(msg)
+        self.headers = msg
+        self.status = resp.status
+        self.reason = http.client.responses.get(resp.status, "")
+        self.version = 11 if resp.http_version == "1.1" else 10
+        # As urllib3 under requests: read() gives the bytes as sent unless asked to decode.
+        self.decode_content = False
+        encoding = resp.headers.get("content-encoding")
+        self._decoder = _Decoder(encoding) if encoding and resp.method.upper() != "HEAD" else None
+        self._decoded = bytearray()  # decoded bytes not handed out yet
+        self._flushed = False
+
+    # -- errors: what requests raises for urllib3's mid-body failures -----------------------
+
+    def _engine(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except errors.ProtocolError as e:
+            raise ChunkedEncodingError(e, request=self._request) from e
+        except errors.AgentError as e:
+            raise ConnectionError(e, request=self._request) from e
+
+    def _decode(self, data: bytes, final: bool) -> bytes:
+        assert self._decoder is not None
+        try:
+            out = self._decoder.decompress(data) if data else b""
+            if final:
+                out += self._decoder.flush()
+            return out
+        except zlib.error as e:
+            raise ContentDecodingError(e, request=self._request) from e
+
+    # -- reading --------------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def _decoding(self, decode_content: Optional[bool]) -> bool:
+        decode = self.decode_content if decode_content is None else decode_content
+        return bool(decode and self._decoder)
+
+    def _decoded_piece(self, amt: Optional[int]) -> bytes:
+        """Decoded bytes from at most one engine piece (b"" at the end)."""
+        while not self._decoded and not self._flushed:
+            piece = self._engine(self._resp.read1, _DECODE_PIECE)
+            if piece:
+                self._decoded += self._decode(piece, final=False)
+            else:
+                self._decoded += self._decode(b"", final=True)
+                self._flushed = True
+        n = len(self._decoded) if amt is None else min(amt, len(self._decoded))
+        out = bytes(self._decoded[:n])
+        del self._decoded[:n]
+        return out
+
+    def read(self, amt: Optional[int] = None, decode_content: Optional[bool] = None,
+             cache_content: bool = False) -> bytes:
+        """``read()``: the rest of the body; ``read(amt)``: ``amt`` bytes, fewer only at
+        the end. Decoded (gzip/deflate) with ``decode_content=True`` or
+        ``self.decode_content``."""
+        if self.closed:
+            return b""
+        if not self._decoding(decode_content):
+            if amt is None or amt < 0:
+                return self._engine(self._resp.read)
+            return self._engine(self._resp.read, amt)
+        parts = []
+        got = 0
+        while amt is None or amt < 0 or got < amt:
+            piece = self._decoded_piece(None if amt is None or amt < 0 else amt - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def stream(self, amt: Optional[int] = 2**16, decode_content: Optional[bool] = None) -> Iterator[bytes]:
+        """The body in pieces of at most ``amt`` bytes (any size when None), each as soon
+        as it has arrived; decoded as :meth:`read`."""
+        size = amt if amt and amt > 0 else None
+        decode = self._decoding(decode_content)
+        while not self.closed:
+            if decode:
+                piece = self._decoded_piece(size)
+            else:
+                piece = self._engine(self._resp.read1, size or 65536)
+            if not piece:
+                return
+            yield piece
+
+    def readinto(self, b: Any) -> int:
+        """Reads the bytes as sent (no decoding) straight into ``b``: one piece."""
+        if self.closed:
+            return 0
+        return self._engine(self._resp.readinto1, b)
+
+    def tell(self) -> int:
+        """Body bytes read from the engine so far (as sent, before decoding)."""
+        return self._resp.bytes_read
+
+    def close(self) -> None:
+        """Closes the stream: before the end of the body the request is aborted and the
+        connection closed."""
+        if not self.closed:
+            self._resp.close()
+        super().close()
+
+    def release_conn(self) -> None:
+        """A body read to its end has given its connection back already; an unfinished
+        one cannot be, so it is closed (aborted)."""
+        if not self._resp.closed:
+            self.close()
+
+    @property
+    def data(self) -> bytes:
+        """urllib3's ``data``: the rest of the body, as sent."""
+        return self.read(decode_content=False)
 
 
 class KeepAliveAdapter(BaseAdapter):
@@ -194,10 +426,15 @@ class KeepAliveAdapter(BaseAdapter):
         headers: List[Tuple[Any, Any]] = [
             (k, v) for k, v in request.headers.items() if _lower(k) not in _FRAMING
         ]
-        body = _body_bytes(request.body)
+        # bytes/str are sent whole; a file or an iterable is read piece by piece.
+        body = request.body
+        method = request.method or "GET"
         try:
             deadline = _overall_timeout(timeout)
-            resp = self.agent.request(request.method or "GET", url, headers, body, deadline)
+            if stream:
+                sresp = self.agent.stream(method, url, headers, body, deadline)
+                return self.build_stream_response(request, sresp)
+            resp = self.agent.request(method, url, headers, body, deadline)
         except errors.TimeoutError as e:
             if e.code == _native.CONNECT_TIMEOUT:
                 raise ConnectTimeout(e, request=request) from e
@@ -212,8 +449,8 @@ class KeepAliveAdapter(BaseAdapter):
             raise RequestException(e, request=request) from e
         return self.build_response(request, resp)
 
-    def build_response(self, request: requests.PreparedRequest, resp: Any) -> requests.Response:
-        """A :class:`requests.Response` from a keepalive_agent Response."""
+    @staticmethod
+    def _head(resp: Any) -> Tuple[requests.Response, http.client.HTTPMessage]:
         msg = http.client.HTTPMessage()
         for name, value in resp.headers.multi_items():
             msg[name] = value  # appends: repeated lines are kept (Set-Cookie)
@@ -222,6 +459,27 @@ class KeepAliveAdapter(BaseAdapter):
         r.headers = CaseInsensitiveDict(resp.headers)  # repeated values joined with ", "
         r.encoding = get_encoding_from_headers(r.headers)
         r.reason = http.client.responses.get(resp.status, "")
+        return r, msg
+
+    def build_stream_response(self, request: requests.PreparedRequest, resp: StreamResponse) -> requests.Response:
+        """A :class:`requests.Response` whose ``raw`` reads from a keepalive_agent
+        :class:`~keepalive_agent.StreamResponse` (``stream=True``)."""
+        try:
+            r, msg = self._head(resp)
+            r.raw = _StreamRaw(resp, msg, request)
+            r.url = request.url or ""
+            r.request = request
+            r.connection = self  # type: ignore[assignment]
+            r.elapsed = datetime.timedelta(microseconds=resp.timings.ttfb_us)
+            extract_cookies_to_jar(r.cookies, request, r.raw)
+        except BaseException:
+            resp.close()
+            raise
+        return r
+
+    def build_response(self, request: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """A :class:`requests.Response` from a keepalive_agent Response."""
+        r, msg = self._head(resp)
         body = resp.body
         encoding = resp.headers.get("content-encoding")
         if encoding and request.method != "HEAD":

@@ -1,0 +1,349 @@
+"""Request bodies read piece by piece: files and iterables behind an ``agent_body_source``.
+
+The library asks for the body in pieces of at most 64 KiB through the ``read`` callback
+(on the calling thread for a blocking request, on a library thread for an async one),
+and calls ``release`` exactly once when it no longer needs the source. Nothing here holds
+more than one piece of the body: a file is read straight into the library's buffer
+(``readinto``); an iterator's current item is kept until it has been handed over.
+
+As with async completions, no Python object's address reaches C: ``userdata`` is an
+integer token naming the source in :data:`_sources`, and the three C callbacks are
+module-level objects. The registry entry (and so the user's file or iterator, and every
+ctypes object the source made) lives until ``release`` has been called.
+
+An exception raised by the user's file or iterator never crosses into C: ``read``
+returns non-zero (the library then fails the request with ``AGENT_CODE_BODY_SOURCE``),
+and the exception is kept in :attr:`Source.error`, to be raised by the Python call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import io
+import itertools
+import os
+from ctypes import c_char
+from typing import Any, Dict, Optional
+
+from . import _native
+
+__all__ = ["Source", "make_source", "is_streamed_body"]
+
+# token -> source, from the C call until the library calls release.
+_sources: Dict[int, "Source"] = {}
+_tokens = itertools.count(1)
+_END = object()
+
+
+def _as_bytes_view(item: Any) -> memoryview:
+    """One item of an iterable body as a flat byte view (str is sent as UTF-8)."""
+    if isinstance(item, str):
+        item = item.encode("utf-8")
+    if not isinstance(item, (bytes, bytearray, memoryview)):
+        try:
+            view = memoryview(item)
+        except TypeError:
+            raise TypeError(
+                f"a body iterable must yield bytes-like objects or str, not {type(item).__name__}"
+            ) from None
+    else:
+        view = memoryview(item)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+class Source:
+    """A request body read piece by piece. Subclasses implement :meth:`_next_item` (an
+    iterator-like pull: a byte view, or ``_END``) or override :meth:`fill`."""
+
+    length: int = -1  # -1: unknown, sent chunked
+    rewindable: bool = False
+
+    def __init__(self) -> None:
+        self.error: Optional[BaseException] = None  # the first exception of the user's object
+        self.rewind_error: Optional[BaseException] = None  # why a retry could not rewind
+        self.released = False
+        self.bytes_read = 0
+        self._pending: Optional[memoryview] = None
+        self._offset = 0
+
+    # -- what the C callbacks call -------------------------------------------------------
+
+    def fill(self, addr: int, cap: int) -> int:
+        """Copies up to ``cap`` bytes of the body to ``addr``; 0 at the end."""
+        pending = self._pending
+        while pending is None:
+            item = self._next_item(cap)
+            if item is _END:
+                return 0
+            view = _as_bytes_view(item)
+            if len(view):  # an empty item is not the end: skip it
+                pending, self._offset = view, 0
+                self._pending = pending
+        off = self._offset
+        k = min(cap, len(pending) - off)
+        memoryview((c_char * k).from_address(addr)).cast("B")[:] = pending[off : off + k]
+        off += k
+        if off == len(pending):
+            self._pending = None
+        else:
+            self._offset = off
+        self.bytes_read += k
+        return k
+
+    def _next_item(self, cap: int) -> Any:
+        raise NotImplementedError
+
+    def rewind(self) -> None:
+        raise OSError("this body cannot be rewound")
+
+    def abort(self) -> None:
+        """The request is being given up (task cancelled): stop waiting for the producer."""
+
+    # -- registration --------------------------------------------------------------------
+
+    def register(self) -> "ctypes._Pointer[_native.agent_body_source]":
+        """Registers the source and returns a pointer to its ``agent_body_source`` for one C
+        call. From here on the library owns the registration: it calls ``release`` in every
+        case (also when the call fails). Only if the C function is never entered (a ctypes
+        argument error) must the caller call :meth:`unregister`."""
+        token = next(_tokens)
+        self._token = token
+        _sources[token] = self
+        src = _native.agent_body_source(
+            _on_read, _on_rewind if self.rewindable else _NO_REWIND, _on_release,
+            self.length, token,
+        )
+        return ctypes.pointer(src)
+
+    def unregister(self) -> None:
+        if _sources.pop(getattr(self, "_token", 0), None) is not None:
+            self.released = True
+
+
+class FileSource(Source):
+    """A file-like body: ``readinto`` (binary files: straight into the library's buffer) or
+    ``read``. A seekable file is rewound to where it was at the start for a retry, and
+    announces its remaining size as ``Content-Length``."""
+
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self.f = f
+        self.text = isinstance(f, io.TextIOBase)
+        readinto = getattr(f, "readinto", None)
+        self._readinto = readinto if callable(readinto) and not self.text else None
+        self._read = getattr(f, "read", None)
+        self._start: Any = None
+        seekable = False
+        try:
+            seekable = bool(f.seekable()) if hasattr(f, "seekable") else hasattr(f, "seek") and hasattr(f, "tell")
+            if seekable:
+                self._start = f.tell()
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            seekable = False
+        if seekable and not self.text:
+            try:
+                end = f.seek(0, os.SEEK_END)
+                if end is None:  # an object whose seek returns nothing
+                    end = f.tell()
+                f.seek(self._start)
+                self.length = max(0, int(end) - int(self._start))
+            except (OSError, ValueError, TypeError, io.UnsupportedOperation):
+                self.length = -1
+        self.rewindable = seekable
+
+    def fill(self, addr: int, cap: int) -> int:
+        if self._readinto is None or self._pending is not None:
+            return super().fill(addr, cap)
+        n = self._readinto(memoryview((c_char * cap).from_address(addr)).cast("B"))
+        if n is None:
+            raise BlockingIOError("the body file is non-blocking and had no data (readinto returned None)")
+        if not 0 <= n <= cap:
+            raise ValueError(f"the body file's readinto returned {n} for a {cap}-byte buffer")
+        self.bytes_read += n
+        return n
+
+    def _next_item(self, cap: int) -> Any:
+        data = self._read(cap)  # type: ignore[misc]
+        if data is None:
+            raise BlockingIOError("the body file is non-blocking and had no data (read returned None)")
+        return data if len(data) else _END
+
+    def rewind(self) -> None:
+        self.f.seek(self._start)
+        self._pending = None
+        self.bytes_read = 0
+
+
+class IterSource(Source):
+    """An iterable of bytes-like (or str) items, sent chunked; cannot be rewound."""
+
+    def __init__(self, iterable: Any) -> None:
+        super().__init__()
+        self.it = iter(iterable)
+
+    def _next_item(self, cap: int) -> Any:
+        return next(self.it, _END)
+
+
+class AsyncIterSource(Source):
+    """An async iterable, sent chunked. ``read`` runs on a library thread and waits there
+    for the event loop to produce the next item (``run_coroutine_threadsafe``)."""
+
+    def __init__(self, aiterable: Any) -> None:
+        super().__init__()
+        self.ait = aiterable.__aiter__()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._cf: Optional["concurrent.futures.Future[Any]"] = None
+        self._aborted = False
+
+    async def _anext(self) -> Any:
+        try:
+            return await self.ait.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    def _next_item(self, cap: int) -> Any:
+        loop = self.loop
+        if loop is None:  # pragma: no cover - bound by the async call before C sees it
+            raise RuntimeError("an async iterable body needs an event loop")
+        if self._aborted:
+            raise asyncio.CancelledError()
+        cf = self._cf = asyncio.run_coroutine_threadsafe(self._anext(), loop)
+        try:
+            while True:
+                try:
+                    return cf.result(timeout=0.25)
+                except concurrent.futures.TimeoutError:
+                    # The loop may have stopped or the request been given up meanwhile.
+                    if self._aborted or loop.is_closed() or not loop.is_running():
+                        cf.cancel()
+                        raise asyncio.CancelledError() from None
+        finally:
+            self._cf = None
+
+    def abort(self) -> None:
+        self._aborted = True
+        cf = self._cf
+        if cf is not None:
+            cf.cancel()
+
+
+def is_streamed_body(body: Any) -> bool:
+    """Whether ``body`` is read piece by piece (a file, an iterable, an async iterable)
+    rather than sent whole (bytes-like, str)."""
+    if body is None or isinstance(body, (bytes, bytearray, memoryview, str)):
+        return False
+    if hasattr(body, "__aiter__") or callable(getattr(body, "readinto", None)) or callable(getattr(body, "read", None)):
+        return True  # a file (even an mmap, which is bytes-like too) is read, not copied whole
+    try:
+        memoryview(body)
+    except TypeError:
+        return True  # an iterable, or something make_source refuses
+    return False  # another bytes-like object (array.array, ...): sent whole
+
+
+def make_source(body: Any, allow_async: bool) -> Source:
+    """The source for a file, iterable or (``allow_async``) async iterable body."""
+    if hasattr(body, "__aiter__"):
+        if not allow_async:
+            raise TypeError(
+                "an async iterable body needs an async call (stream_async, request_async, apost, ...)"
+            )
+        return AsyncIterSource(body)
+    if callable(getattr(body, "readinto", None)) or callable(getattr(body, "read", None)):
+        return FileSource(body)
+    if isinstance(body, (dict,)) or not hasattr(body, "__iter__"):
+        raise TypeError(
+            "body must be bytes, bytearray, memoryview, str, a file object or an iterable of"
+            f" bytes, not {type(body).__name__}"
+        )
+    return IterSource(body)
+
+
+def error_for(code: int, source: Optional[Source]) -> BaseException:
+    """The exception for a failed call of a request with ``source``: the user's own
+    exception when the file or iterator raised one, else the library's error (read on
+    this thread, right after the call)."""
+    err = _native.error_for(code)
+    if source is not None:
+        if source.error is not None:
+            return source.error
+        if source.rewind_error is not None:
+            err.__cause__ = source.rewind_error
+    return err
+
+
+def error_for_exception(err: BaseException, source: Optional[Source]) -> BaseException:
+    """As :func:`error_for`, for an error already raised (by an errcheck)."""
+    if source is not None:
+        if source.error is not None:
+            return source.error
+        if source.rewind_error is not None and err.__cause__ is None:
+            err.__cause__ = source.rewind_error
+    return err
+
+
+# ---------------------------------------------------------------------------------------
+# The C callbacks. They never raise: an exception here would be printed by ctypes and the
+# library would see 0 (success) with a garbage length.
+
+
+def _read(userdata: Optional[int], buf: Optional[int], cap: int, n: Any) -> int:
+    try:
+        src = _sources.get(userdata or 0)
+        if src is None or not buf:
+            return 1
+        if src.error is not None:
+            return 1
+        try:
+            k = src.fill(buf, cap)
+        except BaseException as e:  # the user's exception, even KeyboardInterrupt
+            src.error = e
+            return 1
+        n[0] = k
+        return 0
+    except BaseException:  # pragma: no cover - defensive
+        return 1
+
+
+def _rewind(userdata: Optional[int]) -> int:
+    try:
+        src = _sources.get(userdata or 0)
+        if src is None:
+            return 1
+        try:
+            src.rewind()
+        except BaseException as e:
+            src.rewind_error = e
+            return 1
+        return 0
+    except BaseException:  # pragma: no cover - defensive
+        return 1
+
+
+def _release(userdata: Optional[int]) -> None:
+    try:
+        src = _sources.pop(userdata or 0, None)
+        if src is not None:
+            src.released = True
+    except BaseException:  # pragma: no cover - defensive
+        pass
+
+
+_on_read = _native.agent_body_read(_read)
+_on_rewind = _native.agent_body_rewind(_rewind)
+_on_release = _native.agent_body_release(_release)
+_NO_REWIND = _native.agent_body_rewind()  # a NULL function pointer: not replayable
+
+
+def live_sources() -> int:
+    """How many sources the library has not released yet (for tests)."""
+    return len(_sources)
+
+
+def _after_fork_in_child() -> None:
+    _sources.clear()
