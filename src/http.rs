@@ -434,15 +434,16 @@ impl Request {
         keep_alive: bool,
         user_agent: &HeaderValue,
     ) -> http::Request<ReqBody> {
-        let body = match &self.body {
-            Body::Bytes(b) => ReqBody::Full(Some(b.clone())),
+        let (body, body_len) = match &self.body {
+            Body::Bytes(b) => (ReqBody::Full(Some(b.clone())), Some(b.len() as u64)),
             Body::Source(src) => {
                 let length = src.lock().unwrap_or_else(|p| p.into_inner()).length();
-                ReqBody::Source {
+                let body = ReqBody::Source {
                     src: src.clone(),
                     remaining: length,
                     sent: 0,
-                }
+                };
+                (body, length)
             }
         };
         let mut req = http::Request::new(body);
@@ -461,6 +462,15 @@ impl Request {
         }
         if !keep_alive {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        // An empty body of a method that normally has one says so (RFC 9110 §8.6); hyper
+        // sends no framing at all for it.
+        if body_len == Some(0)
+            && matches!(self.method, Method::POST | Method::PUT | Method::PATCH)
+            && !self.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !self.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         req
     }

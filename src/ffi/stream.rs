@@ -146,6 +146,8 @@ struct Shared {
     state: Mutex<State>,
     /// The piece `agent_stream_next` handed out last (the caller's pointer points into it).
     lent: Mutex<Bytes>,
+    /// Told when the stream is freed, so that an async read in flight ends at once.
+    freed: tokio::sync::Notify,
 }
 
 enum State {
@@ -183,6 +185,7 @@ impl agent_stream {
                 total_us: 0,
             }),
             lent: Mutex::new(Bytes::new()),
+            freed: tokio::sync::Notify::new(),
         });
         Box::into_raw(Box::new(agent_stream { shared }))
     }
@@ -545,7 +548,15 @@ pub unsafe extern "C" fn agent_stream_read_async(
         };
         handle.spawn(async move {
             let res = if leftover.is_empty() {
-                stream.next_chunk().await
+                tokio::select! {
+                    r = stream.next_chunk() => r,
+                    // Freed meanwhile: stop waiting for the next piece (the stream is dropped,
+                    // aborted, below).
+                    _ = shared.freed.notified() => Err(Error::new(
+                        ErrorKind::Cancelled,
+                        "the stream was freed during the read",
+                    )),
+                }
             } else {
                 Ok(Some(leftover))
             };
@@ -636,6 +647,10 @@ pub unsafe extern "C" fn agent_stream_free(stream: *mut agent_stream) {
         // SAFETY: created by Box::into_raw in `agent_stream::boxed`, freed once.
         let s = unsafe { Box::from_raw(stream) };
         let old = std::mem::replace(&mut *s.shared.lock(), State::Freed);
+        if matches!(old, State::Reading { .. }) {
+            // A permit is stored if the read has not started waiting yet.
+            s.shared.freed.notify_one();
+        }
         drop(old); // an idle stream is dropped here, outside the lock
     })
 }

@@ -40,6 +40,8 @@ static const ts_test tests[] = {
     T(test_stream_stale_retry_needs_a_rewindable_source),
     T(test_stream_async_reads),
     T(test_stream_next_without_copy),
+    T(test_stream_free_ends_a_waiting_async_read),
+    T(test_stream_empty_bodies_have_a_length),
 };
 
 int main(int argc, char **argv) {

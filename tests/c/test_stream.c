@@ -534,3 +534,79 @@ void test_stream_next_without_copy(void) {
     agent_stream_free(s);
     agent_free(a);
 }
+
+/* Freeing a stream whose async read waits for a slow server ends that read at once: the
+ * callback gets AGENT_CODE_CANCELLED and the connection is closed, without waiting for the
+ * next piece. */
+typedef struct {
+    atomic_int calls;
+    atomic_int code;
+    double at;
+} wait_read;
+
+static void on_waiting_data(void *ud, agent_code code, const uint8_t *data, size_t len) {
+    wait_read *w = ud;
+    (void)data;
+    (void)len;
+    w->at = ts_now_ms();
+    atomic_store(&w->code, (int)code);
+    atomic_fetch_add(&w->calls, 1);
+}
+
+void test_stream_free_ends_a_waiting_async_read(void) {
+    char url[256];
+    uint8_t buf[4096];
+    size_t n = 0;
+    agent *a = agent_new(true, 1000);
+    agent_stream *s = NULL;
+    agent_pool_stats st;
+    wait_read w;
+    double freed_at;
+    int i;
+    CHECK(a != NULL);
+    memset(&w, 0, sizeof w);
+    stream_url(url, sizeof url, "/?bytes=3000&chunked=1&chunks=3&chunk_delay_ms=10000");
+    CHECK_CODE(t_stream(a, "GET", url, NULL, &s), AGENT_CODE_OK);
+    CHECK_CODE(agent_stream_read(s, buf, sizeof buf, &n), AGENT_CODE_OK);
+    CHECK(n > 0);
+    CHECK_CODE(agent_stream_read_async(s, on_waiting_data, &w), AGENT_CODE_OK);
+    ts_sleep_ms(100);
+    CHECK_EQ(atomic_load(&w.calls), 0);
+    freed_at = ts_now_ms();
+    agent_stream_free(s);
+    for (i = 0; i < 400 && atomic_load(&w.calls) == 0; i++) ts_sleep_ms(5);
+    CHECK_EQ(atomic_load(&w.calls), 1);
+    CHECK_EQ(atomic_load(&w.code), AGENT_CODE_CANCELLED);
+    CHECK_MSG(w.at - freed_at < 1000.0 * ts_time_scale(), "the read ended %.0f ms after the free",
+              w.at - freed_at);
+    for (i = 0; i < 200; i++) {
+        CHECK_CODE(agent_stats(a, &st), AGENT_CODE_OK);
+        if (st.active == 0) break;
+        ts_sleep_ms(5);
+    }
+    CHECK_EQ(st.active, 0);
+    CHECK_EQ(st.errors, 1);
+    agent_free(a);
+}
+
+/* An empty POST/PUT body says Content-Length: 0, whether bytes or an empty source. */
+void test_stream_empty_bodies_have_a_length(void) {
+    char url[256], echo[2048];
+    agent *a = agent_new(true, 1000);
+    agent_stream *s = NULL;
+    agent_response *r = NULL;
+    pattern_src p;
+    agent_body_source src = make_src(&p, 0, true, false);
+    CHECK(a != NULL);
+    stream_url(url, sizeof url, "/?echo=1");
+    CHECK_CODE(agent_request(a, "POST", url, NULL, 0, NULL, 0, 10000, &r), AGENT_CODE_OK);
+    t_body(r, echo, sizeof echo);
+    agent_response_free(r);
+    CHECK_MSG(strstr(echo, "[\"content-length\",\"0\"]") != NULL, "%s", echo);
+    CHECK_CODE(t_stream(a, "PUT", url, &src, &s), AGENT_CODE_OK);
+    CHECK_CODE(slurp(s, echo, sizeof echo), AGENT_CODE_OK);
+    agent_stream_free(s);
+    CHECK_MSG(strstr(echo, "[\"content-length\",\"0\"]") != NULL, "%s", echo);
+    CHECK(strstr(echo, "\"body_len\":0") != NULL);
+    agent_free(a);
+}

@@ -52,6 +52,8 @@ void test_stream_bad_arguments_release_the_source(void);
 void test_stream_stale_retry_needs_a_rewindable_source(void);
 void test_stream_async_reads(void);
 void test_stream_next_without_copy(void);
+void test_stream_free_ends_a_waiting_async_read(void);
+void test_stream_empty_bodies_have_a_length(void);
 
 /* test_async.c */
 void test_async_many(void);
