@@ -67,7 +67,8 @@ WORKLOADS = [
 WL = {w["id"]: w for w in WORKLOADS}
 STREAMED = {w["id"] for w in WORKLOADS if w.get("stream")}
 # The clients that run the streamed workloads (each with its own streaming API).
-STREAM_CLIENTS = {("C", "ours"), ("C", "curl")}
+STREAM_CLIENTS = {("C", "ours"), ("C", "curl"), ("Python", "ours"), ("Python", "pycurl"),
+                  ("Python", "urllib3")}
 
 # (language, client key, runner, label); "ours" first in each language.
 CLIENTS = [
@@ -104,6 +105,10 @@ GOALS = [
     ("Python", "W3", "ours", "urllib3", 3.0),
     ("Python", "W5", "ours", "pycurl", 1.5),
     ("Python", "W5", "ours-asyncio", "pycurl", 1.5),
+    ("Python", "W7", "ours", "pycurl", 1.0),
+    ("Python", "W7", "ours", "urllib3", 2.0),
+    ("Python", "W8", "ours", "pycurl", 1.0),
+    ("Python", "W8", "ours", "urllib3", 2.0),
     ("Node", "W1", "ours", "undici-pool", 1.2),
     ("Node", "W3", "ours", "undici-pool", 1.2),
     ("Node", "W5", "ours", "undici-pool", 1.0),
