@@ -68,7 +68,8 @@ WL = {w["id"]: w for w in WORKLOADS}
 STREAMED = {w["id"] for w in WORKLOADS if w.get("stream")}
 # The clients that run the streamed workloads (each with its own streaming API).
 STREAM_CLIENTS = {("C", "ours"), ("C", "curl"), ("Python", "ours"), ("Python", "pycurl"),
-                  ("Python", "urllib3")}
+                  ("Python", "urllib3"), ("Node", "ours"), ("Node", "undici-pool"),
+                  ("Node", "http-agent")}
 
 # (language, client key, runner, label); "ours" first in each language.
 CLIENTS = [
@@ -112,6 +113,8 @@ GOALS = [
     ("Node", "W1", "ours", "undici-pool", 1.2),
     ("Node", "W3", "ours", "undici-pool", 1.2),
     ("Node", "W5", "ours", "undici-pool", 1.0),
+    ("Node", "W7", "ours", "undici-pool", 1.0),
+    ("Node", "W8", "ours", "undici-pool", 1.0),
 ]
 KEEPALIVE_SPEEDUP_GOAL = 10.0  # W3 / W4
 MEM_GOAL_KIB = {"http": 10.0, "https": 36.0}
