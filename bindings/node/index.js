@@ -602,9 +602,11 @@ class ResponseBody extends Readable {
     }
   };
 
+  // As Node's IncomingMessage: the error is emitted only to someone listening for it
+  // (for await, pipeline and finished() do); it stays in `errored` either way.
   _destroy(err, callback) {
     this.#close();
-    callback(err);
+    callback(this.listenerCount('error') > 0 ? err : null);
   }
 
   #close() {

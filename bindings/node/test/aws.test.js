@@ -158,6 +158,12 @@ async function dynamoScenario(ddb, table) {
   return calls;
 }
 
+async function text(readable) {
+  const chunks = [];
+  for await (const c of readable) chunks.push(c);
+  return Buffer.concat(chunks).toString();
+}
+
 const motoSkip = motoAvailable ? false : motoRequired ? false : 'moto venv missing: run `make node-moto`';
 
 test('DynamoDBClient on KeepAliveHttpHandler: keep-alive on uses one connection', { skip: motoSkip }, async () => {
@@ -287,7 +293,8 @@ test('handler config: metadata, httpHandlerConfigs, updateHttpClientConfig re-cr
   const first = handler.agent;
   assert.equal(first.keepAlive, true);
   const req = { protocol: 'http:', hostname: '127.0.0.1', port: new URL(srv.http).port, method: 'GET', path: '/', headers: {} };
-  await handler.handle(req);
+  // A response whose body is still unread keeps its agent in use across a config change.
+  const pending = await handler.handle(req);
   handler.updateHttpClientConfig('keepAlive', false);
   handler.updateHttpClientConfig(Symbol.for('logger'), console); // the SDK passes symbols too
   assert.equal(handler.httpHandlerConfigs().keepAlive, false);
@@ -295,7 +302,9 @@ test('handler config: metadata, httpHandlerConfigs, updateHttpClientConfig re-cr
   assert.equal(r.response.statusCode, 200);
   assert.notEqual(handler.agent, first);
   assert.equal(handler.agent.keepAlive, false);
-  assert.equal(first.destroyed, true, 'the replaced idle agent was destroyed');
+  assert.equal(first.destroyed, false, 'the replaced agent still serves an unread body');
+  assert.equal((await text(pending.response.body)), 'hello, world\n');
+  assert.equal(first.destroyed, true, 'the replaced agent was destroyed once its last body was read');
   handler.destroy();
   assert.throws(() => new KeepAliveHttpHandler({ maxSockets: -1 }), { code: 'ERR_OUT_OF_RANGE' });
 });
