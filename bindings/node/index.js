@@ -3,8 +3,10 @@
 // on the native engine (libkeepalive_agent) through an N-API addon (src/addon.c).
 //
 // Everything is validated here, with Node's error codes, before the addon is called; the
-// addon starts requests with agent_request_async and settles their promises from the
-// engine's threads through a napi_threadsafe_function, so the event loop never blocks.
+// addon starts requests with agent_request_async (whole bodies) or
+// agent_request_stream_async (agent.stream(), streamed request bodies) and settles their
+// promises, and delivers the pieces of streamed bodies, from the engine's threads through
+// a napi_threadsafe_function, so the event loop never blocks.
 
 const { STATUS_CODES } = require('node:http');
 const { Readable, finished } = require('node:stream');

@@ -276,6 +276,10 @@ test('uploads: chunked without a length, Content-Length with one; framing and by
   assert.equal(echo.body_len, sent.length);
   assert.equal(echo.body_fnv, fnv1a([sent]));
 
+  // A web ReadableStream.
+  const web = await agent.request({ method: 'POST', url: `${srv.http}?echo=1`, body: Readable.toWeb(Readable.from(pieces())) });
+  assert.equal(JSON.parse(web.body).body_fnv, expected);
+
   // An empty stream, with and without a length.
   for (const headers of [{}, { 'content-length': '0' }]) {
     const empty = await agent.request({ method: 'POST', url: `${srv.http}?echo=1`, headers, body: Readable.from([]) });
