@@ -34,9 +34,10 @@
  *
  * Request bodies from JS (body_src). The library calls the source's read() on one of its
  * threads and that thread waits there until bytes come, so read() never calls into JS: JS
- * copies its chunks into the source's ring buffer (sourcePush, SOURCE_RING bytes, made at
- * the first push), read() takes from it and sleeps on a condition variable while it is
- * empty. A push that does not fit whole tells JS to wait, and read() wakes it (a "pull"
+ * copies its chunks into the source's ring buffer (sourcePush; SOURCE_RING bytes, or the
+ * body's length when it is known and smaller; made at the first push and freed as soon as
+ * the library is done with the source), read() takes from it and sleeps on a condition
+ * variable while it is empty. A push that does not fit whole tells JS to wait, and read() wakes it (a "pull"
  * item through the thread-safe function) once the ring is half empty. The wait ends when
  * data comes, at the end of the body, or when the source is stopped: JS aborted or failed
  * it, its agent was destroyed, the environment is going away, or the request's deadline
@@ -186,7 +187,8 @@ struct body_src {
   const agent_box *box; /* the agent it was sent with: compared, never dereferenced */
   /* Everything below is guarded by st->mu. */
   pthread_cond_t cv;   /* read() waits here for data, the end, or a stop */
-  uint8_t *ring;        /* SOURCE_RING bytes, made by the first push (JS thread) */
+  uint8_t *ring;        /* `cap` bytes: made by the first push, freed by the last pull */
+  size_t cap;           /* the ring's size (set at creation) */
   size_t start;        /* where the unread bytes begin */
   size_t queued;       /* unread bytes */
   bool ended;          /* JS gave the last chunk */
@@ -909,11 +911,11 @@ static int src_read(void *userdata, uint8_t *buf, size_t cap, size_t *n) {
       pthread_mutex_unlock(&st->mu);
       /* Only this reader moves `start` and shrinks `queued`, and the pusher writes only
        * outside [start, start + queued): these bytes are stable without the lock. */
-      size_t first = SOURCE_RING - at < got ? SOURCE_RING - at : got;
+      size_t first = s->cap - at < got ? s->cap - at : got;
       memcpy(buf, s->ring + at, first);
       memcpy(buf + first, s->ring, got - first);
       pthread_mutex_lock(&st->mu);
-      s->start = (at + got) % SOURCE_RING;
+      s->start = (at + got) % s->cap;
       s->queued -= got;
       break;
     }
@@ -932,7 +934,7 @@ static int src_read(void *userdata, uint8_t *buf, size_t cap, size_t *n) {
       pthread_cond_wait(&s->cv, &st->mu);
     }
   }
-  if (rc == 0 && s->js_waiting && s->queued <= SOURCE_RING / 2) {
+  if (rc == 0 && s->js_waiting && s->queued <= s->cap / 2) {
     src_pull_locked(s);
   }
   pthread_mutex_unlock(&st->mu);
@@ -980,6 +982,15 @@ static void deliver_pull(napi_env env, body_src *s) {
       napi_delete_reference(env, s->on_pull);
       s->on_pull = NULL;
     }
+  }
+  if (released && env != NULL) {
+    /* The library is done with it and sourcePush (this thread) no longer writes to it: the
+     * ring goes now rather than when the external is collected, which may be much later. */
+    pthread_mutex_lock(&st->mu);
+    uint8_t *ring = s->ring;
+    s->ring = NULL;
+    pthread_mutex_unlock(&st->mu);
+    free(ring);
   }
   pthread_mutex_lock(&st->mu);
   bool last = src_unref_locked(s);
@@ -1635,6 +1646,7 @@ static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_v
   s->kind = ITEM_PULL;
   s->st = st;
   s->box = b;
+  s->cap = *length >= 0 && (uint64_t)*length < SOURCE_RING ? (size_t)(*length > 0 ? *length : 1) : SOURCE_RING;
   pthread_condattr_t ca;
   bool cv_ok = false;
   if (pthread_condattr_init(&ca) == 0) {
@@ -1879,31 +1891,34 @@ static napi_value js_source_push(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "a body chunk must be a Uint8Array");
     return NULL;
   }
+  env_state *st = s->st;
+  uint8_t *fresh = NULL;
   if (s->ring == NULL) {
-    /* Only this thread writes `ring`; the reader looks at it only once bytes are queued. */
-    uint8_t *ring = malloc(SOURCE_RING);
-    if (ring == NULL) {
+    /* Only this thread sets `ring`; the reader looks at it only once bytes are queued. */
+    fresh = malloc(s->cap);
+    if (fresh == NULL) {
       napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
       return NULL;
     }
-    pthread_mutex_lock(&s->st->mu);
-    s->ring = ring;
-    pthread_mutex_unlock(&s->st->mu);
   }
-  env_state *st = s->st;
   double taken;
   pthread_mutex_lock(&st->mu);
   if (s->stop != SRC_OPEN || s->ended) {
     pthread_mutex_unlock(&st->mu);
     taken = -1;
   } else {
-    size_t room = SOURCE_RING - s->queued;
+    if (fresh != NULL) {
+      s->ring = fresh;
+      fresh = NULL;
+    }
+    size_t room = s->cap - s->queued;
     size_t n = len < room ? len : room;
-    size_t at = (s->start + s->queued) % SOURCE_RING;
+    size_t at = (s->start + s->queued) % s->cap;
     pthread_mutex_unlock(&st->mu);
     /* Only this thread grows `queued`, and the reader reads only inside
-     * [start, start + queued): the free part of the ring is this thread's. */
-    size_t first = SOURCE_RING - at < n ? SOURCE_RING - at : n;
+     * [start, start + queued): the free part of the ring is this thread's. The ring is
+     * freed only on this thread, after the source stopped. */
+    size_t first = s->cap - at < n ? s->cap - at : n;
     if (n > 0) {
       memcpy(s->ring + at, data, first);
       memcpy(s->ring, (const uint8_t *)data + first, n - first);
@@ -1915,6 +1930,7 @@ static napi_value js_source_push(napi_env env, napi_callback_info info) {
     pthread_mutex_unlock(&st->mu);
     taken = (double)n;
   }
+  free(fresh);
   NAPI_TRY(env, napi_create_double(env, taken, &out));
   return out;
 }
