@@ -1000,13 +1000,18 @@ static void deliver_pull(napi_env env, body_src *s) {
   }
 }
 
-/* The source's external was collected, or the env is being torn down. */
+/* The source's external was collected, or the env is being torn down. Nobody can push
+ * to it any more: unless its body was complete, a reader waiting for it would wait
+ * forever, so it stops. */
 static void src_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   body_src *s = data;
   env_state *st = s->st;
   pthread_mutex_lock(&st->mu);
   s->js_gone = true;
+  if (!s->ended) {
+    src_stop_locked(s, SRC_CLOSED);
+  }
   bool closing = st->closed;
   pthread_mutex_unlock(&st->mu);
   /* JS thread: no pull is being delivered now, and js_gone stops later ones. */
