@@ -1,7 +1,7 @@
 # Node binding (bindings/node): N-API addon in C, its tests and its demo.
 #   make node-build   npm ci (once per package-lock.json) + compile the addon when its inputs change
 #   make test-node    node --test --expose-gc bindings/node/test/ (test server, moto for the AWS SDK test)
-#   make node-moto    python venv with moto + waitress (a local DynamoDB), installed once
+#   make node-moto    python venv with moto + waitress (a local DynamoDB and S3), installed once
 
 NODE            ?= node
 NPM             ?= npm
@@ -10,8 +10,8 @@ NODE_DIR        := $(ROOT)/bindings/node
 NODE_NPM_STAMP  := $(NODE_DIR)/node_modules/.keepalive-npm-ci.stamp
 NODE_ADDON      := $(NODE_DIR)/build/Release/keepalive_agent.node
 NODE_MOTO_VENV  := $(BUILD)/venv-moto
-NODE_MOTO_STAMP := $(NODE_MOTO_VENV)/.installed-moto-5.2.5
-NODE_MOTO_PKGS  := "moto[dynamodb]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "waitress==3.0.2"
+NODE_MOTO_STAMP := $(NODE_MOTO_VENV)/.installed-moto-s3-dynamodb-5.2.5
+NODE_MOTO_PKGS  := "moto[s3,dynamodb]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "waitress==3.0.2"
 NODE_DEMO       := $(BUILD)/demo-node.sh
 
 .PHONY: node-build node-moto test-node node-demo

@@ -25,6 +25,11 @@ export interface HttpRequestLike {
   username?: string;
   password?: string;
   headers: Record<string, string>;
+  /**
+   * Bytes or a string are sent whole; a Readable, web ReadableStream or other async
+   * iterable is streamed as it is read; a Blob or a synchronous iterable of chunks is read
+   * into bytes first.
+   */
   body?: unknown;
 }
 
@@ -32,6 +37,7 @@ export interface HttpResponseLike {
   statusCode: number;
   reason?: string;
   headers: Record<string, string>;
+  /** Read from the engine as it is consumed (see ResponseBody in the main module). */
   body: Readable;
 }
 

@@ -14,8 +14,12 @@
 // ...); network and timeout errors are also named 'TimeoutError' like the SDK's own handler
 // does, so the SDK's retry strategy treats them as transient. An aborted request rejects
 // with name 'AbortError', which the SDK never retries.
+//
+// Bodies stream both ways, as with the SDK's NodeHttpHandler: a Readable (or another async
+// iterable) request body is read as it is sent (S3 PutObject from fs.createReadStream), and
+// the response body is a Readable read from the engine as it is consumed (S3 GetObject
+// piped to a file), so neither is ever held whole in memory.
 
-const { Readable } = require('node:stream');
 const { STATUS_CODES } = require('node:http');
 const { Agent, limits } = require('./index.js');
 
@@ -99,19 +103,23 @@ function requestUrl(request) {
   return `${protocol}//${host}${port}${path}`;
 }
 
-async function collectBody(body) {
+// The SDK's request body as the Agent takes it: bytes as they are; a Readable, a web
+// ReadableStream or another async iterable streamed as it is; a Blob or a synchronous
+// iterable of chunks read into bytes first.
+async function requestBody(body) {
   if (body === undefined || body === null) return undefined;
   if (typeof body === 'string' || body instanceof Uint8Array) return body;
   if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
   if (body instanceof ArrayBuffer) return new Uint8Array(body);
-  if (typeof body[Symbol.asyncIterator] === 'function' || typeof body[Symbol.iterator] === 'function') {
+  if (typeof body[Symbol.asyncIterator] === 'function') return body;
+  if (typeof Blob !== 'undefined' && body instanceof Blob) return new Uint8Array(await body.arrayBuffer());
+  if (typeof body[Symbol.iterator] === 'function') {
     const chunks = [];
-    for await (const chunk of body) {
+    for (const chunk of body) {
       chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     }
     return Buffer.concat(chunks);
   }
-  if (typeof Blob !== 'undefined' && body instanceof Blob) return new Uint8Array(await body.arrayBuffer());
   throw Object.assign(new TypeError('keepalive-agent/aws: unsupported request body type'), {
     code: 'ERR_INVALID_ARG_TYPE',
   });
@@ -165,20 +173,21 @@ class KeepAliveHttpHandler {
     let res;
     try {
       if (abortSignal && abortSignal.aborted) throw abortError(abortSignal);
-      const body = await collectBody(request.body);
-      res = await agent.request({
+      res = await agent.stream({
         method: request.method || 'GET',
         url: requestUrl(request),
         headers,
-        body,
+        body: await requestBody(request.body),
         timeout,
         signal: abortSignal || undefined,
       });
     } catch (e) {
-      throw classify(e, abortSignal);
-    } finally {
       this.#track(agent, -1);
+      throw classify(e, abortSignal);
     }
+    // The agent stays in use (a config change does not destroy it) until the body is done:
+    // read to its end, failed or destroyed.
+    res.body.once('close', () => this.#track(agent, -1));
     const responseHeaders = {};
     for (const [name, value] of Object.entries(res.headers)) {
       responseHeaders[name] = Array.isArray(value) ? value.join(',') : value;
@@ -188,7 +197,7 @@ class KeepAliveHttpHandler {
         statusCode: res.statusCode,
         reason: STATUS_CODES[res.statusCode],
         headers: responseHeaders,
-        body: Readable.from([res.body], { objectMode: false }),
+        body: res.body,
       },
     };
   }

@@ -2,6 +2,8 @@
 
 /// <reference types="node" />
 
+import type { Readable } from 'node:stream';
+
 /** Options of {@link Agent}: Node's names where Node has one (http.Agent, agentkeepalive, undici). */
 export interface AgentOptions {
   /**
@@ -58,6 +60,25 @@ export type RequestHeaders =
   | ReadonlyArray<string>
   | Iterable<readonly [string, string]>;
 
+/** A piece of a streamed request body: bytes, or a string sent as UTF-8. */
+export type BodyChunk = Uint8Array | ArrayBufferView | ArrayBuffer | string;
+
+/**
+ * A request body: whole (a string, sent as UTF-8, or bytes), or streamed (a Readable, a web
+ * ReadableStream or any async iterable of chunks), read as it is sent. A streamed body is
+ * sent with `Content-Length` when the headers give one (then exactly that many bytes must
+ * come), otherwise chunked; it cannot be replayed, so a stale keep-alive connection fails
+ * the request (ECONNRESET, AGENT_CODE_STALE_CONNECTION) where a whole body is retried.
+ */
+export type RequestBody =
+  | string
+  | Uint8Array
+  | ArrayBufferView
+  | ArrayBuffer
+  | Readable
+  | AsyncIterable<BodyChunk>
+  | null;
+
 export interface RequestOptions {
   /** HTTP method, a token; upper-cased like Node (default 'GET'). */
   method?: string;
@@ -65,11 +86,17 @@ export interface RequestOptions {
   url: string | URL;
   /** Object (array values repeat the header), [name, value] pairs, a flat [name, value, ...] list, or a Headers/Map. */
   headers?: RequestHeaders;
-  /** Request body; strings are sent as UTF-8. */
-  body?: string | Uint8Array | ArrayBufferView | ArrayBuffer | null;
-  /** Overall deadline in ms covering queueing, connecting, sending and reading (0 = none). */
+  /** Request body: see {@link RequestBody}. */
+  body?: RequestBody;
+  /**
+   * Overall deadline in ms covering queueing, connecting, sending (a streamed body too) and
+   * reading (with stream(), the whole body) (0 = none).
+   */
   timeout?: number;
-  /** Cancels the request: the promise rejects with an AbortError. */
+  /**
+   * Cancels the request: the promise rejects with an AbortError; with stream(), after the
+   * head, the body is destroyed with an AbortError.
+   */
   signal?: AbortSignal;
 }
 
@@ -106,6 +133,28 @@ export interface Response {
   /** Whether the request went out on a connection that had served an earlier request. */
   reusedSocket: boolean;
   timings: Timings;
+}
+
+/**
+ * The body of a {@link StreamResponse}: a Readable of Buffers read from the engine as it is
+ * consumed. Each `_read()` asks the engine for one piece; while the stream is paused or its
+ * buffer is full, nothing is asked and the engine stops reading the socket (backpressure).
+ * Reading it to the end gives the connection back to the pool; `destroy()` before the end
+ * aborts the request (the connection is closed, the request counts as failed). Errors
+ * carry the codes of {@link AgentError}; as with Node's IncomingMessage, 'error' is
+ * emitted only when someone listens for it (for await, pipeline and finished() do), and
+ * `errored` holds it either way.
+ */
+export interface ResponseBody extends Readable {
+  /** Bytes the engine holds for this stream that were not handed to JS yet (at most hyper's window). */
+  readonly engineBuffered: number;
+}
+
+/** What {@link Agent.stream} resolves with once the response head is in. */
+export interface StreamResponse extends Omit<Response, 'body'> {
+  /** `timings.total` is set when the body has been read to its end. */
+  timings: Timings;
+  body: ResponseBody;
 }
 
 /**
@@ -148,7 +197,9 @@ export interface Limits {
  * A failed request. `code` is Node's name where one fits — ECONNREFUSED, ECONNRESET
  * (reset, closed early, stale connection), ETIMEDOUT (every timeout), EPIPE, ENOTFOUND,
  * ERR_INVALID_URL, ERR_INVALID_ARG_VALUE — otherwise the library's code name, e.g.
- * 'AGENT_CODE_TLS', 'AGENT_CODE_PROTOCOL', 'AGENT_CODE_CANCELLED'.
+ * 'AGENT_CODE_TLS', 'AGENT_CODE_PROTOCOL', 'AGENT_CODE_CANCELLED', 'AGENT_CODE_BODY_SOURCE'
+ * (a streamed request body failed or had the wrong length; `cause` is the body's own
+ * error when it threw).
  */
 export interface AgentError extends Error {
   code: string;
@@ -176,9 +227,15 @@ export class Agent {
   /** Sends a request; resolves once the whole response body has arrived. Never blocks the event loop. */
   request(options: RequestOptions): Promise<Response>;
   request(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<Response>;
+  /**
+   * Sends a request; resolves once the response head has arrived, with the body as a
+   * Readable read from the engine as it is consumed.
+   */
+  stream(options: RequestOptions): Promise<StreamResponse>;
+  stream(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<StreamResponse>;
   /** Counters and gauges of the agent, or of one origin such as 'https://example.com'. */
   stats(origin?: string | URL): AgentStats;
-  /** Closes every connection and rejects in-flight requests (AGENT_CODE_CANCELLED). Idempotent. */
+  /** Closes every connection, rejects in-flight requests and fails open response bodies (AGENT_CODE_CANCELLED). Idempotent. */
   destroy(): void;
 }
 

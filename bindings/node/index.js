@@ -3,10 +3,13 @@
 // on the native engine (libkeepalive_agent) through an N-API addon (src/addon.c).
 //
 // Everything is validated here, with Node's error codes, before the addon is called; the
-// addon starts requests with agent_request_async and settles their promises from the
-// engine's threads through a napi_threadsafe_function, so the event loop never blocks.
+// addon starts requests with agent_request_async (whole bodies) or
+// agent_request_stream_async (agent.stream(), streamed request bodies) and settles their
+// promises, and delivers the pieces of streamed bodies, from the engine's threads through
+// a napi_threadsafe_function, so the event loop never blocks.
 
 const { STATUS_CODES } = require('node:http');
+const { Readable, finished } = require('node:stream');
 const { inspect } = require('node:util');
 
 let native;
@@ -252,13 +255,52 @@ function normalizeHeaders(headers) {
   return flat;
 }
 
+// A whole body -> Uint8Array; a Readable or another async iterable -> {stream}.
 function normalizeBody(body) {
   if (body === undefined || body === null) return undefined;
   if (typeof body === 'string') return Buffer.from(body, 'utf8');
   if (body instanceof Uint8Array) return body;
   if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
   if (body instanceof ArrayBuffer || body instanceof SharedArrayBuffer) return new Uint8Array(body);
-  throw invalidArgType('options.body', 'of type string or an instance of Buffer, Uint8Array or ArrayBuffer', body);
+  if (typeof body === 'object' && typeof body[Symbol.asyncIterator] === 'function') return { stream: body };
+  throw invalidArgType(
+    'options.body',
+    'of type string or an instance of Buffer, Uint8Array, ArrayBuffer, Readable or an async iterable',
+    body,
+  );
+}
+
+// One piece of a streamed body as bytes (strings as UTF-8), or a TypeError.
+function chunkBytes(chunk) {
+  if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
+  if (chunk instanceof Uint8Array) return chunk;
+  if (ArrayBuffer.isView(chunk)) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  if (chunk instanceof ArrayBuffer || chunk instanceof SharedArrayBuffer) return new Uint8Array(chunk);
+  throw invalidArgType('options.body chunk', 'of type string or an instance of Buffer or Uint8Array', chunk);
+}
+
+// For a streamed body, the engine frames the message itself: Content-Length when the
+// caller gave one (then exactly that many bytes must come), else chunked. Both framing
+// headers are taken out of the list and the length returned (-1: chunked).
+function takeFraming(flat) {
+  let length = -1;
+  let chunked = false;
+  const rest = [];
+  for (let i = 0; i < flat.length; i += 2) {
+    const name = flat[i].toLowerCase();
+    if (name === 'content-length') {
+      const v = flat[i + 1].trim();
+      if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v)) || (length >= 0 && Number(v) !== length)) {
+        throw invalidArgValue('options.headers', flat[i + 1], 'has an invalid content-length');
+      }
+      length = Number(v);
+    } else if (name === 'transfer-encoding') {
+      chunked = true;
+    } else {
+      rest.push(flat[i], flat[i + 1]);
+    }
+  }
+  return { headers: rest, length: chunked ? -1 : length };
 }
 
 function normalizeRequest(input, extra) {
@@ -288,14 +330,16 @@ function normalizeRequest(input, extra) {
   if (signal !== undefined && (typeof signal !== 'object' || !('aborted' in signal))) {
     throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
   }
-  return {
-    method,
-    url,
-    headers: normalizeHeaders(options.headers),
-    body: normalizeBody(options.body),
-    timeout,
-    signal,
-  };
+  let headers = normalizeHeaders(options.headers);
+  let body = normalizeBody(options.body);
+  let bodyStream;
+  let bodyLength = -1;
+  if (body !== undefined && !(body instanceof Uint8Array)) {
+    bodyStream = body.stream;
+    body = undefined;
+    ({ headers, length: bodyLength } = takeFraming(headers || []));
+  }
+  return { method, url, headers, body, bodyStream, bodyLength, timeout, signal };
 }
 
 // Node's IncomingMessage.headers rules: set-cookie is always an array; duplicates of these
@@ -355,6 +399,228 @@ function finishResponse(raw) {
   };
 }
 
+// Why a body source stopped (the addon's enum src_stop).
+const SRC_FAILED = 1;
+const SRC_ABORTED = 2;
+const SRC_TIMED_OUT = 3;
+
+/**
+ * Feeds a streamed request body to the engine: each chunk is copied into the addon's ring
+ * buffer (sourcePush); when it does not fit whole, the pump waits until the engine has
+ * taken enough (onPull) and pushes the rest. The engine's thread waits for data in the
+ * addon, never in JS. A Readable is read in flowing mode and paused while the pump waits,
+ * as pipe() does; another async iterable with for await.
+ */
+class BodyPump {
+  constructor(iterable, length) {
+    this.iterable = iterable;
+    this.length = length;
+    this.pushed = 0;
+    this.error = null;
+    this.done = false;
+    this.onError = null;
+    this.wake = null;
+    this.onPull = () => {
+      const wake = this.wake;
+      this.wake = null;
+      if (wake !== null) wake();
+    };
+  }
+
+  run(source) {
+    const body = this.iterable;
+    if (isReadable(body)) this.#runReadable(source, body);
+    else this.#runIterable(source, body);
+  }
+
+  // The next chunk as bytes, counted against the content-length; throws when it is not.
+  #bytes(chunk) {
+    const bytes = chunkBytes(chunk);
+    this.pushed += bytes.byteLength;
+    if (this.length >= 0 && this.pushed > this.length) {
+      throw withCode(
+        new Error(`the request body is longer than its content-length (${this.length})`),
+        'ERR_HTTP_CONTENT_LENGTH_MISMATCH',
+      );
+    }
+    return bytes;
+  }
+
+  #fail(source, e) {
+    this.error = e;
+    native.sourceAbort(source, SRC_FAILED);
+    if (this.onError !== null) this.onError(e);
+  }
+
+  async #runIterable(source, iterable) {
+    try {
+      for await (const chunk of iterable) {
+        let bytes = this.#bytes(chunk);
+        while (bytes.byteLength > 0) {
+          const taken = native.sourcePush(source, bytes);
+          if (taken < 0) return; // the request is over: leaving the loop closes the iterable
+          bytes = bytes.subarray(taken);
+          if (bytes.byteLength > 0) {
+            await new Promise((resolve) => {
+              this.wake = resolve;
+            });
+          }
+        }
+      }
+      native.sourceEnd(source);
+    } catch (e) {
+      this.#fail(source, e);
+    } finally {
+      this.done = true;
+    }
+  }
+
+  #runReadable(source, readable) {
+    let over = false; // nothing more to do
+    let ended = false; // the Readable has emitted all its data
+    let waiting = false; // a piece waits for room (the Readable is paused)
+    const stop = () => {
+      over = true;
+      this.done = true;
+      readable.off('data', onData);
+      stopFinished();
+    };
+    const stopFinished = finished(readable, { writable: false }, (err) => {
+      if (over) return;
+      if (err) {
+        stop();
+        this.#fail(source, err);
+        return;
+      }
+      // 'end' may come while the last piece still waits for room: it is sent first.
+      ended = true;
+      if (!waiting) {
+        stop();
+        native.sourceEnd(source);
+      }
+    });
+    // The request is over, or the body is not one: stop reading and let the Readable go.
+    const quit = (err) => {
+      if (over) return;
+      stop();
+      if (err) this.#fail(source, err);
+      readable.destroy();
+    };
+    const push = (bytes) => {
+      const taken = native.sourcePush(source, bytes);
+      if (taken < 0) return quit(null);
+      if (taken < bytes.byteLength) {
+        if (!waiting) readable.pause();
+        waiting = true;
+        const rest = bytes.subarray(taken);
+        this.wake = () => {
+          if (!over) push(rest);
+        };
+        return;
+      }
+      if (!waiting) return;
+      waiting = false;
+      if (ended) {
+        stop();
+        native.sourceEnd(source);
+      } else {
+        readable.resume();
+      }
+    };
+    const onData = (chunk) => {
+      let bytes;
+      try {
+        bytes = this.#bytes(chunk);
+      } catch (e) {
+        return quit(e);
+      }
+      if (bytes.byteLength > 0) push(bytes);
+    };
+    readable.on('data', onData);
+  }
+
+  /** The request failed: a Readable body that is still being read is destroyed. */
+  stop() {
+    if (!this.done && typeof this.iterable.destroy === 'function') this.iterable.destroy();
+  }
+}
+
+// A Node Readable (or a readable-stream copy of one): read in flowing mode.
+function isReadable(body) {
+  return (
+    body instanceof Readable ||
+    (typeof body.on === 'function' && typeof body.pause === 'function' && typeof body.resume === 'function' &&
+      typeof body.read === 'function' && typeof body.destroy === 'function')
+  );
+}
+
+/**
+ * A response body read from the engine piece by piece: each _read() starts one
+ * agent_stream_read_async and pushes what it brings. While the stream is paused or full,
+ * no read is in flight and the engine does not read the socket (backpressure).
+ */
+class ResponseBody extends Readable {
+  #handle;
+  #timings;
+  #onClose;
+  #reading = false;
+
+  constructor(handle, timings, onClose) {
+    super({ highWaterMark: 64 * 1024 });
+    this.#handle = handle;
+    this.#timings = timings;
+    this.#onClose = onClose;
+  }
+
+  /** Bytes the engine holds for this stream that were not handed to JS yet (bounded). */
+  get engineBuffered() {
+    return this.#handle === null ? 0 : native.streamBuffered(this.#handle);
+  }
+
+  _read() {
+    if (this.#reading || this.#handle === null) return;
+    let started;
+    try {
+      started = native.streamRead(this.#handle, this.#onData);
+    } catch (e) {
+      this.destroy(e);
+      return;
+    }
+    if (started) this.#reading = true;
+    else this.destroy(native.makeError(codes.CANCELLED, 'the response stream was closed'));
+  }
+
+  #onData = (err, chunk, total) => {
+    this.#reading = false;
+    if (err) {
+      this.#close();
+      this.destroy(err);
+    } else if (chunk === null) {
+      if (total !== undefined) this.#timings.total = total;
+      this.#close();
+      this.push(null);
+    } else {
+      this.push(chunk);
+    }
+  };
+
+  // As Node's IncomingMessage: the error is emitted only to someone listening for it
+  // (for await, pipeline and finished() do); it stays in `errored` either way.
+  _destroy(err, callback) {
+    this.#close();
+    callback(this.listenerCount('error') > 0 ? err : null);
+  }
+
+  #close() {
+    if (this.#handle === null) return;
+    native.streamFree(this.#handle);
+    this.#handle = null;
+    const onClose = this.#onClose;
+    this.#onClose = null;
+    onClose();
+  }
+}
+
 function abortError(signal, cause) {
   const reason = signal.reason;
   return new AbortError(undefined, { cause: reason !== undefined ? reason : cause });
@@ -388,6 +654,7 @@ class Agent {
   #destroyed = false;
   #keepAlive;
   #options;
+  #bodies = new Set(); // WeakRefs to response bodies whose native stream is open
 
   /**
    * @param {object} [options] Node's option names (see index.d.ts). `keepAlive` left out
@@ -423,6 +690,7 @@ class Agent {
   async request(input, extra = undefined) {
     const o = normalizeRequest(input, extra);
     if (this.#destroyed) throw destroyedError();
+    if (o.bodyStream !== undefined) return this.#collect(await this.#stream(o));
     const signal = o.signal;
     if (signal !== undefined && signal.aborted) throw abortError(signal);
     const [promise, id] = native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
@@ -440,6 +708,98 @@ class Agent {
   }
 
   /**
+   * Sends a request; resolves once the response head is in, with the body as a Readable
+   * read from the engine as it is consumed. `agent.stream(options)` or
+   * `agent.stream(url, options)`, with the options of request().
+   */
+  async stream(input, extra = undefined) {
+    const o = normalizeRequest(input, extra);
+    if (this.#destroyed) throw destroyedError();
+    return this.#stream(o);
+  }
+
+  async #stream(o) {
+    const signal = o.signal;
+    if (signal !== undefined && signal.aborted) throw abortError(signal);
+    const pump = o.bodyStream !== undefined ? new BodyPump(o.bodyStream, o.bodyLength) : null;
+    const spec = pump !== null ? { length: o.bodyLength, onPull: pump.onPull } : undefined;
+    const handle = this.#handle;
+    const [promise, id, source] = native.streamRequest(handle, o.method, o.url, o.headers, o.body, spec, o.timeout);
+    if (pump !== null) pump.run(source);
+    let unsubscribe = null;
+    if (signal !== undefined) {
+      unsubscribe = onAbort(signal, () => {
+        native.cancel(handle, id);
+        if (source !== undefined) native.sourceAbort(source, SRC_ABORTED);
+      });
+    }
+    let raw;
+    try {
+      raw = await promise;
+    } catch (e) {
+      if (unsubscribe !== null) unsubscribe();
+      if (pump !== null) pump.stop();
+      throw this.#streamError(e, o, pump, source);
+    }
+    if (unsubscribe !== null) unsubscribe();
+    unsubscribe = null;
+    const res = finishResponse(raw);
+    // Weakly held: a body dropped unread is collected, and its finalizer aborts the stream.
+    let ref = null;
+    const body = new ResponseBody(raw.stream, res.timings, () => {
+      this.#bodies.delete(ref);
+      if (unsubscribe !== null) unsubscribe();
+    });
+    ref = new WeakRef(body);
+    this.#bodies.add(ref);
+    res.body = body;
+    if (signal !== undefined) {
+      if (signal.aborted) {
+        body.destroy(abortError(signal));
+        throw abortError(signal);
+      }
+      unsubscribe = onAbort(signal, () => body.destroy(abortError(signal)));
+    }
+    if (pump !== null) {
+      // A body that turns out longer than its content-length, after the head: the
+      // response is not to be trusted.
+      if (pump.error !== null) body.destroy(pump.error);
+      else pump.onError = (e) => body.destroy(e);
+    }
+    return res;
+  }
+
+  // The error a failed stream request rejects with: the library's, unless the body source
+  // explains it better (the caller's iterable failed, the deadline passed while waiting
+  // for it, the request was aborted, the agent destroyed).
+  #streamError(e, o, pump, source) {
+    const signal = o.signal;
+    if (signal !== undefined && signal.aborted && e && (e.agentCode === codes.CANCELLED || e.agentCode === codes.BODY_SOURCE)) {
+      return abortError(signal, e);
+    }
+    if (source === undefined || !e || e.agentCode !== codes.BODY_SOURCE) return e;
+    if (pump.error !== null) {
+      const err = native.makeError(codes.BODY_SOURCE, `the request body failed: ${pump.error.message}`);
+      err.cause = pump.error;
+      return err;
+    }
+    const why = native.sourceState(source);
+    if (why === SRC_TIMED_OUT) {
+      return native.makeError(codes.TIMEOUT, `request timed out after ${o.timeout} ms (waiting for the request body)`);
+    }
+    if (this.#destroyed) return native.makeError(codes.CANCELLED, 'the agent was destroyed');
+    return e;
+  }
+
+  // request() with a streamed request body: the response read whole.
+  async #collect(res) {
+    const chunks = [];
+    for await (const chunk of res.body) chunks.push(chunk);
+    res.body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+    return res;
+  }
+
+  /**
    * Counters and gauges of the whole agent, or of one origin (e.g. 'http://127.0.0.1:8080'):
    * one key per statistics field of the library (camelCase), then keepAlive.
    */
@@ -453,12 +813,18 @@ class Agent {
   }
 
   /**
-   * Closes every connection and rejects in-flight requests (AGENT_CODE_CANCELLED).
-   * Idempotent. Without it, the agent is freed when garbage-collected or at exit.
+   * Closes every connection, rejects in-flight requests and fails open response bodies
+   * (AGENT_CODE_CANCELLED). Idempotent. Without it, the agent is freed when
+   * garbage-collected or at exit.
    */
   destroy() {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    for (const ref of this.#bodies) {
+      const body = ref.deref();
+      if (body !== undefined) body.destroy(native.makeError(codes.CANCELLED, 'the agent was destroyed'));
+    }
+    this.#bodies.clear();
     native.destroy(this.#handle);
   }
 }

@@ -7,10 +7,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const net = require('node:net');
 const path = require('node:path');
-const readline = require('node:readline');
-const { spawn } = require('node:child_process');
 const { Readable } = require('node:stream');
 const {
   DynamoDBClient,
@@ -21,6 +18,7 @@ const {
 } = require('@aws-sdk/client-dynamodb');
 const { KeepAliveHttpHandler, buildQueryString } = require('../aws');
 const { ROOT, startServer, closedPort } = require('./helpers');
+const { countingProxy, startMoto } = require('./moto');
 
 const MOTO_PYTHON = process.env.KEEPALIVE_NODE_MOTO_PYTHON || path.join(ROOT, 'build', 'venv-moto', 'bin', 'python');
 const motoAvailable = fs.existsSync(MOTO_PYTHON);
@@ -34,75 +32,10 @@ let srv;
 let moto; // {port, child}
 let proxy; // counting TCP proxy in front of moto
 
-/** A TCP proxy on 127.0.0.1 that counts the connections it accepts. */
-function countingProxy(targetPort) {
-  return new Promise((resolve) => {
-    const sockets = new Set();
-    const p = {
-      accepted: 0,
-      open: 0,
-      server: net.createServer((client) => {
-        p.accepted++;
-        p.open++;
-        const upstream = net.connect(targetPort, '127.0.0.1');
-        sockets.add(client);
-        sockets.add(upstream);
-        const done = () => {
-          client.destroy();
-          upstream.destroy();
-        };
-        client.on('error', done);
-        upstream.on('error', done);
-        client.on('close', () => {
-          p.open--;
-          sockets.delete(client);
-          upstream.end();
-        });
-        upstream.on('close', () => {
-          sockets.delete(upstream);
-          client.end();
-        });
-        client.pipe(upstream);
-        upstream.pipe(client);
-      }),
-      close: () => {
-        for (const s of sockets) s.destroy();
-        return new Promise((r) => p.server.close(r));
-      },
-    };
-    p.server.listen(0, '127.0.0.1', () => {
-      p.url = `http://127.0.0.1:${p.server.address().port}`;
-      resolve(p);
-    });
-  });
-}
-
-async function startMoto() {
-  const child = spawn(MOTO_PYTHON, [path.join(__dirname, 'fixtures', 'moto_server.py')], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const rl = readline.createInterface({ input: child.stdout });
-  const line = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`moto did not start within 60 s: ${stderr}`)), 60_000);
-    rl.once('line', (l) => {
-      clearTimeout(timer);
-      resolve(l);
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`moto exited with ${code}: ${stderr}`));
-    });
-  });
-  rl.close();
-  return { port: JSON.parse(line).port, child };
-}
-
 test.before(async () => {
   srv = await startServer();
   if (motoAvailable) {
-    moto = await startMoto();
+    moto = await startMoto(MOTO_PYTHON, 'dynamodb');
     proxy = await countingProxy(moto.port);
   }
 });
@@ -156,6 +89,12 @@ async function dynamoScenario(ddb, table) {
     ['2', '3', '4'],
   );
   return calls;
+}
+
+async function text(readable) {
+  const chunks = [];
+  for await (const c of readable) chunks.push(c);
+  return Buffer.concat(chunks).toString();
 }
 
 const motoSkip = motoAvailable ? false : motoRequired ? false : 'moto venv missing: run `make node-moto`';
@@ -287,7 +226,8 @@ test('handler config: metadata, httpHandlerConfigs, updateHttpClientConfig re-cr
   const first = handler.agent;
   assert.equal(first.keepAlive, true);
   const req = { protocol: 'http:', hostname: '127.0.0.1', port: new URL(srv.http).port, method: 'GET', path: '/', headers: {} };
-  await handler.handle(req);
+  // A response whose body is still unread keeps its agent in use across a config change.
+  const pending = await handler.handle(req);
   handler.updateHttpClientConfig('keepAlive', false);
   handler.updateHttpClientConfig(Symbol.for('logger'), console); // the SDK passes symbols too
   assert.equal(handler.httpHandlerConfigs().keepAlive, false);
@@ -295,7 +235,9 @@ test('handler config: metadata, httpHandlerConfigs, updateHttpClientConfig re-cr
   assert.equal(r.response.statusCode, 200);
   assert.notEqual(handler.agent, first);
   assert.equal(handler.agent.keepAlive, false);
-  assert.equal(first.destroyed, true, 'the replaced idle agent was destroyed');
+  assert.equal(first.destroyed, false, 'the replaced agent still serves an unread body');
+  assert.equal((await text(pending.response.body)), 'hello, world\n');
+  assert.equal(first.destroyed, true, 'the replaced agent was destroyed once its last body was read');
   handler.destroy();
   assert.throws(() => new KeepAliveHttpHandler({ maxSockets: -1 }), { code: 'ERR_OUT_OF_RANGE' });
 });
