@@ -43,6 +43,13 @@
 #define AGENT_SCHEDULING_FIFO 1
 
 /**
+ * What a body source's `read` returns when no data is ready yet, after taking a waker with
+ * `agent_body_source_waker()`. The value is arbitrary (a tag, like libcurl's
+ * `CURL_READFUNC_PAUSE`), chosen not to collide with the usual error returns 1 and -1.
+ */
+#define AGENT_SOURCE_PENDING 1885695588
+
+/**
  * Result codes. Values are explicit and never reused; a retired value stays reserved.
  */
 enum agent_code
@@ -174,6 +181,13 @@ typedef uint32_t agent_code;
  * take `const agent *`); `agent_free` must not race any other call on the same agent.
  */
 typedef struct agent agent;
+
+/**
+ * A handle that resumes a body source which returned `AGENT_SOURCE_PENDING`: wake it
+ * (`agent_body_waker_wake`) when data is ready or the body has ended, or free it unused
+ * (`agent_body_waker_free`). Either call consumes it; any thread may make it.
+ */
+typedef struct agent_body_waker agent_body_waker;
 
 /**
  * Options for `agent_new_with_options`. Create with `agent_options_new`, set what you need
@@ -375,10 +389,13 @@ typedef struct {
  * `release` is called.
  *
  * - `read(userdata, buf, cap, &n)` fills `buf` with up to `cap` bytes, sets `*n`, and
- *   returns 0; `*n == 0` means the end of the body. A non-zero return fails the request with
- *   `AGENT_CODE_BODY_SOURCE`. It runs on the thread that drives the request: the caller's
- *   own for `agent_request_stream`, a library thread for `agent_request_stream_async`
- *   (where it should not block for long).
+ *   returns 0; `*n == 0` means the end of the body. It runs on the thread that drives the
+ *   request: the caller's own for `agent_request_stream`, a library thread for
+ *   `agent_request_stream_async`, where it must not block. When no data is ready yet, it
+ *   takes a waker with `agent_body_source_waker()` and returns `AGENT_SOURCE_PENDING`
+ *   (like libcurl's `CURL_READFUNC_PAUSE`); the library calls `read` again once the waker
+ *   has been woken (`agent_body_waker_wake`, from any thread). Any other non-zero return
+ *   fails the request with `AGENT_CODE_BODY_SOURCE`.
  * - `rewind(userdata)` (may be NULL) starts the body again from its first byte and returns
  *   0. With it, a request on a stale keep-alive connection is retried like a request with
  *   a bytes body; without it (or when it returns non-zero) the request fails with
@@ -989,6 +1006,31 @@ agent_code agent_response_body(const agent_response *response,
  */
 agent_code agent_response_timings(const agent_response *response,
                                   agent_timings *out);
+
+/**
+ * Inside a body source's `read` callback: a waker for the request that is reading, to
+ * keep before returning `AGENT_SOURCE_PENDING`. NULL outside a `read` callback. Each call
+ * gives a new handle; every handle must be woken or freed once.
+ */
+agent_body_waker *agent_body_source_waker(void);
+
+/**
+ * Wakes the request whose source returned `AGENT_SOURCE_PENDING` (its `read` is called
+ * again soon, on a library thread or the blocking caller's) and frees the handle. NULL is
+ * ignored. Waking a request that has ended meanwhile is harmless.
+ *
+ * # Safety
+ * `waker` is NULL or a handle from `agent_body_source_waker` not woken or freed before.
+ */
+void agent_body_waker_wake(agent_body_waker *waker);
+
+/**
+ * Frees a waker without waking. NULL is ignored.
+ *
+ * # Safety
+ * As `agent_body_waker_wake`.
+ */
+void agent_body_waker_free(agent_body_waker *waker);
 
 /**
  * Sends a request and blocks until its response head has arrived; the body is then read

@@ -19,10 +19,13 @@ use crate::http::{Body, BodySource, Response};
 /// `release` is called.
 ///
 /// - `read(userdata, buf, cap, &n)` fills `buf` with up to `cap` bytes, sets `*n`, and
-///   returns 0; `*n == 0` means the end of the body. A non-zero return fails the request with
-///   `AGENT_CODE_BODY_SOURCE`. It runs on the thread that drives the request: the caller's
-///   own for `agent_request_stream`, a library thread for `agent_request_stream_async`
-///   (where it should not block for long).
+///   returns 0; `*n == 0` means the end of the body. It runs on the thread that drives the
+///   request: the caller's own for `agent_request_stream`, a library thread for
+///   `agent_request_stream_async`, where it must not block. When no data is ready yet, it
+///   takes a waker with `agent_body_source_waker()` and returns `AGENT_SOURCE_PENDING`
+///   (like libcurl's `CURL_READFUNC_PAUSE`); the library calls `read` again once the waker
+///   has been woken (`agent_body_waker_wake`, from any thread). Any other non-zero return
+///   fails the request with `AGENT_CODE_BODY_SOURCE`.
 /// - `rewind(userdata)` (may be NULL) starts the body again from its first byte and returns
 ///   0. With it, a request on a stale keep-alive connection is retried like a request with
 ///   a bytes body; without it (or when it returns non-zero) the request fails with
@@ -49,6 +52,83 @@ pub struct agent_body_source {
     pub userdata: *mut c_void,
 }
 
+/// What a body source's `read` returns when no data is ready yet, after taking a waker with
+/// `agent_body_source_waker()`. The value is arbitrary (a tag, like libcurl's
+/// `CURL_READFUNC_PAUSE`), chosen not to collide with the usual error returns 1 and -1.
+pub const AGENT_SOURCE_PENDING: c_int = 0x7065_6e64;
+
+/// A handle that resumes a body source which returned `AGENT_SOURCE_PENDING`: wake it
+/// (`agent_body_waker_wake`) when data is ready or the body has ended, or free it unused
+/// (`agent_body_waker_free`). Either call consumes it; any thread may make it.
+pub struct agent_body_waker {
+    waker: std::task::Waker,
+}
+
+thread_local! {
+    /// The waker of the request whose source `read` is running on this thread, and whether
+    /// the source took it.
+    static READING: std::cell::RefCell<Option<(std::task::Waker, bool)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Inside a body source's `read` callback: a waker for the request that is reading, to
+/// keep before returning `AGENT_SOURCE_PENDING`. NULL outside a `read` callback. Each call
+/// gives a new handle; every handle must be woken or freed once.
+#[unsafe(no_mangle)]
+pub extern "C" fn agent_body_source_waker() -> *mut agent_body_waker {
+    guard_value(std::ptr::null_mut(), || {
+        READING.with(|r| match r.borrow_mut().as_mut() {
+            Some((waker, taken)) => {
+                *taken = true;
+                Box::into_raw(Box::new(agent_body_waker {
+                    waker: waker.clone(),
+                }))
+            }
+            None => std::ptr::null_mut(),
+        })
+    })
+}
+
+/// Wakes the request whose source returned `AGENT_SOURCE_PENDING` (its `read` is called
+/// again soon, on a library thread or the blocking caller's) and frees the handle. NULL is
+/// ignored. Waking a request that has ended meanwhile is harmless.
+///
+/// # Safety
+/// `waker` is NULL or a handle from `agent_body_source_waker` not woken or freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_body_waker_wake(waker: *mut agent_body_waker) {
+    guard_value((), || {
+        if !waker.is_null() {
+            // SAFETY: created by Box::into_raw in `agent_body_source_waker`, consumed once.
+            let w = unsafe { Box::from_raw(waker) };
+            w.waker.wake();
+        }
+    })
+}
+
+/// Frees a waker without waking. NULL is ignored.
+///
+/// # Safety
+/// As `agent_body_waker_wake`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_body_waker_free(waker: *mut agent_body_waker) {
+    guard_value((), || {
+        if !waker.is_null() {
+            // SAFETY: created by Box::into_raw in `agent_body_source_waker`, consumed once.
+            drop(unsafe { Box::from_raw(waker) });
+        }
+    })
+}
+
+/// Clears the thread's reading waker when `read` returns or unwinds.
+struct ReadingGuard;
+
+impl Drop for ReadingGuard {
+    fn drop(&mut self) {
+        READING.with(|r| r.borrow_mut().take());
+    }
+}
+
 /// The caller's source, as the engine reads it.
 struct CSource {
     src: agent_body_source,
@@ -59,15 +139,23 @@ struct CSource {
 unsafe impl Send for CSource {}
 
 impl BodySource for CSource {
-    fn poll_read(&mut self, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
         let Some(read) = self.src.read else {
             return Poll::Ready(Err(std::io::Error::other("no read callback")));
         };
         let mut n = 0usize;
+        READING.with(|r| *r.borrow_mut() = Some((cx.waker().clone(), false)));
+        let reading = ReadingGuard;
         // SAFETY: the caller's callback with its userdata, a buffer of `buf.len()` writable
         // bytes and a local out-parameter, as documented.
         let rc = unsafe { read(self.src.userdata, buf.as_mut_ptr(), buf.len(), &mut n) };
+        let took_waker = READING.with(|r| r.borrow().as_ref().is_some_and(|(_, t)| *t));
+        drop(reading);
         Poll::Ready(match rc {
+            AGENT_SOURCE_PENDING if took_waker => return Poll::Pending,
+            AGENT_SOURCE_PENDING => Err(std::io::Error::other(
+                "the read callback returned AGENT_SOURCE_PENDING without taking a waker (agent_body_source_waker)",
+            )),
             0 if n <= buf.len() => Ok(n),
             0 => Err(std::io::Error::other(format!(
                 "the read callback reported {n} bytes for a {}-byte buffer",

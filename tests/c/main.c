@@ -42,6 +42,8 @@ static const ts_test tests[] = {
     T(test_stream_next_without_copy),
     T(test_stream_free_ends_a_waiting_async_read),
     T(test_stream_empty_bodies_have_a_length),
+    T(test_stream_pending_sources_hold_no_thread),
+    T(test_stream_pending_source_in_a_blocking_call),
 };
 
 int main(int argc, char **argv) {

@@ -610,3 +610,185 @@ void test_stream_empty_bodies_have_a_length(void) {
     CHECK(strstr(echo, "\"body_len\":0") != NULL);
     agent_free(a);
 }
+
+/* A source that has nothing yet: the first read takes a waker and returns
+ * AGENT_SOURCE_PENDING; a feeder thread later makes `size` bytes available and wakes it. */
+typedef struct {
+    pthread_mutex_t mu;
+    uint64_t size, pos, available;
+    bool ended;
+    agent_body_waker *waker;
+    int pendings;
+} pending_src;
+
+static int pend_read(void *ud, uint8_t *buf, size_t cap, size_t *n) {
+    pending_src *p = ud;
+    size_t k, i;
+    pthread_mutex_lock(&p->mu);
+    if (p->pos == p->available && !p->ended) {
+        /* Asked again before being woken (a spurious poll): keep only the newest waker. */
+        agent_body_waker_free(p->waker);
+        p->waker = agent_body_source_waker();
+        p->pendings++;
+        pthread_mutex_unlock(&p->mu);
+        return p->waker ? AGENT_SOURCE_PENDING : -1;
+    }
+    k = (size_t)(p->available - p->pos) < cap ? (size_t)(p->available - p->pos) : cap;
+    for (i = 0; i < k; i++) buf[i] = (uint8_t)('a' + (p->pos + i) % 26);
+    p->pos += k;
+    *n = k;
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+static void pend_feed(pending_src *p) { /* everything arrives at once, then the end */
+    agent_body_waker *w;
+    pthread_mutex_lock(&p->mu);
+    p->available = p->size;
+    p->ended = true;
+    w = p->waker;
+    p->waker = NULL;
+    pthread_mutex_unlock(&p->mu);
+    agent_body_waker_wake(w);
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    agent_code codes[8];
+    char echo[8][1024];
+    agent_stream *streams[8];
+    double got_at;
+} uploads_state;
+
+typedef struct {
+    uploads_state *st;
+    int i;
+} upload_slot;
+
+static void on_upload_head(void *ud, agent_code code, agent_stream *s) {
+    upload_slot *u = ud;
+    uploads_state *st = u->st;
+    pthread_mutex_lock(&st->mu);
+    st->codes[u->i] = code;
+    st->streams[u->i] = s;
+    st->done++;
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+static void on_get(void *ud, agent_code code, agent_response *r) {
+    uploads_state *st = ud;
+    (void)code;
+    agent_response_free(r);
+    pthread_mutex_lock(&st->mu);
+    st->got_at = ts_now_ms();
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Three async uploads waiting for their sources hold no library thread: an async GET meanwhile
+ * completes at once (with 2 library threads), and the uploads finish when fed. */
+void test_stream_pending_sources_hold_no_thread(void) {
+    enum { N = 3 };
+    char url[256], get_url[256];
+    agent *a = agent_new(true, 1000);
+    agent *b = agent_new(true, 1000);
+    pending_src src_state[N];
+    agent_body_source src[N];
+    upload_slot slots[N];
+    uploads_state st;
+    double t0;
+    int i;
+    CHECK(a != NULL && b != NULL);
+    memset(&st, 0, sizeof st);
+    pthread_mutex_init(&st.mu, NULL);
+    pthread_cond_init(&st.cv, NULL);
+    stream_url(url, sizeof url, "/?echo=1");
+    stream_url(get_url, sizeof get_url, "/get");
+    for (i = 0; i < N; i++) {
+        memset(&src_state[i], 0, sizeof src_state[i]);
+        pthread_mutex_init(&src_state[i].mu, NULL);
+        src_state[i].size = 100000;
+        src[i].read = pend_read;
+        src[i].rewind = NULL;
+        src[i].release = NULL;
+        src[i].length = -1;
+        src[i].userdata = &src_state[i];
+        slots[i].st = &st;
+        slots[i].i = i;
+        CHECK_CODE(agent_request_stream_async(a, "PUT", url, NULL, 0, NULL, 0, &src[i], 30000,
+                                              on_upload_head, &slots[i], NULL),
+                   AGENT_CODE_OK);
+    }
+    /* Wait until every source has said "pending". */
+    for (i = 0; i < 400; i++) {
+        int k, all = 1;
+        for (k = 0; k < N; k++) {
+            pthread_mutex_lock(&src_state[k].mu);
+            if (src_state[k].waker == NULL) all = 0;
+            pthread_mutex_unlock(&src_state[k].mu);
+        }
+        if (all) break;
+        ts_sleep_ms(5);
+    }
+    t0 = ts_now_ms();
+    CHECK_CODE(agent_request_async(b, "GET", get_url, NULL, 0, NULL, 0, 10000, on_get, &st, NULL),
+               AGENT_CODE_OK);
+    pthread_mutex_lock(&st.mu);
+    while (st.got_at == 0) pthread_cond_wait(&st.cv, &st.mu);
+    pthread_mutex_unlock(&st.mu);
+    CHECK_MSG(st.got_at - t0 < 1000.0 * ts_time_scale(), "a GET took %.0f ms beside pending uploads",
+              st.got_at - t0);
+    for (i = 0; i < N; i++) pend_feed(&src_state[i]);
+    pthread_mutex_lock(&st.mu);
+    while (st.done < N) pthread_cond_wait(&st.cv, &st.mu);
+    pthread_mutex_unlock(&st.mu);
+    for (i = 0; i < N; i++) {
+        CHECK_CODE(st.codes[i], AGENT_CODE_OK);
+        CHECK_CODE(slurp(st.streams[i], st.echo[i], sizeof st.echo[i]), AGENT_CODE_OK);
+        agent_stream_free(st.streams[i]);
+        CHECK_MSG(strstr(st.echo[i], "\"body_len\":100000") != NULL, "%s", st.echo[i]);
+        CHECK(src_state[i].pendings >= 1);
+        pthread_mutex_destroy(&src_state[i].mu);
+    }
+    pthread_mutex_destroy(&st.mu);
+    pthread_cond_destroy(&st.cv);
+    agent_free(a);
+    agent_free(b);
+}
+
+static void *feed_later(void *arg) {
+    ts_sleep_ms(50);
+    pend_feed(arg);
+    return NULL;
+}
+
+/* The blocking call waits for a pending source on its own thread, then sends the body. A
+ * source that says "pending" without a waker fails the request clearly. */
+void test_stream_pending_source_in_a_blocking_call(void) {
+    char url[256], echo[1024];
+    agent *a = agent_new(true, 1000);
+    agent_stream *s = NULL;
+    pending_src p;
+    agent_body_source src = {pend_read, NULL, NULL, -1, &p};
+    pthread_t th;
+    CHECK(a != NULL);
+    memset(&p, 0, sizeof p);
+    pthread_mutex_init(&p.mu, NULL);
+    p.size = 70000;
+    stream_url(url, sizeof url, "/?echo=1");
+    CHECK(pthread_create(&th, NULL, feed_later, &p) == 0);
+    CHECK_CODE(t_stream(a, "PUT", url, &src, &s), AGENT_CODE_OK);
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK_CODE(slurp(s, echo, sizeof echo), AGENT_CODE_OK);
+    agent_stream_free(s);
+    CHECK_MSG(strstr(echo, "\"body_len\":70000") != NULL, "%s", echo);
+    CHECK(p.pendings >= 1);
+    CHECK(agent_body_source_waker() == NULL); /* outside a read callback */
+    agent_body_waker_wake(NULL);
+    agent_body_waker_free(NULL);
+    pthread_mutex_destroy(&p.mu);
+    agent_free(a);
+}

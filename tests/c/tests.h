@@ -54,6 +54,8 @@ void test_stream_async_reads(void);
 void test_stream_next_without_copy(void);
 void test_stream_free_ends_a_waiting_async_read(void);
 void test_stream_empty_bodies_have_a_length(void);
+void test_stream_pending_sources_hold_no_thread(void);
+void test_stream_pending_source_in_a_blocking_call(void);
 
 /* test_async.c */
 void test_async_many(void);
