@@ -215,6 +215,47 @@ unsafe fn take_source(source: *const agent_body_source) -> Result<Option<Body>> 
     Ok(Some(body))
 }
 
+/// Builds a request from C arguments, its body from `source` when one is given (then
+/// `body_len` must be 0). The source is taken first: every later failure releases it.
+///
+/// # Safety
+/// As `agent_request_stream`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn stream_request(
+    method: *const c_char,
+    url: *const c_char,
+    headers: *const agent_header,
+    header_count: usize,
+    body: *const u8,
+    body_len: usize,
+    source: *const agent_body_source,
+    timeout_msecs: u32,
+) -> Result<crate::http::Request> {
+    // SAFETY: forwarded contract.
+    let source = unsafe { take_source(source) }?;
+    // SAFETY: forwarded contract.
+    let mut req = unsafe {
+        build_request(
+            method,
+            url,
+            headers,
+            header_count,
+            body,
+            body_len,
+            timeout_msecs,
+        )
+    }?;
+    if let Some(src) = source {
+        if body_len > 0 {
+            return Err(Error::invalid_argument(
+                "both body bytes and a body source were given",
+            ));
+        }
+        req.body = src;
+    }
+    Ok(req)
+}
+
 /// A response whose head has arrived and whose body is read piece by piece, with
 /// `agent_stream_read` (blocking) or `agent_stream_read_async` (callback). Reading it to the
 /// end gives the connection back to the pool; `agent_stream_free` before the end aborts the
@@ -307,31 +348,22 @@ pub unsafe extern "C" fn agent_request_stream(
     out: *mut *mut agent_stream,
 ) -> agent_code {
     guard(|| {
-        // SAFETY: forwarded contract; taken first so that it is released on every path.
-        let source = unsafe { take_source(source) }?;
         // SAFETY: forwarded contract.
-        let a = unsafe { borrow(agent, "agent") }?;
-        let out = out_ptr(out, "out")?;
-        // SAFETY: forwarded contract.
-        let mut req = unsafe {
-            build_request(
+        let req = unsafe {
+            stream_request(
                 method,
                 url,
                 headers,
                 header_count,
                 body,
                 body_len,
+                source,
                 timeout_msecs,
             )
         }?;
-        if let Some(src) = source {
-            if body_len > 0 {
-                return Err(Error::invalid_argument(
-                    "both body bytes and a body source were given",
-                ));
-            }
-            req.body = src;
-        }
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        let out = out_ptr(out, "out")?;
         let stream = a.agent().request_stream_blocking(req)?;
         out.write(agent_stream::boxed(stream));
         Ok(())
@@ -368,31 +400,22 @@ pub unsafe extern "C" fn agent_request_stream_async(
     out_id: *mut u64,
 ) -> agent_code {
     guard(|| {
-        // SAFETY: forwarded contract; taken first so that it is released on every path.
-        let source = unsafe { take_source(source) }?;
         // SAFETY: forwarded contract.
-        let a = unsafe { borrow(agent, "agent") }?;
-        let cb = callback.ok_or_else(|| null("callback"))?;
-        // SAFETY: forwarded contract.
-        let mut req = unsafe {
-            build_request(
+        let req = unsafe {
+            stream_request(
                 method,
                 url,
                 headers,
                 header_count,
                 body,
                 body_len,
+                source,
                 timeout_msecs,
             )
         }?;
-        if let Some(src) = source {
-            if body_len > 0 {
-                return Err(Error::invalid_argument(
-                    "both body bytes and a body source were given",
-                ));
-            }
-            req.body = src;
-        }
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        let cb = callback.ok_or_else(|| null("callback"))?;
         let ud = Userdata(userdata);
         let id = a.agent().request_stream_async(req, move |res| {
             let ud = ud;
