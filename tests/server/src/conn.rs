@@ -304,6 +304,23 @@ struct Conn<S> {
 
 impl<S: Io> Conn<S> {
     /// Reads more bytes into `buf`; `Ok(0)` is EOF. Cancel-safe.
+    /// Waits `ms`, watching the connection meanwhile: a client that closes or resets it ends
+    /// the wait with an error at once (so the open-connection count drops when the client
+    /// goes, not when the script next writes). Bytes the client sends meanwhile are kept.
+    async fn pause(&mut self, ms: u64) -> io::Result<()> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                r = self.fill() => match r {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed")),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
     async fn fill(&mut self) -> io::Result<usize> {
         self.buf.reserve(16 * 1024);
         self.io.read_buf(&mut self.buf).await
@@ -530,7 +547,7 @@ async fn respond<S: Io>(
     n: u64,
 ) -> io::Result<After> {
     if sc.delay_ms > 0 {
-        sleep(Duration::from_millis(sc.delay_ms)).await;
+        c.pause(sc.delay_ms).await?;
     }
     let reused = n > 1;
     if sc.rst || (sc.rst_if_reused && reused) {
@@ -605,7 +622,7 @@ async fn respond<S: Io>(
 
     if sc.head_delay_ms > 0 {
         c.send(&h.as_bytes()[..status_line_len]).await?;
-        sleep(Duration::from_millis(sc.head_delay_ms)).await;
+        c.pause(sc.head_delay_ms).await?;
         c.send(&h.as_bytes()[status_line_len..]).await?;
     } else {
         c.send(h.as_bytes()).await?;
@@ -624,7 +641,7 @@ async fn respond<S: Io>(
         let mut sent = 0;
         while sent < INFINITE_LIMIT {
             if sent > 0 && sc.chunk_delay_ms > 0 {
-                sleep(Duration::from_millis(sc.chunk_delay_ms)).await;
+                c.pause(sc.chunk_delay_ms).await?;
             }
             c.write_range(&data, 0, INFINITE_CHUNK as u64, true).await?;
             sent += INFINITE_CHUNK as u64;
@@ -644,13 +661,13 @@ async fn respond<S: Io>(
         let k = sc.chunks.unwrap_or(1).clamp(1, len.max(1));
         for i in 0..k {
             if i > 0 && sc.chunk_delay_ms > 0 {
-                sleep(Duration::from_millis(sc.chunk_delay_ms)).await;
+                c.pause(sc.chunk_delay_ms).await?;
             }
             c.write_range(&body, len * i / k, len * (i + 1) / k, true)
                 .await?;
         }
         if len > 0 && sc.chunk_delay_ms > 0 {
-            sleep(Duration::from_millis(sc.chunk_delay_ms)).await;
+            c.pause(sc.chunk_delay_ms).await?;
         }
         c.send(b"0\r\n\r\n").await?;
     } else {
