@@ -402,13 +402,13 @@ function finishResponse(raw) {
 // Why a body source stopped (the addon's enum src_stop).
 const SRC_FAILED = 1;
 const SRC_ABORTED = 2;
-const SRC_TIMED_OUT = 3;
 
 /**
  * Feeds a streamed request body to the engine: each chunk is copied into the addon's ring
  * buffer (sourcePush); when it does not fit whole, the pump waits until the engine has
- * taken enough (onPull) and pushes the rest. The engine's thread waits for data in the
- * addon, never in JS. A Readable is read in flowing mode and paused while the pump waits,
+ * taken enough (onPull) and pushes the rest. No engine thread ever waits for JS: with
+ * nothing buffered, the engine's read is left pending in the addon until a push, the end
+ * or a stop wakes it. A Readable is read in flowing mode and paused while the pump waits,
  * as pipe() does; another async iterable with for await.
  */
 class BodyPump {
@@ -770,8 +770,9 @@ class Agent {
   }
 
   // The error a failed stream request rejects with: the library's, unless the body source
-  // explains it better (the caller's iterable failed, the deadline passed while waiting
-  // for it, the request was aborted, the agent destroyed).
+  // explains it better (the caller's iterable failed, the request was aborted, the agent
+  // destroyed). A deadline that passes while the engine waits for the body is the
+  // library's own AGENT_CODE_TIMEOUT.
   #streamError(e, o, pump, source) {
     const signal = o.signal;
     if (signal !== undefined && signal.aborted && e && (e.agentCode === codes.CANCELLED || e.agentCode === codes.BODY_SOURCE)) {
@@ -782,10 +783,6 @@ class Agent {
       const err = native.makeError(codes.BODY_SOURCE, `the request body failed: ${pump.error.message}`);
       err.cause = pump.error;
       return err;
-    }
-    const why = native.sourceState(source);
-    if (why === SRC_TIMED_OUT) {
-      return native.makeError(codes.TIMEOUT, `request timed out after ${o.timeout} ms (waiting for the request body)`);
     }
     if (this.#destroyed) return native.makeError(codes.CANCELLED, 'the agent was destroyed');
     return e;

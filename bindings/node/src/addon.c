@@ -33,17 +33,21 @@
  * keep the process alive (like http.Agent's unref'd free sockets).
  *
  * Request bodies from JS (body_src). The library calls the source's read() on one of its
- * threads and that thread waits there until bytes come, so read() never calls into JS: JS
- * copies its chunks into the source's ring buffer (sourcePush; SOURCE_RING bytes, or the
- * body's length when it is known and smaller; made at the first push and freed as soon as
- * the library is done with the source), read() takes from it and sleeps on a condition
- * variable while it is empty. A push that does not fit whole tells JS to wait, and read() wakes it (a "pull"
- * item through the thread-safe function) once the ring is half empty. The wait ends when
- * data comes, at the end of the body, or when the source is stopped: JS aborted or failed
- * it, its agent was destroyed, the environment is going away, or the request's deadline
- * passed. A source's state is guarded by the env's mutex; the bytes are copied outside it
- * (one producer, the JS thread, and one consumer, the library's read, each copying only
- * the part of the ring the other does not touch).
+ * threads; read() never calls into JS and never waits: JS copies its chunks into the
+ * source's ring buffer (sourcePush; SOURCE_RING bytes, or the body's length when it is
+ * known and smaller; made at the first push and freed as soon as the library is done with
+ * the source), read() takes from it. When the ring is empty and the body has not ended,
+ * read() keeps a waker (agent_body_source_waker) and returns AGENT_SOURCE_PENDING, so a
+ * waiting upload holds no library thread; the waker is woken when data comes, at the end
+ * of the body, or when the source is stopped (JS aborted or failed it, its agent was
+ * destroyed, its JS handle was collected, the environment is going away), and freed
+ * unused when the library releases the source (the request's deadline, or a cancel, ends
+ * it there). A push that does not fit whole tells JS to wait, and read() tells it to go on
+ * (a "pull" item through the thread-safe function) once the ring is half empty. A
+ * source's state, its waker included, is guarded by the env's mutex; wakers are woken and
+ * freed outside it. The bytes are copied outside it too (one producer, the JS thread, and
+ * one consumer, the library's read, each copying only the part of the ring the other does
+ * not touch).
  *
  * Lifetimes.
  *  - env_state: one per environment, reference-counted (mutex-guarded): one reference for
@@ -84,14 +88,12 @@
 #include <keepalive_agent.h>
 
 #include <dlfcn.h>
-#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Bodies at least this large are handed to JS without a copy (an external Buffer that
  * frees the response when collected); smaller ones are copied and freed at once. */
@@ -115,7 +117,7 @@ enum src_stop {
   SRC_OPEN = 0,
   SRC_FAILED = 1,    /* the JS iterable threw, or gave something that is not bytes */
   SRC_ABORTED = 2,   /* the request was aborted (AbortSignal) */
-  SRC_TIMED_OUT = 3, /* the request's deadline passed while waiting for JS */
+  /* 3 was "timed out waiting for JS": the library keeps the deadline of a pending source */
   SRC_CLOSED = 4,    /* released by the library, agent destroyed, or env going away */
 };
 
@@ -186,7 +188,7 @@ struct body_src {
   env_state *st;       /* holds one reference to it */
   const agent_box *box; /* the agent it was sent with: compared, never dereferenced */
   /* Everything below is guarded by st->mu. */
-  pthread_cond_t cv;   /* read() waits here for data, the end, or a stop */
+  agent_body_waker *waker; /* kept by a read() that returned AGENT_SOURCE_PENDING */
   uint8_t *ring;        /* `cap` bytes: made by the first push, freed by the last pull */
   size_t cap;           /* the ring's size (set at creation) */
   size_t start;        /* where the unread bytes begin */
@@ -197,8 +199,6 @@ struct body_src {
   bool pull_posted;    /* the pull item is queued on the thread-safe function */
   bool js_gone;        /* the external was finalized */
   bool released;       /* the library is done with it (its last pull is on its way) */
-  bool has_deadline;
-  struct timespec deadline; /* CLOCK_MONOTONIC: the request's deadline */
   size_t refs;         /* the library + the external + a queued pull */
   body_src *prev;      /* st->sources */
   body_src *next;
@@ -866,7 +866,7 @@ static bool src_unref_locked(body_src *s) {
 static void src_destroy(body_src *s) {
   env_state *st = s->st;
   free(s->ring); /* the last reference: nobody else can see it */
-  pthread_cond_destroy(&s->cv);
+  agent_body_waker_free(s->waker); /* NULL: src_release took it */
   free(s);
   state_unref(st);
 }
@@ -884,60 +884,81 @@ static void src_pull_locked(body_src *s) {
   }
 }
 
-/* Stops a source (first reason wins) and wakes its reader. Called with st->mu held. */
-static void src_stop_locked(body_src *s, int why) {
+/* Takes the waker a pending read() kept, for the caller to wake (or free) once it has
+ * unlocked st->mu. Called with st->mu held. */
+static agent_body_waker *src_take_waker_locked(body_src *s) {
+  agent_body_waker *w = s->waker;
+  s->waker = NULL;
+  return w;
+}
+
+/* Stops a source (first reason wins). Called with st->mu held; returns the waker of a
+ * pending read, which the caller wakes after unlocking (read() then returns the reason). */
+static agent_body_waker *src_stop_locked(body_src *s, int why) {
   if (s->stop == SRC_OPEN) {
     s->stop = why;
   }
-  pthread_cond_broadcast(&s->cv);
+  return src_take_waker_locked(s);
 }
 
-/* agent_body_source.read, on a library thread: takes what JS has queued, or waits for it.
- * Never calls into JS. */
+/* Stops every source of the env sent with `box` (every source when `box` is NULL) and
+ * wakes their pending reads, each outside the lock. */
+static void src_stop_all(env_state *st, const agent_box *box, int why) {
+  for (;;) {
+    agent_body_waker *w = NULL;
+    pthread_mutex_lock(&st->mu);
+    for (body_src *s = st->sources; s != NULL && w == NULL; s = s->next) {
+      if (box == NULL || s->box == box) {
+        w = src_stop_locked(s, why);
+      }
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (w == NULL) {
+      return; /* every source is stopped, and a stopped source keeps no new waker */
+    }
+    agent_body_waker_wake(w);
+  }
+}
+
+/* agent_body_source.read, on a library thread: takes what JS has queued. Never waits and
+ * never calls into JS: with nothing queued, it keeps a waker and returns
+ * AGENT_SOURCE_PENDING (see the top of the file). */
 static int src_read(void *userdata, uint8_t *buf, size_t cap, size_t *n) {
   body_src *s = userdata;
   env_state *st = s->st;
   size_t got = 0;
   int rc = 0;
+  agent_body_waker *stale = NULL;
   pthread_mutex_lock(&st->mu);
-  for (;;) {
-    if (s->stop != SRC_OPEN) {
-      rc = s->stop;
-      break;
-    }
-    if (s->queued > 0) {
-      got = s->queued < cap ? s->queued : cap;
-      size_t at = s->start;
-      pthread_mutex_unlock(&st->mu);
-      /* Only this reader moves `start` and shrinks `queued`, and the pusher writes only
-       * outside [start, start + queued): these bytes are stable without the lock. */
-      size_t first = s->cap - at < got ? s->cap - at : got;
-      memcpy(buf, s->ring + at, first);
-      memcpy(buf + first, s->ring, got - first);
-      pthread_mutex_lock(&st->mu);
-      s->start = (at + got) % s->cap;
-      s->queued -= got;
-      break;
-    }
-    if (s->ended) {
-      break;
-    }
+  /* A read before its waker was woken (a spurious poll) keeps only the newest waker. */
+  stale = src_take_waker_locked(s);
+  if (s->stop != SRC_OPEN) {
+    rc = s->stop;
+  } else if (s->queued > 0) {
+    got = s->queued < cap ? s->queued : cap;
+    size_t at = s->start;
+    pthread_mutex_unlock(&st->mu);
+    /* Only this reader moves `start` and shrinks `queued`, and the pusher writes only
+     * outside [start, start + queued): these bytes are stable without the lock. */
+    size_t first = s->cap - at < got ? s->cap - at : got;
+    memcpy(buf, s->ring + at, first);
+    memcpy(buf + first, s->ring, got - first);
+    pthread_mutex_lock(&st->mu);
+    s->start = (at + got) % s->cap;
+    s->queued -= got;
+  } else if (!s->ended) {
     if (s->js_waiting) {
       src_pull_locked(s);
     }
-    if (s->has_deadline) {
-      if (pthread_cond_timedwait(&s->cv, &st->mu, &s->deadline) == ETIMEDOUT && s->queued == 0 &&
-          !s->ended) {
-        src_stop_locked(s, SRC_TIMED_OUT);
-      }
-    } else {
-      pthread_cond_wait(&s->cv, &st->mu);
-    }
+    s->waker = agent_body_source_waker();
+    /* NULL only outside a read callback, which the library never does. */
+    rc = s->waker != NULL ? AGENT_SOURCE_PENDING : SRC_CLOSED;
   }
   if (rc == 0 && s->js_waiting && s->queued <= s->cap / 2) {
     src_pull_locked(s);
   }
   pthread_mutex_unlock(&st->mu);
+  agent_body_waker_free(stale);
   *n = got;
   return rc;
 }
@@ -947,13 +968,15 @@ static void src_release(void *userdata) {
   body_src *s = userdata;
   env_state *st = s->st;
   pthread_mutex_lock(&st->mu);
-  src_stop_locked(s, SRC_CLOSED);
+  /* The library no longer reads: a waker still kept is freed unused. */
+  agent_body_waker *w = src_stop_locked(s, SRC_CLOSED);
   s->released = true;
   /* A last pull: a waiting pusher learns that it is over, and the JS thread drops onPull
    * (which, held strongly, would keep the pusher and everything it holds alive). */
   src_pull_locked(s);
   bool last = src_unref_locked(s);
   pthread_mutex_unlock(&st->mu);
+  agent_body_waker_free(w);
   if (last) {
     src_destroy(s);
   }
@@ -1001,19 +1024,21 @@ static void deliver_pull(napi_env env, body_src *s) {
 }
 
 /* The source's external was collected, or the env is being torn down. Nobody can push
- * to it any more: unless its body was complete, a reader waiting for it would wait
- * forever, so it stops. */
+ * to it any more: unless its body was complete, a pending reader would never be woken,
+ * so it stops (and its reader is woken to fail). */
 static void src_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   body_src *s = data;
   env_state *st = s->st;
+  agent_body_waker *w = NULL;
   pthread_mutex_lock(&st->mu);
   s->js_gone = true;
   if (!s->ended) {
-    src_stop_locked(s, SRC_CLOSED);
+    w = src_stop_locked(s, SRC_CLOSED);
   }
   bool closing = st->closed;
   pthread_mutex_unlock(&st->mu);
+  agent_body_waker_wake(w);
   /* JS thread: no pull is being delivered now, and js_gone stops later ones. */
   if (s->on_pull != NULL && !closing) {
     napi_delete_reference(env, s->on_pull);
@@ -1325,7 +1350,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   env_state *st = b->st;
   if (st != NULL) {
     /* Its open streams are aborted (a read in flight completes with AGENT_CODE_CANCELLED)
-     * and its body sources stopped, so that no library thread stays parked in a read. */
+     * and its body sources stopped, so that no pending upload waits for JS any more. */
     stream_ctx *c = st->streams;
     while (c != NULL) {
       stream_ctx *next = c->next;
@@ -1334,13 +1359,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
       }
       c = next;
     }
-    pthread_mutex_lock(&st->mu);
-    for (body_src *s = st->sources; s != NULL; s = s->next) {
-      if (s->box == b) {
-        src_stop_locked(s, SRC_CLOSED);
-      }
-    }
-    pthread_mutex_unlock(&st->mu);
+    src_stop_all(st, b, SRC_CLOSED);
   }
   /* Cancels in-flight requests (their promises reject with AGENT_CODE_CANCELLED once
    * call_js runs) and closes every connection, off the JS thread. */
@@ -1629,7 +1648,7 @@ done:
  * two references (the library's, handed over with the request, and its external's, in
  * *ext), linked into st->sources; NULL with an exception pending on failure. */
 static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_value spec,
-                         uint32_t timeout_ms, int64_t *length, napi_value *ext) {
+                         int64_t *length, napi_value *ext) {
   napi_value v, fn;
   napi_valuetype t;
   if (napi_get_named_property(env, spec, "length", &v) != napi_ok ||
@@ -1652,35 +1671,13 @@ static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_v
   s->st = st;
   s->box = b;
   s->cap = *length >= 0 && (uint64_t)*length < SOURCE_RING ? (size_t)(*length > 0 ? *length : 1) : SOURCE_RING;
-  pthread_condattr_t ca;
-  bool cv_ok = false;
-  if (pthread_condattr_init(&ca) == 0) {
-    cv_ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&s->cv, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-  }
-  if (!cv_ok) {
-    free(s);
-    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL", "keepalive-agent: cannot make a condition variable");
-    return NULL;
-  }
-  if (timeout_ms > 0 && clock_gettime(CLOCK_MONOTONIC, &s->deadline) == 0) {
-    s->has_deadline = true;
-    s->deadline.tv_sec += (time_t)(timeout_ms / 1000);
-    s->deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (s->deadline.tv_nsec >= 1000000000L) {
-      s->deadline.tv_sec += 1;
-      s->deadline.tv_nsec -= 1000000000L;
-    }
-  }
   if (napi_create_reference(env, fn, 1, &s->on_pull) != napi_ok) {
-    pthread_cond_destroy(&s->cv);
     free(s);
     ensure_exception(env, "napi_create_reference");
     return NULL;
   }
   if (napi_create_external(env, s, src_finalize, NULL, ext) != napi_ok) {
     napi_delete_reference(env, s->on_pull);
-    pthread_cond_destroy(&s->cv);
     free(s);
     ensure_exception(env, "napi_create_external");
     return NULL;
@@ -1753,7 +1750,7 @@ static napi_value js_stream_request(napi_env env, napi_callback_info info) {
   }
   r->box = b;
   if (has_source) {
-    s = src_new(env, st, b, argv[5], a.timeout_ms, &length, &src_ext);
+    s = src_new(env, st, b, argv[5], &length, &src_ext);
     if (s == NULL) {
       napi_reject_deferred(env, r->deferred, take_exception(env, "source"));
       napi_delete_reference(env, r->agent_ref);
@@ -1931,8 +1928,9 @@ static napi_value js_source_push(napi_env env, napi_callback_info info) {
     pthread_mutex_lock(&st->mu);
     s->queued += n;
     s->js_waiting = n < len;
-    pthread_cond_broadcast(&s->cv);
+    agent_body_waker *w = n > 0 ? src_take_waker_locked(s) : NULL;
     pthread_mutex_unlock(&st->mu);
+    agent_body_waker_wake(w);
     taken = (double)n;
   }
   free(fresh);
@@ -1951,8 +1949,9 @@ static napi_value js_source_end(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_lock(&s->st->mu);
   s->ended = true;
-  pthread_cond_broadcast(&s->cv);
+  agent_body_waker *w = src_take_waker_locked(s);
   pthread_mutex_unlock(&s->st->mu);
+  agent_body_waker_wake(w);
   return NULL;
 }
 
@@ -1974,8 +1973,9 @@ static napi_value js_source_abort(napi_env env, napi_callback_info info) {
     why = SRC_FAILED;
   }
   pthread_mutex_lock(&s->st->mu);
-  src_stop_locked(s, why);
+  agent_body_waker *w = src_stop_locked(s, why);
   pthread_mutex_unlock(&s->st->mu);
+  agent_body_waker_wake(w);
   return NULL;
 }
 
@@ -2192,11 +2192,9 @@ static void env_cleanup(void *arg) {
   env_state *st = arg;
   pthread_mutex_lock(&st->mu);
   st->closed = true;
-  /* A library thread waiting in a source's read() returns at once. */
-  for (body_src *s = st->sources; s != NULL; s = s->next) {
-    src_stop_locked(s, SRC_CLOSED);
-  }
   pthread_mutex_unlock(&st->mu);
+  /* A pending source's read() is called again and fails at once. */
+  src_stop_all(st, NULL, SRC_CLOSED);
   /* Open streams are aborted now (their references die with the env); reads in flight
    * complete later, see `closed`, and drop their contexts themselves. */
   while (st->streams != NULL) {

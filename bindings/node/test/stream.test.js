@@ -390,8 +390,8 @@ test('upload errors: reset mid-upload, a failing source, wrong lengths, a stalle
     { code: 'ERR_INVALID_ARG_VALUE' },
   );
 
-  // A source that never produces: the request's timeout ends the wait (the engine's thread
-  // waits in the addon, where the deadline is kept).
+  // A source that never produces: the request's timeout ends the wait (the engine's read is
+  // pending meanwhile, and the library keeps the deadline).
   const t0 = Date.now();
   const stalled = new Readable({ read() {} });
   const e4 = await agent.request({ method: 'POST', url: `${srv.http}?echo=1`, timeout: 300, body: stalled }).catch((x) => x);
