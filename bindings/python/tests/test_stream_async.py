@@ -145,8 +145,8 @@ def test_cancelling_while_the_head_is_awaited(srv) -> None:
             wait_until(lambda: a.stats().requests == 1, what="the cancelled request to be counted")
             assert a.stats().errors == 1
 
-            # An upload whose async producer never ends: a library thread waits in read()
-            # for the loop; cancelling the task must free it and release the source.
+            # An upload whose async producer never ends: its read is pending (no library
+            # thread waits); cancelling the task must fail it and release the source.
             async def endless() -> AsyncIterator[bytes]:
                 yield b"first"
                 await asyncio.Event().wait()
@@ -160,7 +160,7 @@ def test_cancelling_while_the_head_is_awaited(srv) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert time.monotonic() - t0 < 1
-            for _ in range(100):  # the library thread gives up within its poll interval
+            for _ in range(100):  # the library releases the source soon after
                 if _body.live_sources() == 0:
                     break
                 await asyncio.sleep(0.02)

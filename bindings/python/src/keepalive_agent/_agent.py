@@ -779,8 +779,8 @@ class Agent:
         (``r = await agent.stream_async(...)`` works too; then ``await r.aclose()``.)
         The head comes through ``agent_request_stream_async``, each piece of the body
         through ``agent_stream_read_async``, read only when asked for. ``body`` may also
-        be an async iterable: the library reads it on one of its threads, which waits
-        there while the event loop produces the next item. Cancelling the awaiting task
+        be an async iterable, produced on the event loop: while it has no item ready, the
+        upload waits without holding a library thread. Cancelling the awaiting task
         cancels the request (before the head) or closes the stream (after it).
         """
         return _AsyncStreamContext(self, None, method, url, headers, body, timeout)
@@ -822,7 +822,7 @@ class Agent:
             stream_ptr = await fut
         except asyncio.CancelledError:
             if src is not None:
-                src.abort()  # a library thread may be waiting for the loop in src.read
+                src.abort()  # an async iterable's fetch in flight is cancelled
             if fut.cancelled():
                 self._cancel(rid.value)  # the callback then frees a stream that came anyway
             elif fut.exception() is None:  # the head came, but the task was cancelled first

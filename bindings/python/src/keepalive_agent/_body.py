@@ -6,6 +6,12 @@ and calls ``release`` exactly once when it no longer needs the source. Nothing h
 more than one piece of the body: a file is read straight into the library's buffer
 (``readinto``); an iterator's current item is kept until it has been handed over.
 
+An async iterable never makes a library thread wait for the event loop: with no item
+at hand, ``read`` takes a waker (``agent_body_source_waker``), asks the loop for the next
+item and returns ``AGENT_SOURCE_PENDING``; once the item has come (or the iterator has
+ended or raised), the loop thread wakes the request (``agent_body_waker_wake``) and the
+library calls ``read`` again. Every waker is woken or freed exactly once.
+
 As with async completions, no Python object's address reaches C: ``userdata`` is an
 integer token naming the source in :data:`_sources`, and the three C callbacks are
 module-level objects. The registry entry (and so the user's file or iterator, and every
@@ -24,10 +30,12 @@ import ctypes
 import io
 import itertools
 import os
+import threading
 from ctypes import c_char
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from . import _native
+from ._native import lib
 
 __all__ = ["Source", "make_source", "is_streamed_body"]
 
@@ -35,6 +43,8 @@ __all__ = ["Source", "make_source", "is_streamed_body"]
 _sources: Dict[int, "Source"] = {}
 _tokens = itertools.count(1)
 _END = object()
+_WAIT = object()  # _next_item: no item yet; the source has arranged to be woken
+PENDING = -1  # Source.fill: no data yet (read returns AGENT_SOURCE_PENDING)
 
 
 def _as_bytes_view(item: Any) -> memoryview:
@@ -73,12 +83,15 @@ class Source:
     # -- what the C callbacks call -------------------------------------------------------
 
     def fill(self, addr: int, cap: int) -> int:
-        """Copies up to ``cap`` bytes of the body to ``addr``; 0 at the end."""
+        """Copies up to ``cap`` bytes of the body to ``addr``; 0 at the end, ``PENDING``
+        when no data is ready yet (only a source that took a waker)."""
         pending = self._pending
         while pending is None:
             item = self._next_item(cap)
             if item is _END:
                 return 0
+            if item is _WAIT:
+                return PENDING
             view = _as_bytes_view(item)
             if len(view):  # an empty item is not the end: skip it
                 pending, self._offset = view, 0
@@ -102,6 +115,9 @@ class Source:
 
     def abort(self) -> None:
         """The request is being given up (task cancelled): stop waiting for the producer."""
+
+    def on_release(self) -> None:
+        """The library is done with the source (any thread)."""
 
     # -- registration --------------------------------------------------------------------
 
@@ -190,15 +206,23 @@ class IterSource(Source):
 
 
 class AsyncIterSource(Source):
-    """An async iterable, sent chunked. ``read`` runs on a library thread and waits there
-    for the event loop to produce the next item (``run_coroutine_threadsafe``)."""
+    """An async iterable, sent chunked. ``read`` runs on a library thread and never waits
+    for the event loop: with no item at hand it keeps a waker, has the loop fetch the next
+    item (``run_coroutine_threadsafe``, not waited for) and returns
+    ``AGENT_SOURCE_PENDING``; the fetch's completion, on the loop thread, keeps the item
+    (or the end, or the iterator's exception) and wakes the request."""
 
     def __init__(self, aiterable: Any) -> None:
         super().__init__()
         self.ait = aiterable.__aiter__()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self._cf: Optional["concurrent.futures.Future[Any]"] = None
+        self._lock = threading.Lock()
+        # Guarded by _lock:
+        self._cf: Optional["concurrent.futures.Future[Any]"] = None  # the fetch in flight
+        self._result: Optional[Tuple[bool, Any]] = None  # (ok, item or exception), not taken yet
+        self._waker: Optional[int] = None  # kept by a read that returned pending
         self._aborted = False
+        self._closed = False  # released by the library
 
     async def _anext(self) -> Any:
         try:
@@ -207,28 +231,84 @@ class AsyncIterSource(Source):
             return _END
 
     def _next_item(self, cap: int) -> Any:
+        # A library thread, inside the read callback.
         loop = self.loop
         if loop is None:  # pragma: no cover - bound by the async call before C sees it
             raise RuntimeError("an async iterable body needs an event loop")
-        if self._aborted:
-            raise asyncio.CancelledError()
-        cf = self._cf = asyncio.run_coroutine_threadsafe(self._anext(), loop)
-        try:
-            while True:
+        with self._lock:
+            result, self._result = self._result, None
+            if result is not None:
+                ok, value = result
+                if ok:
+                    return value
+                raise value
+            if self._aborted:
+                raise asyncio.CancelledError()
+            waker = lib.agent_body_source_waker()
+            if not waker:  # pragma: no cover - only outside a read callback
+                raise RuntimeError("agent_body_source_waker() gave no waker")
+            # A read before the last waker was woken (a spurious poll) keeps the newest.
+            stale, self._waker = self._waker, waker
+            fetch = self._cf is None
+            if fetch:
+                coro = self._anext()
                 try:
-                    return cf.result(timeout=0.25)
-                except concurrent.futures.TimeoutError:
-                    # The loop may have stopped or the request been given up meanwhile.
-                    if self._aborted or loop.is_closed() or not loop.is_running():
-                        cf.cancel()
-                        raise asyncio.CancelledError() from None
-        finally:
-            self._cf = None
+                    self._cf = asyncio.run_coroutine_threadsafe(coro, loop)
+                except BaseException:  # the loop is closed: nobody will produce the item
+                    coro.close()
+                    self._waker = None
+                    lib.agent_body_waker_free(waker)
+                    lib.agent_body_waker_free(stale)
+                    raise asyncio.CancelledError() from None
+        lib.agent_body_waker_free(stale)  # NULL (None) is ignored
+        if fetch:
+            # Outside the lock: an already finished future runs the callback at once.
+            self._cf.add_done_callback(self._fetched)  # type: ignore[union-attr]
+        return _WAIT
+
+    def _fetched(self, cf: "concurrent.futures.Future[Any]") -> None:
+        # The loop thread (or the thread that cancelled the fetch). Never raises.
+        try:
+            if cf.cancelled():
+                result: Tuple[bool, Any] = (False, asyncio.CancelledError())
+            else:
+                exc = cf.exception()
+                result = (True, cf.result()) if exc is None else (False, exc)
+        except BaseException as e:  # pragma: no cover - defensive
+            result = (False, e)
+        with self._lock:
+            if self._cf is cf:
+                self._cf = None
+            if self._closed:
+                return  # the library no longer reads: the item is dropped
+            self._result = result
+            waker, self._waker = self._waker, None
+        lib.agent_body_waker_wake(waker)
 
     def abort(self) -> None:
-        self._aborted = True
-        cf = self._cf
+        # The loop thread: the awaiting task was cancelled. A pending read is woken by the
+        # cancelled fetch, or here when no fetch is in flight.
+        with self._lock:
+            self._aborted = True
+            cf = self._cf
+            waker = None
+            if cf is None:
+                waker, self._waker = self._waker, None
         if cf is not None:
+            cf.cancel()
+        lib.agent_body_waker_wake(waker)
+
+    def on_release(self) -> None:
+        # Any thread. A waker still kept is freed unused; a fetch in flight is cancelled
+        # (nobody will take its item).
+        with self._lock:
+            self._closed = True
+            waker, self._waker = self._waker, None
+            cf = self._cf
+            self._result = None
+        lib.agent_body_waker_free(waker)
+        loop = self.loop
+        if cf is not None and loop is not None and not loop.is_closed():
             cf.cancel()
 
 
@@ -304,6 +384,8 @@ def _read(userdata: Optional[int], buf: Optional[int], cap: int, n: Any) -> int:
         except BaseException as e:  # the user's exception, even KeyboardInterrupt
             src.error = e
             return 1
+        if k == PENDING:
+            return _native.SOURCE_PENDING
         n[0] = k
         return 0
     except BaseException:  # pragma: no cover - defensive
@@ -330,6 +412,7 @@ def _release(userdata: Optional[int]) -> None:
         src = _sources.pop(userdata or 0, None)
         if src is not None:
             src.released = True
+            src.on_release()
     except BaseException:  # pragma: no cover - defensive
         pass
 

@@ -175,6 +175,13 @@ class agent_body_source(Structure):
     ]
 
 
+# #define AGENT_SOURCE_PENDING 1885695588
+#   what a body source's read returns when no data is ready yet, after taking a waker
+SOURCE_PENDING = 1885695588
+# typedef struct agent_body_waker agent_body_waker;   (opaque: from agent_body_source_waker,
+#   woken or freed exactly once)
+agent_body_waker_p = c_void_p
+
 # typedef void (*agent_stream_callback)(void *userdata, agent_code code, agent_stream *stream);
 agent_stream_callback = CFUNCTYPE(None, c_void_p, agent_code, agent_stream_p)
 # typedef void (*agent_data_callback)(void *userdata, agent_code code, const uint8_t *data,
@@ -381,6 +388,13 @@ _declare("agent_response_body", agent_code, [agent_response_p, POINTER(c_void_p)
 _declare("agent_response_timings", agent_code, [agent_response_p, POINTER(agent_timings)], _check)
 # agent_code agent_response_read(const agent_response *response, agent_response_parts *out);
 _declare("agent_response_read", agent_code, [agent_response_p, POINTER(agent_response_parts)], _check)
+
+# agent_body_waker *agent_body_source_waker(void);   (NULL outside a body source's read)
+_declare("agent_body_source_waker", agent_body_waker_p, [])
+# void agent_body_waker_wake(agent_body_waker *waker);
+_declare("agent_body_waker_wake", None, [agent_body_waker_p])
+# void agent_body_waker_free(agent_body_waker *waker);
+_declare("agent_body_waker_free", None, [agent_body_waker_p])
 
 # agent_code agent_request_stream(const agent *agent, const char *method, const char *url,
 #     const agent_header *headers, size_t header_count, const uint8_t *body,
