@@ -369,15 +369,29 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
-    /// Sends the request (retrying a stale connection when it may) and reads its head.
+    /// Sends the request (retrying a stale connection when it may) and reads its head. The
+    /// request's timeout covers the head and every later read.
     async fn open(inner: Arc<Inner>, req: &Request, mode: Mode) -> Result<ResponseStream> {
+        Self::open_in(inner, req, mode, true).await
+    }
+
+    /// As [`ResponseStream::open`]; without `deadline`, the caller bounds the whole exchange.
+    async fn open_in(
+        inner: Arc<Inner>,
+        req: &Request,
+        mode: Mode,
+        deadline: bool,
+    ) -> Result<ResponseStream> {
         let start = Instant::now();
         let mut tally = Tally {
             inner: inner.clone(),
             origin: req.target.origin.clone(),
             done: false,
         };
-        let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = req
+            .timeout
+            .filter(|_| deadline)
+            .map(|t| tokio::time::Instant::now() + t);
         let fut = inner.attempts(req, start, mode);
         let opened = match deadline {
             Some(d) => tokio::time::timeout_at(d, fut)
@@ -505,7 +519,7 @@ impl ResponseStream {
     }
 
     /// Reads the rest of the body into one buffer and returns the whole response.
-    async fn read_to_end(mut self, mode: Mode) -> Result<Response> {
+    async fn read_to_end(&mut self, mode: Mode) -> Result<Response> {
         let Some((conn, reader)) = self.open.as_mut() else {
             return Err(self
                 .ended()
@@ -599,10 +613,22 @@ fn timed_out(timeout: Option<Duration>) -> Error {
 
 /// One whole-message request: a stream read to its end.
 async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
-    ResponseStream::open(inner, &req, mode)
-        .await?
-        .read_to_end(mode)
-        .await
+    let whole = async {
+        let mut stream = ResponseStream::open_in(inner.clone(), &req, mode, false).await?;
+        stream.read_to_end(mode).await
+    };
+    // One timer for the whole exchange. When it fires, the stream (or the attempt) is
+    // dropped: its tally counts the request as failed, and the timeout is added here.
+    match req.timeout {
+        Some(t) => match tokio::time::timeout(t, whole).await {
+            Ok(r) => r,
+            Err(_) => {
+                inner.pool.record(&req.target.origin, |s| s.timeouts += 1);
+                Err(timed_out(req.timeout))
+            }
+        },
+        None => whole.await,
+    }
 }
 
 impl Inner {

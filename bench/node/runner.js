@@ -268,7 +268,8 @@ async function phase(cell, fetch, seconds, record) {
         continue;
       }
       const lat = nowS() - t0;
-      if (status !== 200 || len !== cell.expectLen) cell.fail(`status ${status}, ${len} bytes`);
+      // A PUT is answered 201 or 204 (streamed upload cells); everything else 200.
+      if (status < 200 || status >= 300 || len !== cell.expectLen) cell.fail(`status ${status}, ${len} bytes`);
       if (record) {
         cell.lat.push(lat);
         cell.bytes += len;
