@@ -4,8 +4,8 @@
 //! `ARCHITECTURE.md` at the top of the repository describes the rooms below, what each may
 //! import, and the path of a request through them. Arrows point down only:
 //!
-//! - `ffi`: the C ABI — `extern "C"` functions, panic boundary, NULL checks, codes. Every
-//!   `unsafe` of the crate is there.
+//! - `ffi`: the C ABI — `extern "C"` functions, panic boundary, NULL checks, codes. All the
+//!   code the compiler cannot check for memory safety is there, and only there.
 //! - `agent`: entry points (blocking, async), the completion guard, the retry loop.
 //! - `exchange`: one request/response on one connection; keep or close.
 //! - `pool`: slots, the wait queue, idle lists, limits, statistics; no sockets.
