@@ -5,7 +5,8 @@ use std::ffi::{c_char, c_void};
 use super::options::agent_options;
 use super::response::agent_response;
 use super::{
-    agent_code, borrow, c_bytes, c_str, ensure_atfork, fail, guard, guard_value, null, out_ptr,
+    agent_code, borrow, c_bytes, c_str, ensure_atfork, guard, guard_value, null, out_ptr, outcome,
+    write_if_wanted,
 };
 use crate::agent::Agent;
 use crate::error::{Error, Result};
@@ -314,17 +315,12 @@ pub unsafe extern "C" fn agent_request_async(
         let ud = Userdata(userdata);
         let id = a.inner.request_async(req, move |res| {
             let ud = ud;
-            let (code, resp) = match res {
-                Ok(r) => (agent_code::AGENT_CODE_OK, agent_response::boxed(r)),
-                Err(e) => (fail(&e), std::ptr::null_mut()),
-            };
+            let (code, resp) = outcome(res, agent_response::boxed);
             // SAFETY: the caller's callback with the caller's userdata, as documented.
             unsafe { cb(ud.0, code, resp) };
         })?;
-        if !out_id.is_null() {
-            // SAFETY: non-NULL and writable (caller's promise).
-            unsafe { out_id.write(id) };
-        }
+        // SAFETY: forwarded contract.
+        unsafe { write_if_wanted(out_id, id) };
         Ok(())
     })
 }

@@ -178,6 +178,29 @@ pub(crate) fn guard_value<T>(default: T, f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// What a completion callback is called with: the result as a new handle, or the error's
+/// code (its message recorded for `agent_last_error` on this thread) and NULL.
+pub(crate) fn outcome<T, H>(
+    res: Result<T>,
+    boxed: impl FnOnce(T) -> *mut H,
+) -> (agent_code, *mut H) {
+    match res {
+        Ok(v) => (AGENT_CODE_OK, boxed(v)),
+        Err(e) => (fail(&e), std::ptr::null_mut()),
+    }
+}
+
+/// Writes an optional out-parameter: NULL means the caller does not want it.
+///
+/// # Safety
+/// `p` is NULL or writable.
+pub(crate) unsafe fn write_if_wanted<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: non-NULL and writable (caller's promise).
+        unsafe { p.write(v) };
+    }
+}
+
 pub(crate) fn null(what: &str) -> Error {
     Error::invalid_argument(format!("{what} is NULL"))
 }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 
 use super::agent::{Userdata, agent, agent_header, build_request};
 use super::response::{agent_response_parts, header_block, timings};
-use super::{agent_code, borrow, fail, guard, guard_value, null, out_ptr};
+use super::{
+    agent_code, borrow, fail, guard, guard_value, null, out_ptr, outcome, write_if_wanted,
+};
 use crate::agent::ResponseStream;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Body, BodySource, Response};
@@ -297,6 +299,46 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes the stream (and what a read left over) out for one read; refused while
+    /// another read has it.
+    fn lend(&self) -> Result<(Box<ResponseStream>, Bytes)> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, State::Freed) {
+            State::Idle {
+                stream,
+                leftover,
+                total_us,
+            } => {
+                *st = State::Reading { total_us };
+                Ok((stream, leftover))
+            }
+            other => {
+                *st = other;
+                Err(busy())
+            }
+        }
+    }
+
+    /// Puts the stream back after a read. Returns it instead when the stream was freed
+    /// meanwhile (the caller drops it, outside the lock).
+    fn give_back(
+        &self,
+        stream: Box<ResponseStream>,
+        leftover: Bytes,
+    ) -> Option<Box<ResponseStream>> {
+        let mut st = self.lock();
+        if matches!(*st, State::Freed) {
+            return Some(stream);
+        }
+        let total_us = stream.head().timings.total_us;
+        *st = State::Idle {
+            stream,
+            leftover,
+            total_us,
+        };
+        None
+    }
+
     fn hold(&self, piece: Bytes) {
         *self.lent.lock().unwrap_or_else(|p| p.into_inner()) = piece;
     }
@@ -419,17 +461,12 @@ pub unsafe extern "C" fn agent_request_stream_async(
         let ud = Userdata(userdata);
         let id = a.agent().request_stream_async(req, move |res| {
             let ud = ud;
-            let (code, stream) = match res {
-                Ok(s) => (agent_code::AGENT_CODE_OK, agent_stream::boxed(s)),
-                Err(e) => (fail(&e), std::ptr::null_mut()),
-            };
+            let (code, stream) = outcome(res, agent_stream::boxed);
             // SAFETY: the caller's callback with the caller's userdata, as documented.
             unsafe { cb(ud.0, code, stream) };
         })?;
-        if !out_id.is_null() {
-            // SAFETY: non-NULL and writable (caller's promise).
-            unsafe { out_id.write(id) };
-        }
+        // SAFETY: forwarded contract.
+        unsafe { write_if_wanted(out_id, id) };
         Ok(())
     })
 }
@@ -499,16 +536,7 @@ pub unsafe extern "C" fn agent_stream_read(
         }
         // SAFETY: `buf` has `cap` writable bytes (caller's promise).
         let out = unsafe { std::slice::from_raw_parts_mut(buf, cap) };
-        let (mut stream, mut leftover) =
-            match std::mem::replace(&mut *s.shared.lock(), State::Reading { total_us: 0 }) {
-                State::Idle {
-                    stream, leftover, ..
-                } => (stream, leftover),
-                other => {
-                    *s.shared.lock() = other;
-                    return Err(busy());
-                }
-            };
+        let (mut stream, mut leftover) = s.shared.lend()?;
         let res = if leftover.is_empty() {
             stream.next_chunk_blocking().map(|c| c.unwrap_or_default())
         } else {
@@ -520,12 +548,8 @@ pub unsafe extern "C" fn agent_stream_read(
             leftover = chunk.split_off(k);
             k
         });
-        let total_us = stream.head().timings.total_us;
-        *s.shared.lock() = State::Idle {
-            stream,
-            leftover,
-            total_us,
-        };
+        // Only this thread frees the stream (the caller's contract): it is still there.
+        drop(s.shared.give_back(stream, leftover));
         n.write(res?);
         Ok(())
     })
@@ -550,32 +574,18 @@ pub unsafe extern "C" fn agent_stream_next(
         let s = unsafe { borrow(stream, "stream") }?;
         let data = out_ptr(data, "data")?;
         let len = out_ptr(len, "len")?;
-        let (mut stream, leftover) =
-            match std::mem::replace(&mut *s.shared.lock(), State::Reading { total_us: 0 }) {
-                State::Idle {
-                    stream, leftover, ..
-                } => (stream, leftover),
-                other => {
-                    *s.shared.lock() = other;
-                    return Err(busy());
-                }
-            };
+        let (mut stream, leftover) = s.shared.lend()?;
         // The piece handed out last is dropped here: the caller is done with it.
         let res = if leftover.is_empty() {
             stream.next_chunk_blocking().map(|c| c.unwrap_or_default())
         } else {
             Ok(leftover)
         };
-        let total_us = stream.head().timings.total_us;
         let (ptr, n, held) = match &res {
             Ok(chunk) => (chunk.as_ptr(), chunk.len(), chunk.clone()),
             Err(_) => (std::ptr::null(), 0, Bytes::new()),
         };
-        *s.shared.lock() = State::Idle {
-            stream,
-            leftover: Bytes::new(),
-            total_us,
-        };
+        drop(s.shared.give_back(stream, Bytes::new()));
         res?;
         // Kept alive until the next call: the caller's pointer stays valid.
         s.shared.hold(held);
@@ -635,23 +645,7 @@ pub unsafe extern "C" fn agent_stream_read_async(
         let s = unsafe { borrow(stream, "stream") }?;
         let cb = callback.ok_or_else(|| null("callback"))?;
         let handle = crate::runtime::handle()?;
-        let (mut stream, leftover) = {
-            let mut st = s.shared.lock();
-            match std::mem::replace(&mut *st, State::Reading { total_us: 0 }) {
-                State::Idle {
-                    stream,
-                    leftover,
-                    total_us,
-                } => {
-                    *st = State::Reading { total_us };
-                    (stream, leftover)
-                }
-                other => {
-                    *st = other;
-                    return Err(busy());
-                }
-            }
-        };
+        let (mut stream, leftover) = s.shared.lend()?;
         let shared = s.shared.clone();
         let mut delivery = Delivery {
             cb: Some(cb),
@@ -671,23 +665,9 @@ pub unsafe extern "C" fn agent_stream_read_async(
             } else {
                 Ok(Some(leftover))
             };
-            let total_us = stream.head().timings.total_us;
-            let freed = {
-                let mut st = shared.lock();
-                if matches!(*st, State::Freed) {
-                    Some(stream)
-                } else {
-                    *st = State::Idle {
-                        stream,
-                        leftover: Bytes::new(),
-                        total_us,
-                    };
-                    None
-                }
-            };
             // A stream freed during the read is dropped (aborted) before the callback runs,
             // so that the statistics are final when the caller hears of it.
-            let freed = freed.map(drop).is_some();
+            let freed = shared.give_back(stream, Bytes::new()).map(drop).is_some();
             if freed {
                 delivery.finish(Err(Error::new(
                     ErrorKind::Cancelled,
