@@ -171,6 +171,37 @@ typedef uint32_t agent_code;
 #endif // __cplusplus
 
 /**
+ * What an event reports.
+ */
+enum agent_event_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * A request of `agent_queue_submit` completed: `response` (with `AGENT_CODE_OK`).
+   */
+  AGENT_EVENT_RESPONSE = 1,
+  /**
+   * The head of a request of `agent_queue_submit_stream` arrived: `stream` (with
+   * `AGENT_CODE_OK`).
+   */
+  AGENT_EVENT_HEAD = 2,
+  /**
+   * A read of `agent_queue_read` completed: `data`/`len` (with `AGENT_CODE_OK`; `len`
+   * 0 is the end of the body, and the connection has gone back to the pool).
+   */
+  AGENT_EVENT_DATA = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum agent_event_kind agent_event_kind;
+#else
+typedef uint32_t agent_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An HTTP/1.1 client with a keep-alive connection pool.
  *
  * Create with `agent_new` or `agent_new_with_options`; send with `agent_request`
@@ -197,6 +228,29 @@ typedef struct agent_body_waker agent_body_waker;
  * free with `agent_options_free`. Not synchronized: use one thread at a time.
  */
 typedef struct agent_options agent_options;
+
+/**
+ * An event queue: requests submitted to it run on the thread that drains it, and their
+ * results come back as events, many per call — the model of curl's multi interface and
+ * of io_uring's completion queue, for programs that already have an event loop (epoll,
+ * libuv, libev, asyncio, select) or keep many requests in flight.
+ *
+ * 1. `agent_queue_new` creates a queue; `agent_queue_fd` gives its descriptor.
+ * 2. `agent_queue_submit` (whole response) and `agent_queue_submit_stream` (head first,
+ *    then `agent_queue_read` for each piece of the body) add requests, each with a token
+ *    of the caller's choosing, from any thread.
+ * 3. When the descriptor is readable, `agent_queue_drain` does the pending work (sending,
+ *    receiving, on the calling thread) and returns the events that completed — possibly
+ *    none, since readiness can mean progress without completion. It can also wait, for
+ *    programs without a loop.
+ *
+ * Every accepted submission produces exactly one event: its result, or
+ * `AGENT_CODE_CANCELLED` when it is cancelled (`agent_request_cancel`) or its agent is
+ * freed — reported at the next drain. Freeing the queue drops what is still in flight.
+ * One thread drains a queue at a time; submitting is allowed from any thread. A queue may
+ * carry requests of several agents; an agent may serve several queues.
+ */
+typedef struct agent_queue agent_queue;
 
 /**
  * A complete response: status, version, headers, whole body, whether the connection was
@@ -307,6 +361,84 @@ typedef struct {
 } agent_pool_stats;
 
 /**
+ * A request body the library reads from the caller, piece by piece (like curl's
+ * `CURLOPT_READFUNCTION`). The library copies this struct; `userdata` must stay valid until
+ * `release` is called.
+ *
+ * - `read(userdata, buf, cap, &n)` fills `buf` with up to `cap` bytes, sets `*n`, and
+ *   returns 0; `*n == 0` means the end of the body. It runs on the thread that drives the
+ *   request: the caller's own for `agent_request_stream`, a library thread for
+ *   `agent_request_stream_async`, where it must not block. When no data is ready yet, it
+ *   takes a waker with `agent_body_source_waker()` and returns `AGENT_SOURCE_PENDING`
+ *   (like libcurl's `CURL_READFUNC_PAUSE`); the library calls `read` again once the waker
+ *   has been woken (`agent_body_waker_wake`, from any thread). Any other non-zero return
+ *   fails the request with `AGENT_CODE_BODY_SOURCE`.
+ * - `rewind(userdata)` (may be NULL) starts the body again from its first byte and returns
+ *   0. With it, a request on a stale keep-alive connection is retried like a request with
+ *   a bytes body; without it (or when it returns non-zero) the request fails with
+ *   `AGENT_CODE_STALE_CONNECTION` instead, since the bytes already read cannot be sent again.
+ * - `release(userdata)` (may be NULL) is called exactly once, from any thread, when the
+ *   library no longer needs the source — also when the request fails to start.
+ * - `length`: the body's length in bytes, sent as `Content-Length` (then exactly that many
+ *   bytes must come, or the request fails with `AGENT_CODE_BODY_SOURCE`); -1 when unknown,
+ *   sent with `Transfer-Encoding: chunked`.
+ */
+typedef struct {
+  int (*read)(void *userdata,
+              uint8_t *buf,
+              size_t cap,
+              size_t *n);
+  int (*rewind)(void *userdata);
+  void (*release)(void *userdata);
+  int64_t length;
+  void *userdata;
+} agent_body_source;
+
+/**
+ * One completed event, as `agent_queue_drain` hands it out.
+ */
+typedef struct {
+  /**
+   * The token given when the request or read was submitted.
+   */
+  uint64_t token;
+  /**
+   * What completed.
+   */
+  agent_event_kind kind;
+  /**
+   * `AGENT_CODE_OK`, or why it failed (the codes of `agent_request` and
+   * `agent_stream_read`).
+   */
+  agent_code code;
+  /**
+   * `AGENT_EVENT_RESPONSE` with `AGENT_CODE_OK`: the response, now the caller's (free
+   * with `agent_response_free`). Otherwise NULL.
+   */
+  agent_response *response;
+  /**
+   * `AGENT_EVENT_HEAD` with `AGENT_CODE_OK`: the stream, now the caller's (read it with
+   * `agent_queue_read` or the other stream functions; free with `agent_stream_free`).
+   * Otherwise NULL.
+   */
+  agent_stream *stream;
+  /**
+   * `AGENT_EVENT_DATA` with `AGENT_CODE_OK`: the piece of the body, valid until the next
+   * read on its stream or the stream's free. Otherwise NULL.
+   */
+  const uint8_t *data;
+  /**
+   * The length of `data`; 0 at the end of the body.
+   */
+  size_t len;
+  /**
+   * With an error code: the message, valid until the next `agent_queue_drain` on this
+   * queue or its free. Otherwise NULL.
+   */
+  const char *message;
+} agent_event;
+
+/**
  * Timings of one request in microseconds. `queued_us`, `dns_us`, `connect_us` and `tls_us`
  * are phase durations (0 when the phase did not happen, e.g. no connect on a reused
  * connection). `sent_us`, `ttfb_us` and `total_us` count from the start of the request,
@@ -382,40 +514,6 @@ typedef struct {
    */
   agent_timings timings;
 } agent_response_parts;
-
-/**
- * A request body the library reads from the caller, piece by piece (like curl's
- * `CURLOPT_READFUNCTION`). The library copies this struct; `userdata` must stay valid until
- * `release` is called.
- *
- * - `read(userdata, buf, cap, &n)` fills `buf` with up to `cap` bytes, sets `*n`, and
- *   returns 0; `*n == 0` means the end of the body. It runs on the thread that drives the
- *   request: the caller's own for `agent_request_stream`, a library thread for
- *   `agent_request_stream_async`, where it must not block. When no data is ready yet, it
- *   takes a waker with `agent_body_source_waker()` and returns `AGENT_SOURCE_PENDING`
- *   (like libcurl's `CURL_READFUNC_PAUSE`); the library calls `read` again once the waker
- *   has been woken (`agent_body_waker_wake`, from any thread). Any other non-zero return
- *   fails the request with `AGENT_CODE_BODY_SOURCE`.
- * - `rewind(userdata)` (may be NULL) starts the body again from its first byte and returns
- *   0. With it, a request on a stale keep-alive connection is retried like a request with
- *   a bytes body; without it (or when it returns non-zero) the request fails with
- *   `AGENT_CODE_STALE_CONNECTION` instead, since the bytes already read cannot be sent again.
- * - `release(userdata)` (may be NULL) is called exactly once, from any thread, when the
- *   library no longer needs the source — also when the request fails to start.
- * - `length`: the body's length in bytes, sent as `Content-Length` (then exactly that many
- *   bytes must come, or the request fails with `AGENT_CODE_BODY_SOURCE`); -1 when unknown,
- *   sent with `Transfer-Encoding: chunked`.
- */
-typedef struct {
-  int (*read)(void *userdata,
-              uint8_t *buf,
-              size_t cap,
-              size_t *n);
-  int (*rewind)(void *userdata);
-  void (*release)(void *userdata);
-  int64_t length;
-  void *userdata;
-} agent_body_source;
 
 /**
  * Completion callback of `agent_request_stream_async`: called exactly once, on a library
@@ -902,6 +1000,127 @@ agent_code agent_options_set_danger_accept_invalid_certs(agent_options *options,
  */
 agent_code agent_options_set_user_agent(agent_options *options,
                                         const char *user_agent);
+
+/**
+ * Creates an event queue. On success `*out` receives it (free with `agent_queue_free`).
+ *
+ * Returns `AGENT_CODE_OK`, `INVALID_ARGUMENT` (`out` NULL) or `INTERNAL` (no epoll
+ * instance or runtime could be created).
+ *
+ * # Safety
+ * `out` must be writable.
+ */
+agent_code agent_queue_new(agent_queue **out);
+
+/**
+ * Frees a queue. Requests and reads still in flight are dropped: each is cancelled (a
+ * request's connection is closed) and reported to nobody; responses and streams not yet
+ * handed out are freed. Handed-out responses and streams stay valid. NULL is ignored.
+ *
+ * # Safety
+ * `queue` is NULL or came from `agent_queue_new`, not freed before, and no other thread
+ * uses it.
+ */
+void agent_queue_free(agent_queue *queue);
+
+/**
+ * The queue's file descriptor, for the caller's event loop: wait for it to be readable
+ * (level-triggered: it stays readable while there is work), then call
+ * `agent_queue_drain`. Owned by the queue: do not read, write or close it. -1 for NULL.
+ *
+ * # Safety
+ * `queue` is NULL or live.
+ */
+int32_t agent_queue_fd(const agent_queue *queue);
+
+/**
+ * Requests and reads submitted to the queue and not yet reported by a drain (in flight,
+ * or completed and waiting). 0 for NULL.
+ *
+ * # Safety
+ * `queue` is NULL or live.
+ */
+size_t agent_queue_pending(const agent_queue *queue);
+
+/**
+ * Submits a request whose whole response comes back as one `AGENT_EVENT_RESPONSE` event
+ * carrying `token`. Arguments as for `agent_request` (all copied before this returns);
+ * `out_id`, if not NULL, receives an id for `agent_request_cancel`. Nothing is sent until
+ * the next `agent_queue_drain`.
+ *
+ * When this returns an error code (bad argument, agent freed), no event will come.
+ *
+ * # Safety
+ * `queue` and `agent` are NULL or live; the other pointers as for `agent_request`.
+ */
+agent_code agent_queue_submit(const agent_queue *queue,
+                              const agent *agent,
+                              const char *method,
+                              const char *url,
+                              const agent_header *headers,
+                              size_t header_count,
+                              const uint8_t *body,
+                              size_t body_len,
+                              uint32_t timeout_msecs,
+                              uint64_t token,
+                              uint64_t *out_id);
+
+/**
+ * Submits a request whose response comes back as an `AGENT_EVENT_HEAD` event (carrying
+ * `token`) as soon as its head has arrived; read the body with `agent_queue_read`.
+ * Arguments as for `agent_request_stream` (the source's `release` runs in every case);
+ * `out_id` as for `agent_queue_submit`, usable until the head has arrived.
+ *
+ * # Safety
+ * As `agent_queue_submit`; `source` is NULL or points to a readable `agent_body_source`.
+ */
+agent_code agent_queue_submit_stream(const agent_queue *queue,
+                                     const agent *agent,
+                                     const char *method,
+                                     const char *url,
+                                     const agent_header *headers,
+                                     size_t header_count,
+                                     const uint8_t *body,
+                                     size_t body_len,
+                                     const agent_body_source *source,
+                                     uint32_t timeout_msecs,
+                                     uint64_t token,
+                                     uint64_t *out_id);
+
+/**
+ * Submits a read of the next piece of `stream`'s body; it comes back as an
+ * `AGENT_EVENT_DATA` event carrying `token` (`len` 0 at the end of the body). One read at
+ * a time per stream, and none while another read of any kind is in flight
+ * (`AGENT_CODE_INVALID_ARGUMENT`); until the next read, the socket is not read
+ * (backpressure). Freeing the stream during the read reports `AGENT_CODE_CANCELLED`.
+ *
+ * # Safety
+ * `queue` and `stream` are NULL or live.
+ */
+agent_code agent_queue_read(const agent_queue *queue,
+                            agent_stream *stream,
+                            uint64_t token);
+
+/**
+ * Does the queue's pending work on the calling thread — sends, receives, connects —
+ * and writes up to `cap` completed events to `events`; `*n` receives how many (0 is
+ * normal: readiness can mean progress without completion). When no event is ready, it
+ * waits up to `timeout_msecs` for one (0: do not wait; for event loops, which wait on
+ * `agent_queue_fd` instead). Events left over (more than `cap`) keep the descriptor
+ * readable. Messages of the previous drain's events are freed here.
+ *
+ * Returns `AGENT_CODE_OK`, `INVALID_ARGUMENT` (NULL, or `cap` 0), `WOULD_BLOCK` (called
+ * from a library thread, inside a callback), `FORKED` (a queue created before `fork()`).
+ *
+ * # Safety
+ * `queue` is NULL or live; `events` points to `cap` writable `agent_event`s; `n` is
+ * writable.
+ */
+agent_code agent_queue_drain(const agent_queue *queue,
+                             agent_event *events,
+                             size_t cap,
+                             uint32_t timeout_msecs,
+                             size_t *n);
 
 /**
  * Fills `*out` with the status, version, reused flag, body, all headers as one block, and

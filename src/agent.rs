@@ -20,6 +20,7 @@ use crate::exchange::{self, BodyReader, Failure, Head};
 use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros};
 use crate::options::{Config, Options};
 use crate::pool::{Checkout, Discard, Pool, SlotGuard};
+use crate::queue::Task;
 use crate::runtime::{self, ForkMutex};
 use crate::stats::Stats;
 
@@ -31,6 +32,9 @@ struct Calls {
     next: u64,
     pending: HashMap<u64, oneshot::Sender<()>>,
     running: usize,
+    /// Calls run by event queues: only a drain of their queue can end them, so `close`
+    /// does not wait for them (nor for the connections they hold).
+    queued: usize,
     closed: bool,
 }
 
@@ -134,6 +138,37 @@ impl Agent {
         )
     }
 
+    /// Starts a request to be run by an event queue (see [`crate::queue`]): returns its id
+    /// and the task to submit, which runs in direct mode on the draining thread. `done`
+    /// gets the result exactly once, as for [`Agent::request_async`]; closing the agent
+    /// cancels the task but does not wait for it (its queue reports it at the next drain).
+    pub(crate) fn request_task<F>(&self, req: Request, done: F) -> Result<(u64, Task)>
+    where
+        F: FnOnce(Result<Response>) + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let (id, task) = self.call(
+            async move { run(inner, req, Mode::Direct).await },
+            done,
+            false,
+        )?;
+        Ok((id, Box::pin(task)))
+    }
+
+    /// As [`Agent::request_task`], with the response as a stream once its head arrived.
+    pub(crate) fn request_stream_task<F>(&self, req: Request, done: F) -> Result<(u64, Task)>
+    where
+        F: FnOnce(Result<ResponseStream>) + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let (id, task) = self.call(
+            async move { ResponseStream::open(inner, &req, Mode::Direct).await },
+            done,
+            false,
+        )?;
+        Ok((id, Box::pin(task)))
+    }
+
     /// Runs `fut` as a cancellable call on the runtime; `done` gets its result exactly once.
     fn spawn_call<T, F>(
         &self,
@@ -145,6 +180,23 @@ impl Agent {
         F: FnOnce(Result<T>) + Send + 'static,
     {
         let handle = runtime::handle()?;
+        let (id, task) = self.call(fut, done, true)?;
+        handle.spawn(task);
+        Ok(id)
+    }
+
+    /// Registers a cancellable call and wraps `fut` so that `done` gets its result exactly
+    /// once. With `waited`, [`Agent::close`] waits for the call to end.
+    fn call<T, F>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+        done: F,
+        waited: bool,
+    ) -> Result<(u64, impl Future<Output = ()> + Send + 'static)>
+    where
+        T: Send + 'static,
+        F: FnOnce(Result<T>) + Send + 'static,
+    {
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let id = {
             let mut calls = self.inner.calls.lock()?;
@@ -154,16 +206,21 @@ impl Agent {
             calls.next += 1;
             let id = calls.next;
             calls.pending.insert(id, cancel_tx);
-            calls.running += 1;
+            if waited {
+                calls.running += 1;
+            } else {
+                calls.queued += 1;
+            }
             id
         };
         let completion = Completion {
             inner: self.inner.clone(),
             id,
             done: Some(done),
+            waited,
             _result: std::marker::PhantomData,
         };
-        handle.spawn(async move {
+        Ok((id, async move {
             let mut completion = completion;
             // A cancelled request is counted by its `Tally`, dropped with `fut`.
             let res = tokio::select! {
@@ -171,8 +228,7 @@ impl Agent {
                 _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
             };
             completion.finish(res);
-        });
-        Ok(id)
+        }))
     }
 
     /// Cancels an async request. Returns false if it already completed (or never existed);
@@ -210,10 +266,14 @@ impl Agent {
         } else {
             CLOSE_WAIT
         };
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
         if let Ok(mut calls) = self.inner.calls.lock() {
             if std::mem::replace(&mut calls.closed, true) {
                 return; // closed already (explicitly, then again by Drop)
+            }
+            if calls.queued > 0 {
+                // Their connections close when their queue next drains (or is freed).
+                deadline = Instant::now();
             }
             for (_, tx) in calls.pending.drain() {
                 let _ = tx.send(());
@@ -247,6 +307,8 @@ struct Completion<T, F: FnOnce(Result<T>)> {
     inner: Arc<Inner>,
     id: u64,
     done: Option<F>,
+    /// Counted in `Calls::running` (waited for by `close`).
+    waited: bool,
     _result: std::marker::PhantomData<fn(T)>,
 }
 
@@ -273,6 +335,10 @@ impl<T, F: FnOnce(Result<T>)> Drop for Completion<T, F> {
             self.finish(Err(err));
         }
         if let Ok(mut calls) = self.inner.calls.lock() {
+            if !self.waited {
+                calls.queued -= 1;
+                return;
+            }
             calls.running -= 1;
             if calls.running == 0 {
                 self.inner.calls_done.notify_all();
@@ -444,6 +510,11 @@ impl ResponseStream {
     /// runtime (see [`Agent::request`]).
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         self.next_in(Mode::Reactor).await
+    }
+
+    /// The next piece of the body, for a task run by an event queue (direct mode).
+    pub(crate) async fn next_chunk_queued(&mut self) -> Result<Option<Bytes>> {
+        self.next_in(Mode::Direct).await
     }
 
     /// The next piece of the body, blocking the calling thread (`None` at the end).

@@ -50,7 +50,7 @@ const SCRATCH_LEN: usize = 64 * 1024;
 
 /// What a direct-mode socket waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
+pub(crate) enum Wait {
     Read,
     Write,
 }
@@ -85,6 +85,58 @@ fn wait_epoch() -> u64 {
     WAIT_EPOCH.load(Ordering::Acquire)
 }
 
+/// Registers `fd` with `registry` under `token` for `wait`, edge-triggered. `known` says
+/// whether it was registered before (then `EPOLL_CTL_MOD` re-arms it and reports data
+/// already there); either guess is corrected when wrong (the fd was closed and its number
+/// reused, or it is new).
+pub(crate) fn watch(
+    registry: &mio::Registry,
+    fd: RawFd,
+    token: mio::Token,
+    wait: Wait,
+    known: bool,
+) -> io::Result<()> {
+    let interest = match wait {
+        Wait::Read => mio::Interest::READABLE,
+        Wait::Write => mio::Interest::WRITABLE,
+    };
+    let mut source = mio::unix::SourceFd(&fd);
+    let first = if known {
+        registry.reregister(&mut source, token, interest)
+    } else {
+        registry.register(&mut source, token, interest)
+    };
+    if first.is_err() {
+        let second = registry.register(&mut source, token, interest);
+        if second.is_err() {
+            registry.reregister(&mut source, token, interest)?;
+        }
+    }
+    Ok(())
+}
+
+/// For another executor of direct-mode futures (the event queue): marks this thread as
+/// polling direct sockets until the guard drops.
+pub(crate) fn enter_direct() -> DirectGuard {
+    DirectGuard(DIRECT.with(|d| d.replace(true)))
+}
+
+/// For another executor: forgets what the last poll waited for, before polling.
+pub(crate) fn clear_wait() {
+    WAIT_FD.with(|w| w.set(None));
+}
+
+/// For another executor: the socket the future just polled is waiting for, if any.
+pub(crate) fn take_wait() -> Option<(RawFd, Wait)> {
+    WAIT_FD.with(Cell::take)
+}
+
+/// For another executor: to be called after each of its `epoll_wait`s, so that sockets
+/// that saw `EAGAIN` try their system calls again.
+pub(crate) fn note_waited() {
+    WAIT_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
 const SOCKET: mio::Token = mio::Token(0);
 const WAKE: mio::Token = mio::Token(1);
 
@@ -113,25 +165,13 @@ impl Poller {
 
     /// Blocks until `fd` is ready for `wait` or the waker fires.
     fn wait(&mut self, fd: RawFd, wait: Wait) -> io::Result<()> {
-        let interest = match wait {
-            Wait::Read => mio::Interest::READABLE,
-            Wait::Write => mio::Interest::WRITABLE,
-        };
-        let mut source = mio::unix::SourceFd(&fd);
-        let registry = self.poll.registry();
-        // MOD re-arms the edge-triggered registration and reports data already there; it
-        // fails if the fd is not in the set (first use, or the socket was closed since).
-        let first = if self.registered == Some(fd) {
-            registry.reregister(&mut source, SOCKET, interest)
-        } else {
-            registry.register(&mut source, SOCKET, interest)
-        };
-        if first.is_err() {
-            let second = registry.register(&mut source, SOCKET, interest);
-            if second.is_err() {
-                registry.reregister(&mut source, SOCKET, interest)?;
-            }
-        }
+        watch(
+            self.poll.registry(),
+            fd,
+            SOCKET,
+            wait,
+            self.registered == Some(fd),
+        )?;
         self.registered = Some(fd);
         let res = loop {
             match self.poll.poll(&mut self.events, None) {
@@ -175,7 +215,7 @@ impl Wake for ThreadWaker {
 }
 
 /// Restores the thread's mode when `block_on` returns or unwinds.
-struct DirectGuard(bool);
+pub(crate) struct DirectGuard(bool);
 
 impl Drop for DirectGuard {
     fn drop(&mut self) {

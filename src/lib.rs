@@ -27,6 +27,7 @@ pub mod ffi;
 mod http;
 mod options;
 mod pool;
+mod queue;
 mod runtime;
 mod stats;
 mod tls;

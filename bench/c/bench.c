@@ -9,10 +9,14 @@
  *   quit
  *
  *   client "ours":  concurrency 1 -> the blocking agent_request loop;
- *                   concurrency N -> agent_request_async, N requests in flight, the completion
- *                   callback starting the next one.
+ *                   concurrency N -> the event queue: one thread keeps N requests submitted
+ *                   (agent_queue_submit) and drains their events (agent_queue_drain).
+ *   client "ours-callback": concurrency N -> agent_request_async, N requests in flight, the
+ *                   completion callback starting the next one.
+ *   client "ours-threads": concurrency N -> N threads calling agent_request on one agent.
  *   client "curl":  concurrency 1 -> one easy handle reused (curl_easy_perform loop);
  *                   concurrency N -> the multi interface with N easy handles.
+ *   client "curl-threads": concurrency N -> N threads, each with its own easy handle.
  *
  *   stream 1 (c=1 only): the body is streamed and never held whole. Ours: agent_request_stream
  *   and agent_stream_read into a 64 KiB buffer; curl: its write callback (as for every cell).
@@ -357,13 +361,112 @@ static void ours_async_phase(async_state *st, slot *slots) {
     pthread_mutex_unlock(&st->mu);
 }
 
-/* ----------------------------------------------------------------------------------------- */
-/* libcurl */
+/* The event queue: one thread submits c->conc requests and drains their events, starting
+ * the next request as each one completes (what an event loop does). */
+static void ours_queue_phase(agent *a, agent_queue *q, cell *c, double *t0s) {
+    agent_event evs[256];
+    long inflight = 0;
+    for (int i = 0; i < c->conc && may_start(c); i++) {
+        c->started++;
+        c->total++;
+        t0s[i] = now_s();
+        agent_code code = agent_queue_submit(q, a, "GET", c->url, NULL, 0, NULL, 0, TIMEOUT_MS,
+                                             (uint64_t)i, NULL);
+        if (code != AGENT_CODE_OK) {
+            note_error(c, "submit: %s: %s", agent_code_name(code), last_error());
+            break;
+        }
+        inflight++;
+    }
+    while (inflight > 0) {
+        size_t n = 0;
+        agent_code code = agent_queue_drain(q, evs, 256, 100, &n);
+        if (code != AGENT_CODE_OK) {
+            note_error(c, "drain: %s: %s", agent_code_name(code), last_error());
+            break;
+        }
+        double t = now_s();
+        for (size_t k = 0; k < n; k++) {
+            int i = (int)evs[k].token;
+            if (evs[k].code != AGENT_CODE_OK) {
+                note_error(c, "%s: %s", agent_code_name(evs[k].code), evs[k].message);
+                record(c, t - t0s[i], 0);
+            } else {
+                record(c, t - t0s[i], ours_check(c, AGENT_CODE_OK, evs[k].response));
+            }
+            if (may_start(c)) {
+                c->started++;
+                c->total++;
+                t0s[i] = now_s();
+                code = agent_queue_submit(q, a, "GET", c->url, NULL, 0, NULL, 0, TIMEOUT_MS,
+                                          (uint64_t)i, NULL);
+                if (code == AGENT_CODE_OK) {
+                    continue;
+                }
+                note_error(c, "submit: %s: %s", agent_code_name(code), last_error());
+            }
+            inflight--;
+        }
+    }
+}
 
 typedef struct {
     size_t len;
     double t0;
 } curl_xfer;
+
+/* Threads: c->conc threads, each with its own loop of blocking requests (ours: one shared
+ * agent and agent_request; curl: an easy handle per thread). The cell is shared under a lock. */
+typedef struct {
+    cell *c;
+    agent *a;
+    pthread_mutex_t mu;
+} threads_state;
+
+typedef struct {
+    threads_state *ts;
+    CURL *easy;
+    curl_xfer *x;
+} thread_arg;
+
+static bool threads_may_start(threads_state *ts) {
+    pthread_mutex_lock(&ts->mu);
+    bool ok = may_start(ts->c);
+    if (ok) {
+        ts->c->started++;
+        ts->c->total++;
+    }
+    pthread_mutex_unlock(&ts->mu);
+    return ok;
+}
+
+static void *ours_thread(void *arg) {
+    threads_state *ts = ((thread_arg *)arg)->ts;
+    while (threads_may_start(ts)) {
+        agent_response *resp = NULL;
+        double t0 = now_s();
+        agent_code code =
+            agent_request(ts->a, "GET", ts->c->url, NULL, 0, NULL, 0, TIMEOUT_MS, &resp);
+        double latency = now_s() - t0;
+        char msg[256] = "";
+        if (code != AGENT_CODE_OK) {
+            agent_last_error(msg, sizeof msg);
+        }
+        pthread_mutex_lock(&ts->mu);
+        size_t len = 0;
+        if (code != AGENT_CODE_OK) {
+            note_error(ts->c, "%s: %s", agent_code_name(code), msg);
+        } else {
+            len = ours_check(ts->c, code, resp);
+        }
+        record(ts->c, latency, len);
+        pthread_mutex_unlock(&ts->mu);
+    }
+    return NULL;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* libcurl */
 
 static size_t curl_sink(char *data, size_t size, size_t n, void *userdata) {
     (void)data;
@@ -442,6 +545,32 @@ static void curl_easy_phase(CURL *h, curl_xfer *x, cell *c) {
     }
 }
 
+static void *curl_thread(void *arg) {
+    thread_arg *ta = arg;
+    threads_state *ts = ta->ts;
+    while (threads_may_start(ts)) {
+        ta->x->len = 0;
+        double t0 = now_s();
+        CURLcode rc = curl_easy_perform(ta->easy);
+        double latency = now_s() - t0;
+        pthread_mutex_lock(&ts->mu);
+        curl_check(ts->c, ta->easy, rc, ta->x, latency);
+        pthread_mutex_unlock(&ts->mu);
+    }
+    return NULL;
+}
+
+static void threads_phase(threads_state *ts, thread_arg *args, bool ours) {
+    pthread_t *tids = calloc((size_t)ts->c->conc, sizeof *tids);
+    for (int i = 0; i < ts->c->conc; i++) {
+        pthread_create(&tids[i], NULL, ours ? ours_thread : curl_thread, &args[i]);
+    }
+    for (int i = 0; i < ts->c->conc; i++) {
+        pthread_join(tids[i], NULL);
+    }
+    free(tids);
+}
+
 static void curl_multi_phase(CURLM *m, CURL **hs, curl_xfer *xs, cell *c) {
     int inflight = 0;
     for (int i = 0; i < c->conc && may_start(c); i++) {
@@ -486,37 +615,70 @@ static void curl_multi_phase(CURLM *m, CURL **hs, curl_xfer *xs, cell *c) {
 /* ----------------------------------------------------------------------------------------- */
 /* A cell: warm-up, then the measured part, same client */
 
-typedef enum { CLIENT_OURS, CLIENT_CURL } client_kind;
+typedef enum {
+    CLIENT_OURS,          /* c=1: agent_request; c=N: the event queue */
+    CLIENT_OURS_CALLBACK, /* c=N: agent_request_async with a completion callback */
+    CLIENT_OURS_THREADS,  /* c=N: N threads calling agent_request on one agent */
+    CLIENT_CURL,          /* c=1: an easy handle; c=N: the multi interface */
+    CLIENT_CURL_THREADS,  /* c=N: N threads, each with its own easy handle */
+} client_kind;
 
 /* One client object lives across both phases. */
 static void run(client_kind kind, cell *c, double seconds, double warmup) {
     agent *a = NULL;
+    agent_queue *q = NULL;
+    double *t0s = NULL;
     async_state st;
     slot *slots = NULL;
+    threads_state ts;
+    thread_arg *targs = NULL;
+    curl_xfer *txs = NULL;
     CURL *easy = NULL;
     CURLM *multi = NULL;
     CURL **hs = NULL;
     curl_xfer *xs = NULL;
     struct curl_slist *headers = curl_slist_append(NULL, "Connection: close");
     curl_xfer x1 = {0, 0};
+    bool ours = kind == CLIENT_OURS || kind == CLIENT_OURS_CALLBACK || kind == CLIENT_OURS_THREADS;
+    bool threads = kind == CLIENT_OURS_THREADS || kind == CLIENT_CURL_THREADS;
 
-    if (kind == CLIENT_OURS) {
+    if (ours) {
         a = ours_agent(c, 0, 0);
         if (a == NULL) {
             note_error(c, "agent creation failed%s%s", "", "");
             c->deadline = 0;
         }
-        if (c->conc > 1) {
-            memset(&st, 0, sizeof st);
-            st.a = a;
-            st.c = c;
-            pthread_mutex_init(&st.mu, NULL);
-            pthread_cond_init(&st.cv, NULL);
-            slots = calloc((size_t)c->conc, sizeof *slots);
+    }
+    if (kind == CLIENT_OURS && c->conc > 1) {
+        if (agent_queue_new(&q) != AGENT_CODE_OK) {
+            note_error(c, "queue creation failed: %s%s", last_error(), "");
+            agent_free(a);
+            a = NULL;
         }
-    } else if (c->conc == 1) {
+        t0s = calloc((size_t)c->conc, sizeof *t0s);
+    } else if (kind == CLIENT_OURS_CALLBACK) {
+        memset(&st, 0, sizeof st);
+        st.a = a;
+        st.c = c;
+        pthread_mutex_init(&st.mu, NULL);
+        pthread_cond_init(&st.cv, NULL);
+        slots = calloc((size_t)c->conc, sizeof *slots);
+    } else if (threads) {
+        ts.c = c;
+        ts.a = a;
+        pthread_mutex_init(&ts.mu, NULL);
+        targs = calloc((size_t)c->conc, sizeof *targs);
+        txs = calloc((size_t)c->conc, sizeof *txs);
+        for (int i = 0; i < c->conc; i++) {
+            targs[i].ts = &ts;
+            targs[i].x = &txs[i];
+            if (kind == CLIENT_CURL_THREADS) {
+                targs[i].easy = curl_handle(c, headers, &txs[i]);
+            }
+        }
+    } else if (kind == CLIENT_CURL && c->conc == 1) {
         easy = curl_handle(c, headers, &x1);
-    } else {
+    } else if (kind == CLIENT_CURL) {
         multi = curl_multi_init();
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)c->conc * 2);
         hs = calloc((size_t)c->conc, sizeof *hs);
@@ -530,7 +692,7 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
     long errors_warmup = 0;
     rss_sampler rss;
     memset(&rss, 0, sizeof rss);
-    for (int phase = 0; phase < 2 && (kind != CLIENT_OURS || a != NULL); phase++) {
+    for (int phase = 0; phase < 2 && (!ours || a != NULL); phase++) {
         c->record = phase == 1;
         c->started = 0;
         c->done = 0;
@@ -547,7 +709,11 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
         if (kind == CLIENT_OURS && c->conc == 1) {
             ours_blocking_phase(a, c);
         } else if (kind == CLIENT_OURS) {
+            ours_queue_phase(a, q, c, t0s);
+        } else if (kind == CLIENT_OURS_CALLBACK) {
             ours_async_phase(&st, slots);
+        } else if (threads) {
+            threads_phase(&ts, targs, kind == CLIENT_OURS_THREADS);
         } else if (c->conc == 1) {
             curl_easy_phase(easy, &x1, c);
         } else {
@@ -563,6 +729,8 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
         }
     }
 
+    agent_queue_free(q);
+    free(t0s);
     if (a != NULL) {
         agent_free(a);
     }
@@ -570,6 +738,16 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
         pthread_mutex_destroy(&st.mu);
         pthread_cond_destroy(&st.cv);
         free(slots);
+    }
+    if (targs != NULL) {
+        for (int i = 0; i < c->conc; i++) {
+            if (targs[i].easy) {
+                curl_easy_cleanup(targs[i].easy);
+            }
+        }
+        pthread_mutex_destroy(&ts.mu);
+        free(targs);
+        free(txs);
     }
     if (easy != NULL) {
         curl_easy_cleanup(easy);
@@ -796,14 +974,19 @@ static int serve(void) {
         c.upload_len = upload_len;
         /* the warm-up never records; the measured part records at most max_requests */
         c.lat = malloc((size_t)max_requests * sizeof *c.lat);
-        client_kind kind = strcmp(client, "ours") == 0 ? CLIENT_OURS : CLIENT_CURL;
-        if (c.lat == NULL || (kind == CLIENT_CURL && strcmp(client, "curl") != 0)) {
+        int kind = strcmp(client, "ours") == 0             ? CLIENT_OURS
+                   : strcmp(client, "ours-callback") == 0  ? CLIENT_OURS_CALLBACK
+                   : strcmp(client, "ours-threads") == 0   ? CLIENT_OURS_THREADS
+                   : strcmp(client, "curl") == 0           ? CLIENT_CURL
+                   : strcmp(client, "curl-threads") == 0   ? CLIENT_CURL_THREADS
+                                                           : -1;
+        if (c.lat == NULL || kind < 0 || (kind != CLIENT_OURS && kind != CLIENT_CURL && conc == 1)) {
             printf("{\"fatal\":\"unknown client or out of memory\"}\n");
             fflush(stdout);
             free(c.lat);
             continue;
         }
-        run(kind, &c, seconds, warmup);
+        run((client_kind)kind, &c, seconds, warmup);
         free(c.lat);
     }
     return 0;

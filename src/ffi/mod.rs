@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod agent;
 pub mod options;
+pub mod queue;
 pub mod response;
 pub mod stream;
 

@@ -223,7 +223,7 @@ unsafe fn take_source(source: *const agent_body_source) -> Result<Option<Body>> 
 /// # Safety
 /// As `agent_request_stream`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn stream_request(
+pub(super) unsafe fn stream_request(
     method: *const c_char,
     url: *const c_char,
     headers: *const agent_header,
@@ -268,10 +268,10 @@ unsafe fn stream_request(
 /// One read at a time; the head may be read at any time. Free every stream before its agent
 /// (`agent_free` waits up to 5 s for streams still open).
 pub struct agent_stream {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     head: Response,
     header_block: Box<[u8]>,
     state: Mutex<State>,
@@ -339,13 +339,13 @@ impl Shared {
         None
     }
 
-    fn hold(&self, piece: Bytes) {
+    pub(super) fn hold(&self, piece: Bytes) {
         *self.lent.lock().unwrap_or_else(|p| p.into_inner()) = piece;
     }
 }
 
 impl agent_stream {
-    fn boxed(stream: ResponseStream) -> *mut agent_stream {
+    pub(super) fn boxed(stream: ResponseStream) -> *mut agent_stream {
         let head = stream.head().clone();
         let shared = Arc::new(Shared {
             header_block: header_block(&head.headers),
@@ -645,74 +645,85 @@ pub unsafe extern "C" fn agent_stream_read_async(
         let s = unsafe { borrow(stream, "stream") }?;
         let cb = callback.ok_or_else(|| null("callback"))?;
         let handle = crate::runtime::handle()?;
-        let (mut stream, leftover) = s.shared.lend()?;
-        let shared = s.shared.clone();
-        let mut delivery = Delivery {
-            cb: Some(cb),
-            ud: Userdata(userdata),
-        };
-        handle.spawn(async move {
-            let res = if leftover.is_empty() {
-                tokio::select! {
-                    r = stream.next_chunk() => r,
-                    // Freed meanwhile: stop waiting for the next piece (the stream is dropped,
-                    // aborted, below).
-                    _ = shared.freed.notified() => Err(Error::new(
-                        ErrorKind::Cancelled,
-                        "the stream was freed during the read",
-                    )),
+        let ud = Userdata(userdata);
+        let task = read_task(s, false, move |res| {
+            let ud = ud;
+            match res {
+                // SAFETY: the caller's callback with its userdata; `chunk` outlives the call.
+                Ok(chunk) => unsafe {
+                    cb(ud.0, agent_code::AGENT_CODE_OK, chunk.as_ptr(), chunk.len())
+                },
+                Err(e) => {
+                    let code = fail(&e);
+                    // SAFETY: as above, with no data.
+                    unsafe { cb(ud.0, code, std::ptr::null(), 0) }
                 }
-            } else {
-                Ok(Some(leftover))
-            };
-            // A stream freed during the read is dropped (aborted) before the callback runs,
-            // so that the statistics are final when the caller hears of it.
-            let freed = shared.give_back(stream, Bytes::new()).map(drop).is_some();
-            if freed {
-                delivery.finish(Err(Error::new(
-                    ErrorKind::Cancelled,
-                    "the stream was freed during the read",
-                )));
-            } else {
-                delivery.finish(res.map(|c| c.unwrap_or_default()));
             }
-        });
+        })?;
+        handle.spawn(task);
         Ok(())
     })
 }
 
-/// Calls an `agent_data_callback` exactly once: with the read's result, or — if the task
-/// is dropped first (runtime gone, panic) — with `Cancelled` / `Panic`.
-struct Delivery {
-    cb: Option<unsafe extern "C" fn(*mut c_void, agent_code, *const u8, usize)>,
-    ud: Userdata,
+/// Lends the stream to one read of its next piece and returns the task that reads it:
+/// on the runtime (`queued` false) or on an event queue's draining thread. `done` runs
+/// exactly once with the piece (empty at the end of the body) or the error; a stream
+/// freed during the read is dropped (aborted) first, then `done` gets `Cancelled`, so that
+/// the statistics are final when the caller hears of it.
+pub(super) fn read_task(
+    s: &agent_stream,
+    queued: bool,
+    done: impl FnOnce(Result<Bytes>) + Send + 'static,
+) -> Result<crate::queue::Task> {
+    let (mut stream, leftover) = s.shared.lend()?;
+    let shared = s.shared.clone();
+    let mut delivery = Delivery(Some(done));
+    Ok(Box::pin(async move {
+        let res = if leftover.is_empty() {
+            let next = async {
+                if queued {
+                    stream.next_chunk_queued().await
+                } else {
+                    stream.next_chunk().await
+                }
+            };
+            tokio::select! {
+                r = next => r,
+                // Freed meanwhile: stop waiting for the next piece (the stream is dropped,
+                // aborted, below).
+                _ = shared.freed.notified() => Err(Error::new(
+                    ErrorKind::Cancelled,
+                    "the stream was freed during the read",
+                )),
+            }
+        } else {
+            Ok(Some(leftover))
+        };
+        let freed = shared.give_back(stream, Bytes::new()).map(drop).is_some();
+        if freed {
+            delivery.finish(Err(Error::new(
+                ErrorKind::Cancelled,
+                "the stream was freed during the read",
+            )));
+        } else {
+            delivery.finish(res.map(|c| c.unwrap_or_default()));
+        }
+    }))
 }
 
-impl Delivery {
+/// Calls a read's `done` exactly once: with the read's result, or — if the task is
+/// dropped first (runtime gone, queue freed, panic) — with `Cancelled` / `Panic`.
+struct Delivery<F: FnOnce(Result<Bytes>)>(Option<F>);
+
+impl<F: FnOnce(Result<Bytes>)> Delivery<F> {
     fn finish(&mut self, res: Result<Bytes>) {
-        let Some(cb) = self.cb.take() else {
-            return;
-        };
-        match res {
-            // SAFETY: the caller's callback with its userdata; `chunk` outlives the call.
-            Ok(chunk) => unsafe {
-                cb(
-                    self.ud.0,
-                    agent_code::AGENT_CODE_OK,
-                    chunk.as_ptr(),
-                    chunk.len(),
-                )
-            },
-            Err(e) => {
-                let code = fail(&e);
-                // SAFETY: as above, with no data.
-                unsafe { cb(self.ud.0, code, std::ptr::null(), 0) }
-            }
+        if let Some(done) = self.0.take() {
+            done(res);
         }
     }
 }
 
-impl Drop for Delivery {
+impl<F: FnOnce(Result<Bytes>)> Drop for Delivery<F> {
     fn drop(&mut self) {
         let e = if std::thread::panicking() {
             Error::new(ErrorKind::Panic, "a panic ended the read")

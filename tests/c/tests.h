@@ -57,6 +57,14 @@ void test_stream_empty_bodies_have_a_length(void);
 void test_stream_pending_sources_hold_no_thread(void);
 void test_stream_pending_source_in_a_blocking_call(void);
 
+/* test_queue.c */
+void test_queue_many_with_epoll(void);
+void test_queue_streams_both_ways(void);
+void test_queue_errors_carry_their_message(void);
+void test_queue_cancel_and_agent_free(void);
+void test_queue_free_with_in_flight(void);
+void test_queue_bad_arguments(void);
+
 /* test_async.c */
 void test_async_many(void);
 void test_free_with_in_flight(void);
