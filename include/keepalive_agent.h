@@ -1110,7 +1110,8 @@ agent_code agent_queue_read(const agent_queue *queue,
  * readable. Messages of the previous drain's events are freed here.
  *
  * Returns `AGENT_CODE_OK`, `INVALID_ARGUMENT` (NULL, or `cap` 0), `WOULD_BLOCK` (called
- * from a library thread, inside a callback), `FORKED` (a queue created before `fork()`).
+ * from a library thread — inside a callback — or from inside a drain on this thread, such
+ * as from a body source's read callback), `FORKED` (a queue created before `fork()`).
  *
  * # Safety
  * `queue` is NULL or live; `events` points to `cap` writable `agent_event`s; `n` is

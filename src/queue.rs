@@ -38,6 +38,20 @@ const POLL_BUDGET: usize = 4096;
 /// The token of the queue's own waker in its epoll set; requests use their ids.
 const WAKE: mio::Token = mio::Token(usize::MAX);
 
+thread_local! {
+    /// Set while this thread runs a drain (of any queue).
+    static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`DRAINING`] when a drain returns or unwinds.
+struct DrainingGuard;
+
+impl Drop for DrainingGuard {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(false));
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -267,6 +281,13 @@ impl<E: Send + 'static> Queue<E> {
                 "this queue was created before fork(); create a new one in the child",
             ));
         }
+        if DRAINING.with(|d| d.replace(true)) {
+            return Err(Error::new(
+                ErrorKind::WouldBlock,
+                "a queue cannot be drained from inside a drain (from a callback the drain runs)",
+            ));
+        }
+        let _draining = DrainingGuard;
         let mut exec = lock(&self.exec);
         let _ctx = self.handle.enter();
         let _direct = direct::enter_direct();

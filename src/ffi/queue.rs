@@ -300,7 +300,8 @@ pub unsafe extern "C" fn agent_queue_read(
 /// readable. Messages of the previous drain's events are freed here.
 ///
 /// Returns `AGENT_CODE_OK`, `INVALID_ARGUMENT` (NULL, or `cap` 0), `WOULD_BLOCK` (called
-/// from a library thread, inside a callback), `FORKED` (a queue created before `fork()`).
+/// from a library thread — inside a callback — or from inside a drain on this thread, such
+/// as from a body source's read callback), `FORKED` (a queue created before `fork()`).
 ///
 /// # Safety
 /// `queue` is NULL or live; `events` points to `cap` writable `agent_event`s; `n` is
