@@ -387,14 +387,6 @@ struct Tally {
 }
 
 impl Tally {
-    fn ok(&mut self, reused: bool) {
-        self.done = true;
-        self.inner.pool.record(&self.origin, |s| {
-            s.requests += 1;
-            s.reused_requests += u64::from(reused);
-        });
-    }
-
     fn failed(&mut self, e: &Error) {
         self.done = true;
         self.inner.pool.record(&self.origin, |s| {
@@ -629,9 +621,14 @@ impl ResponseStream {
         if keep.is_some() && !conn.ready_for_next().await {
             keep = None;
         }
-        pool.release(&self.origin, conn, keep);
+        let reused = self.head.reused;
+        // Counted as a success under the pool lock that takes the connection back.
+        pool.release(&self.origin, conn, keep, |s| {
+            s.requests += 1;
+            s.reused_requests += u64::from(reused);
+        });
+        self.tally.done = true;
         self.head.timings.total_us = micros(self.start.elapsed());
-        self.tally.ok(self.head.reused);
     }
 
     fn fail(&mut self, e: Error) {

@@ -39,6 +39,17 @@ const ADOPT_AFTER: Duration = Duration::from_millis(20);
 /// allocations — nothing next to an idle gap this long.
 const COMPACT_AFTER: Duration = Duration::from_millis(100);
 
+/// While a connection turns over quickly (parked again within [`HOT`] of its last park),
+/// its monitor checks back this often instead of being woken by every park: a request
+/// then costs no wake-up of a library thread.
+const RECHECK: Duration = Duration::from_millis(100);
+const HOT: Duration = Duration::from_secs(1);
+
+/// How late the monitor may honour a new, earlier deadline rather than be woken for it
+/// (idle close, compaction and adoption tolerate it; adoption stays well within SPEC's
+/// 200 ms: [`ADOPT_AFTER`] plus this).
+const LATE_OK: Duration = Duration::from_millis(80);
+
 /// How long a finished connection may take to become ready for its next request before
 /// it is given up (it is normally a few microseconds).
 const READY_WAIT: Duration = Duration::from_millis(100);
@@ -72,6 +83,8 @@ struct Timers {
     compact_at: Option<Instant>,
     /// What the monitor is currently sleeping until.
     armed: Option<Instant>,
+    /// When the connection was last parked (see [`RECHECK`]).
+    last_park: Option<Instant>,
 }
 
 impl Timers {
@@ -85,7 +98,7 @@ impl Timers {
     /// Whether the monitor must be woken to honour a new, earlier time.
     fn needs_wake(&self) -> bool {
         match (self.next(), self.armed) {
-            (Some(n), Some(a)) => n < a,
+            (Some(n), Some(a)) => n + LATE_OK < a,
             (Some(_), None) => true,
             _ => false,
         }
@@ -130,12 +143,20 @@ impl Ctl {
     /// Called by the monitor before it sleeps. A due adoption is consumed here: the
     /// monitor polls the parked driver on every pass.
     fn arm(&self) -> Option<Instant> {
+        let now = Instant::now();
         let mut t = lock(&self.timers);
-        if t.adopt_at.is_some_and(|a| a <= Instant::now()) {
+        if t.adopt_at.is_some_and(|a| a <= now) {
             t.adopt_at = None;
         }
-        t.armed = t.next();
+        let hot = t.last_park.is_some_and(|p| now.duration_since(p) < HOT);
+        t.armed = t.next().or(hot.then(|| now + RECHECK));
         t.armed
+    }
+
+    /// Whether a driver parked in direct mode is still left to its blocking caller (the
+    /// monitor must not poll it, which would move its socket into the reactor).
+    fn adoption_pending(&self) -> bool {
+        lock(&self.timers).adopt_at.is_some()
     }
 
     fn idle_due(&self) -> bool {
@@ -166,6 +187,8 @@ impl Ctl {
         let parts = Pin::into_inner(driver).into_parts();
         if parts.read_buf.is_empty() {
             *parked = Some(Parked::Bare(parts.io.into_inner()));
+            drop(parked);
+            crate::memory::note_compaction();
             true
         } else {
             false
@@ -298,8 +321,6 @@ impl Conn {
         match self.mode {
             Mode::Direct => {
                 *lock(&self.ctl.parked) = Some(Parked::Live(d, s));
-                self.ctl
-                    .update_timers(|t| t.adopt_at = Some(Instant::now() + ADOPT_AFTER));
             }
             Mode::Reactor => {
                 let waker = lock(&self.ctl.monitor_waker).clone();
@@ -321,9 +342,15 @@ impl Conn {
                 }
             }
         }
+        let direct = self.mode == Mode::Direct;
         self.ctl.update_timers(|t| {
+            let now = Instant::now();
             t.idle_until = idle_until;
-            t.compact_at = Some(Instant::now() + COMPACT_AFTER);
+            t.compact_at = Some(now + COMPACT_AFTER);
+            t.last_park = Some(now);
+            if direct {
+                t.adopt_at = Some(now + ADOPT_AFTER);
+            }
         });
     }
 
@@ -497,6 +524,8 @@ async fn run_monitor(ctl: Arc<Ctl>, owner: Weak<dyn Owner>, origin: Arc<Origin>)
             }
             let mut parked = lock(&ctl.parked);
             match parked.as_mut() {
+                // Left to its blocking caller until adoption is due.
+                Some(Parked::Live(..)) if ctl.adoption_pending() => Poll::Pending,
                 Some(Parked::Live(d, _)) => d.as_mut().poll(cx).map(|_| ()),
                 // Anything readable on an idle bare socket (EOF, RST, stray bytes) ends it.
                 Some(Parked::Bare(s)) => s.poll_read_ready(cx).map(|_| ()),

@@ -53,13 +53,29 @@ const SCRATCH_LEN: usize = 64 * 1024;
 pub(crate) enum Wait {
     Read,
     Write,
+    /// Both: the same poll wanted to read and to write (a body still being sent while the
+    /// response arrives).
+    Both,
 }
+
+/// One socket's wait, as the executor sees it. `sock` identifies the socket itself (its
+/// descriptor number may be reused after a close): an executor that registered this very
+/// socket before need not register it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WaitOn {
+    pub(crate) fd: RawFd,
+    pub(crate) wait: Wait,
+    pub(crate) sock: u64,
+}
+
+/// Socket identities (see [`WaitOn`]).
+static NEXT_SOCK: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// Set while this thread runs [`block_on`]: sockets polled here do direct I/O.
     static DIRECT: Cell<bool> = const { Cell::new(false) };
     /// The socket the last poll of [`block_on`]'s future is waiting for.
-    static WAIT_FD: Cell<Option<(RawFd, Wait)>> = const { Cell::new(None) };
+    static WAIT_FD: Cell<Option<WaitOn>> = const { Cell::new(None) };
     /// This thread's epoll instance for direct waits, made on first use (and again in a
     /// forked child, whose copy would be shared with the parent).
     static POLLER: RefCell<Option<Poller>> = const { RefCell::new(None) };
@@ -72,17 +88,40 @@ fn on_direct_thread() -> bool {
 }
 
 /// Called by a direct-mode socket that would block: the executor waits for it.
-fn wait_for(fd: RawFd, wait: Wait) {
-    WAIT_FD.with(|w| w.set(Some((fd, wait))));
+fn wait_for(on: WaitOn) {
+    WAIT_FD.with(|w| {
+        let merged = match w.get() {
+            Some(prev) if prev.fd == on.fd && prev.sock == on.sock && prev.wait != on.wait => {
+                WaitOn {
+                    wait: Wait::Both,
+                    ..on
+                }
+            }
+            _ => on,
+        };
+        w.set(Some(merged));
+    });
 }
 
-/// Counts the waits of every direct executor. A socket that saw `EAGAIN` at epoch `e`
-/// skips further system calls until the epoch moves on: nothing can have arrived that a
-/// wait would not have reported.
-static WAIT_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Numbers the waits of every direct executor, so that each wait has a value of its own.
+/// A socket that saw `EAGAIN` at epoch `e` of the thread polling it skips further system
+/// calls until that thread has waited again: nothing can have arrived that a wait would
+/// not have reported. (Per thread: another thread's waits say nothing about this one's
+/// sockets.)
+static WAIT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's last wait (0: none yet).
+    static EPOCH: Cell<u64> = const { Cell::new(0) };
+}
 
 fn wait_epoch() -> u64 {
-    WAIT_EPOCH.load(Ordering::Acquire)
+    EPOCH.with(Cell::get)
+}
+
+/// Records that this thread has just waited.
+fn waited() {
+    EPOCH.with(|e| e.set(WAIT_EPOCH.fetch_add(1, Ordering::Relaxed)));
 }
 
 /// Registers `fd` with `registry` under `token` for `wait`, edge-triggered. `known` says
@@ -99,6 +138,7 @@ pub(crate) fn watch(
     let interest = match wait {
         Wait::Read => mio::Interest::READABLE,
         Wait::Write => mio::Interest::WRITABLE,
+        Wait::Both => mio::Interest::READABLE | mio::Interest::WRITABLE,
     };
     let mut source = mio::unix::SourceFd(&fd);
     let first = if known {
@@ -127,14 +167,14 @@ pub(crate) fn clear_wait() {
 }
 
 /// For another executor: the socket the future just polled is waiting for, if any.
-pub(crate) fn take_wait() -> Option<(RawFd, Wait)> {
+pub(crate) fn take_wait() -> Option<WaitOn> {
     WAIT_FD.with(Cell::take)
 }
 
 /// For another executor: to be called after each of its `epoll_wait`s, so that sockets
 /// that saw `EAGAIN` try their system calls again.
 pub(crate) fn note_waited() {
-    WAIT_EPOCH.fetch_add(1, Ordering::AcqRel);
+    waited();
 }
 
 const SOCKET: mio::Token = mio::Token(0);
@@ -145,9 +185,11 @@ struct Poller {
     events: mio::Events,
     waker: Arc<mio::Waker>,
     generation: u64,
-    /// The socket registered last (left registered: the next wait on it is one
-    /// `EPOLL_CTL_MOD`; a closed socket leaves the epoll set by itself).
-    registered: Option<RawFd>,
+    /// The socket registered last, left registered (edge-triggered): the next wait on the
+    /// same socket for the same thing needs no system call, since anything arriving after
+    /// its `EAGAIN` raises a new edge; another wait on its descriptor is one
+    /// `EPOLL_CTL_MOD`. A closed socket leaves the epoll set by itself.
+    registered: Option<WaitOn>,
 }
 
 impl Poller {
@@ -164,22 +206,20 @@ impl Poller {
     }
 
     /// Blocks until `fd` is ready for `wait` or the waker fires.
-    fn wait(&mut self, fd: RawFd, wait: Wait) -> io::Result<()> {
-        watch(
-            self.poll.registry(),
-            fd,
-            SOCKET,
-            wait,
-            self.registered == Some(fd),
-        )?;
-        self.registered = Some(fd);
+    fn wait(&mut self, on: WaitOn) -> io::Result<()> {
+        if self.registered != Some(on) {
+            let known = self.registered.is_some_and(|r| r.fd == on.fd);
+            self.registered = None;
+            watch(self.poll.registry(), on.fd, SOCKET, on.wait, known)?;
+            self.registered = Some(on);
+        }
         let res = loop {
             match self.poll.poll(&mut self.events, None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r,
             }
         };
-        WAIT_EPOCH.fetch_add(1, Ordering::AcqRel);
+        waited();
         res
     }
 }
@@ -263,11 +303,11 @@ pub(crate) fn block_on<F: Future>(handle: &Handle, make: impl FnOnce(Mode) -> F)
             return v;
         }
         match WAIT_FD.with(Cell::take) {
-            Some((fd, wait)) => {
+            Some(on) => {
                 me.state.store(POLLING, Ordering::SeqCst);
                 if !me.woken.load(Ordering::SeqCst) {
                     let res = POLLER.with(|p| match p.borrow_mut().as_mut() {
-                        Some(p) => p.wait(fd, wait),
+                        Some(p) => p.wait(on),
                         None => Ok(()),
                     });
                     if res.is_err() {
@@ -293,6 +333,8 @@ pub(crate) fn block_on<F: Future>(handle: &Handle, make: impl FnOnce(Mode) -> F)
 pub(crate) struct Socket {
     sock: Sock,
     blocked: Blocked,
+    /// This socket's identity (see [`WaitOn`]).
+    id: u64,
 }
 
 /// The wait epoch at which each direction last saw `EAGAIN` in direct mode.
@@ -315,6 +357,7 @@ impl Socket {
         Socket {
             sock: Sock::Reactor(s),
             blocked: Blocked::default(),
+            id: NEXT_SOCK.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -326,6 +369,7 @@ impl Socket {
         addr: SocketAddr,
     ) -> io::Result<Socket> {
         sock.set_nonblocking(true)?;
+        let id = NEXT_SOCK.fetch_add(1, Ordering::Relaxed);
         match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
@@ -337,7 +381,11 @@ impl Socket {
                     match sock.peer_addr() {
                         Ok(_) => Poll::Ready(Ok(())),
                         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                            wait_for(fd, Wait::Write);
+                            wait_for(WaitOn {
+                                fd,
+                                wait: Wait::Write,
+                                sock: id,
+                            });
                             Poll::Pending
                         }
                         Err(e) => Poll::Ready(Err(e)),
@@ -350,6 +398,7 @@ impl Socket {
         Ok(Socket {
             sock: Sock::Direct(sock.into()),
             blocked: Blocked::default(),
+            id,
         })
     }
 
@@ -376,14 +425,19 @@ impl Socket {
     /// After an `EAGAIN`, the call is not retried until a wait has happened.
     fn direct<T>(
         s: &std::net::TcpStream,
+        id: u64,
         interest: Wait,
         blocked: &mut Option<u64>,
         mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        let fd = s.as_raw_fd();
+        let on = WaitOn {
+            fd: s.as_raw_fd(),
+            wait: interest,
+            sock: id,
+        };
         let epoch = wait_epoch();
         if *blocked == Some(epoch) {
-            wait_for(fd, interest);
+            wait_for(on);
             return Poll::Pending;
         }
         loop {
@@ -391,7 +445,7 @@ impl Socket {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     *blocked = Some(epoch);
-                    wait_for(fd, interest);
+                    wait_for(on);
                     return Poll::Pending;
                 }
                 r => {
@@ -412,7 +466,9 @@ impl Socket {
         self.align()?;
         match &mut self.sock {
             Sock::Reactor(s) => reactor(Pin::new(s)),
-            Sock::Direct(s) => Socket::direct(s, Wait::Write, &mut self.blocked.write, direct),
+            Sock::Direct(s) => {
+                Socket::direct(s, self.id, Wait::Write, &mut self.blocked.write, direct)
+            }
             Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),
         }
     }
@@ -448,6 +504,7 @@ impl AsyncRead for Socket {
                     let mut scratch = scratch.borrow_mut();
                     let n = std::task::ready!(Socket::direct(
                         s,
+                        this.id,
                         Wait::Read,
                         &mut this.blocked.read,
                         |mut s| io::Read::read(&mut s, &mut scratch[..want])

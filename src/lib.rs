@@ -25,6 +25,7 @@ mod error;
 mod exchange;
 pub mod ffi;
 mod http;
+mod memory;
 mod options;
 mod pool;
 mod queue;

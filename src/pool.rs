@@ -433,22 +433,51 @@ impl<C: Pooled> Pool<C> {
     }
 
     /// Gives a connection of `origin` back after a complete response. `keep` is what
-    /// [`Pool::idle_timeout`] decided (`None`: close it).
+    /// [`Pool::idle_timeout`] decided (`None`: close it); `record` counts the request in
+    /// the statistics, under the same lock.
     pub(crate) fn release(
         &self,
         origin: &Arc<Origin>,
         mut conn: C,
         keep: Option<Option<Duration>>,
+        record: impl FnOnce(&mut Stats),
     ) {
-        let Some(idle_timeout) = keep.filter(|_| self.cfg.keep_alive) else {
-            drop(conn); // closed before taking the lock (an unwatched connection reports its end)
-            return;
+        let keep = keep.filter(|_| self.cfg.keep_alive && conn.is_open());
+        // Parked before the lock is taken (it touches the connection's own locks); a
+        // connection handed to a waiter is simply unparked by it.
+        let parked = keep.map(|idle_timeout| {
+            let until = idle_timeout.map(|t| Instant::now() + t);
+            conn.park(until);
+            until
+        });
+        let rejected = match self.lock() {
+            Ok(mut st) => {
+                match st.origins.get_mut(origin) {
+                    Some(o) => record(&mut o.stats),
+                    None => record(&mut st.stray),
+                }
+                match parked {
+                    Some(until) => self.keep_idle(&mut st, origin, conn, until),
+                    None => Some(conn),
+                }
+            }
+            Err(_) => Some(conn),
         };
-        let Ok(mut st) = self.lock() else {
-            return;
-        };
-        if st.closed || !conn.is_open() {
-            return;
+        // Closed outside the lock (an unwatched connection reports its end).
+        drop(rejected);
+    }
+
+    /// Hands a parked connection to the oldest waiter for its origin, or keeps it idle;
+    /// returns it when it is not wanted.
+    fn keep_idle(
+        &self,
+        st: &mut State<C>,
+        origin: &Arc<Origin>,
+        mut conn: C,
+        until: Option<Instant>,
+    ) -> Option<C> {
+        if st.closed {
+            return Some(conn);
         }
         // A queued request for this origin gets it first (oldest first).
         while let Some(pos) = st.waiters.iter().position(|w| &w.origin == origin) {
@@ -457,7 +486,7 @@ impl<C: Pooled> Pool<C> {
                 o.queued -= 1;
             }
             match w.tx.send(Grant::Conn(conn)) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err(Grant::Conn(c)) => conn = c,
                 Err(Grant::Slot) => unreachable!("sent a connection"),
             }
@@ -468,15 +497,14 @@ impl<C: Pooled> Pool<C> {
             && st.retiring.len() < st.waiters.len()
         {
             st.retiring.insert(conn.id());
-            return; // dropped: closed, and its end frees the slot
+            return Some(conn); // closed: its end frees the slot
         }
         let o = st.origins.entry(origin.clone()).or_default();
         if o.idle.len() >= self.cfg.max_free_sockets {
-            return;
+            return Some(conn);
         }
-        let until = idle_timeout.map(|t| Instant::now() + t);
-        conn.park(until);
         o.idle.push_back(Idle { conn, until });
+        None
     }
 
     /// Drops a connection whose request failed, counting why.
@@ -715,7 +743,7 @@ mod tests {
         assert_eq!(pool.stats().queued, 2);
         assert_eq!(pool.stats().active, 1);
         let id = c1.id;
-        pool.release(&a, c1, b.keep());
+        pool.release(&a, c1, b.keep(), |_| {});
         let first = waiters.into_iter().next().unwrap().await.unwrap();
         assert_eq!(first, id, "the oldest waiter gets the released connection");
         assert_eq!(pool.stats().queued, 1);
@@ -729,8 +757,8 @@ mod tests {
             let (c1, _) = b.get(&a).await;
             let (c2, _) = b.get(&a).await;
             let (id1, id2) = (c1.id, c2.id);
-            b.pool.release(&a, c1, b.keep());
-            b.pool.release(&a, c2, b.keep());
+            b.pool.release(&a, c1, b.keep(), |_| {});
+            b.pool.release(&a, c2, b.keep(), |_| {});
             assert_eq!(b.pool.stats().idle, 2);
             let (c, reused) = b.get(&a).await;
             assert!(reused);
@@ -745,8 +773,8 @@ mod tests {
         let (c1, _) = b.get(&a).await;
         let (c2, _) = b.get(&a).await;
         let id2 = c2.id;
-        b.pool.release(&a, c1, b.keep());
-        b.pool.release(&a, c2, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
+        b.pool.release(&a, c2, b.keep(), |_| {});
         assert_eq!(*b.dropped.lock().unwrap(), vec![id2]);
         assert_eq!(b.report_ends(&a), 1);
         let s = b.pool.stats();
@@ -759,7 +787,7 @@ mod tests {
         let a = origin(1);
         let (c1, _) = b.get(&a).await;
         let id = c1.id;
-        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
         tokio::time::advance(Duration::from_millis(3999)).await;
         assert!(!b.pool.idle_timer(&a, id), "not due yet");
         tokio::time::advance(Duration::from_millis(2)).await;
@@ -768,7 +796,7 @@ mod tests {
         // A connection whose timer has not fired yet is skipped at checkout all the same.
         let (c2, _) = b.get(&a).await;
         let id2 = c2.id;
-        b.pool.release(&a, c2, b.keep());
+        b.pool.release(&a, c2, b.keep(), |_| {});
         tokio::time::advance(Duration::from_secs(5)).await;
         let (c3, reused) = b.get(&a).await;
         assert!(!reused);
@@ -817,7 +845,7 @@ mod tests {
         let mut b = Bench::new(|o| o.max_socket_lifetime_msecs = Some(1000));
         let a = origin(1);
         let (c1, _) = b.get(&a).await;
-        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
         tokio::time::advance(Duration::from_millis(1000)).await;
         let (c2, reused) = b.get(&a).await;
         assert!(!reused, "expired in the idle list");
@@ -839,7 +867,7 @@ mod tests {
         let (a, z) = (origin(1), origin(2));
         let (c1, _) = b.get(&a).await;
         let id1 = c1.id;
-        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
         let pool = b.pool.clone();
         let z2 = z.clone();
         let waiter = tokio::spawn(async move { pool.acquire(&z2, false).await.unwrap() });
@@ -872,11 +900,11 @@ mod tests {
         let a = origin(1);
         let (mut c1, _) = b.get(&a).await;
         c1.usable = false; // ended while idle
-        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
         let (mut c2, reused) = b.get(&a).await;
         assert!(!reused);
         c2.open = false; // closed by the response
-        b.pool.release(&a, c2, b.keep());
+        b.pool.release(&a, c2, b.keep(), |_| {});
         assert_eq!(b.pool.stats().idle, 0);
         assert_eq!(b.report_ends(&a), 2);
         assert_eq!(b.pool.stats().active, 0);
@@ -906,7 +934,7 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_millis(5), b.pool.acquire(&a, false)).await;
         assert!(r.is_err());
         assert_eq!(b.pool.stats().queued, 0);
-        b.pool.release(&a, c1, b.keep());
+        b.pool.release(&a, c1, b.keep(), |_| {});
         assert_eq!(b.pool.stats().idle, 1, "nobody waits: it goes idle");
     }
 }

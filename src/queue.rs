@@ -145,9 +145,10 @@ struct Exec<E> {
     poll: mio::Poll,
     events: mio::Events,
     tasks: HashMap<usize, Entry<E>>,
-    /// The descriptors in the epoll set (a closed one leaves the set by itself; a wrong
-    /// guess costs one failed `epoll_ctl`).
-    watched: HashMap<RawFd, usize>,
+    /// The descriptors in the epoll set, with the wait and request they were registered
+    /// for (a closed one leaves the set by itself; a wrong guess costs one failed
+    /// `epoll_ctl`). The same socket waiting again for the same request needs no call.
+    watched: HashMap<RawFd, (direct::WaitOn, usize)>,
 }
 
 impl<E: Send + 'static> Exec<E> {
@@ -181,13 +182,17 @@ impl<E: Send + 'static> Exec<E> {
             drop(self.tasks.remove(&id));
             return false;
         }
-        if let Some((fd, wait)) = direct::take_wait() {
-            let known = self.watched.contains_key(&fd);
+        if let Some(on) = direct::take_wait() {
+            let prev = self.watched.remove(&on.fd);
+            if prev == Some((on, id)) {
+                self.watched.insert(on.fd, (on, id));
+                return true;
+            }
             let token = mio::Token(id);
-            if direct::watch(self.poll.registry(), fd, token, wait, known).is_ok() {
-                self.watched.insert(fd, id);
+            let known = prev.is_some();
+            if direct::watch(self.poll.registry(), on.fd, token, on.wait, known).is_ok() {
+                self.watched.insert(on.fd, (on, id));
             } else {
-                self.watched.remove(&fd);
                 // Cannot wait on it: poll again on the next pass rather than hang.
                 entry_wake(self.tasks.get(&id));
             }

@@ -795,9 +795,9 @@ static long proc_status(const char *key) {
     return v;
 }
 
+/* Lets idle connections settle (compaction); no malloc_trim: RSS as a user's program sees it. */
 static void settle(void) {
-    usleep(300 * 1000);
-    malloc_trim(0);
+    usleep(1000 * 1000);
 }
 
 typedef struct {

@@ -268,13 +268,24 @@ extern "C" fn atfork_child() {
     crate::runtime::note_fork_in_child();
 }
 
-/// Registers the fork handler once per process (from every constructor).
+/// Registers the fork handler and the allocator's memory release once per process (from
+/// every constructor).
 pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
         // SAFETY: registers a handler that only increments an atomic (async-signal-safe).
         let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
         debug_assert_eq!(rc, 0);
+        crate::memory::set_release(release_free_pages);
     });
+}
+
+/// Returns the C allocator's free pages to the system (see `crate::memory`).
+fn release_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The library version, e.g. `"0.1.0"`: a static NUL-terminated string (never free it).
