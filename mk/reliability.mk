@@ -18,8 +18,9 @@ REL_FUZZ_TARGETS := url header options ffi_request ffi_options ffi_response
 # Seconds per target: the short run of make test (6 targets: 48 s in all) and make fuzz.
 REL_FUZZ_SHORT  ?= 8
 FUZZ_SECONDS    ?= 60
-# Requests per thread of the 16-thread stress in test-reliability (cargo test's own run of
-# tests/threads.rs, in test-rust, uses the default of 1,000).
+# Threads and requests per thread of the blocking stress in test-reliability (cargo test's
+# own run of tests/threads.rs, in test-rust, uses the defaults of 16 x 1,000).
+REL_STRESS_THREADS ?= 64
 REL_STRESS      ?= 5000
 SOAK_REQUESTS   ?= 200000
 SOAK_EVERY      ?= 10000
@@ -41,7 +42,7 @@ test-reliability: lib testserver
 # Debug build: shares its artifacts with test-rust's `cargo test --workspace`.
 rel-faults: lib testserver
 	@mkdir -p $(REL_BUILD)
-	set -o pipefail; $(REL_ENV) KEEPALIVE_STRESS_REQUESTS=$(REL_STRESS) \
+	set -o pipefail; $(REL_ENV) KEEPALIVE_STRESS_REQUESTS=$(REL_STRESS) KEEPALIVE_STRESS_THREADS=$(REL_STRESS_THREADS) \
 	  timeout 600 $(CARGO) test --test faults --test threads --test bad_input -- --nocapture \
 	  2>&1 | tee $(REL_BUILD)/faults.log | grep -E '^(FAULT|STRESS|THREADS|LIFECYCLE) \||^test result|panicked|FAILED'
 

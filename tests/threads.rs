@@ -6,8 +6,9 @@
 //! baseline is taken after both exist; after every agent is freed both counts must be back
 //! to it.
 //!
-//! `KEEPALIVE_STRESS_REQUESTS` sets the requests per thread of the 16-thread stress
-//! (default 1000 in `make test`; `make soak` runs 5000, i.e. 80,000 in all).
+//! `KEEPALIVE_STRESS_THREADS` and `KEEPALIVE_STRESS_REQUESTS` set the threads of the
+//! blocking stress and the requests per thread (default 16 x 1000 in cargo test; make
+//! test's reliability suite runs 64 x 5000, i.e. 320,000 in all).
 
 mod common;
 use common::*;
@@ -92,8 +93,8 @@ fn threads_stress_lifecycle_and_no_leaks() {
     }
     let base = Baseline::take(&s);
 
-    stress_16_threads_on_one_agent(&s);
-    base.check(&s, "16-thread stress agent freed");
+    stress_threads_on_one_agent(&s);
+    base.check(&s, "thread stress agent freed");
 
     many_agents_of_every_kind(&s);
     base.check(&s, "30 agents created, used and freed");
@@ -102,9 +103,13 @@ fn threads_stress_lifecycle_and_no_leaks() {
     base.check(&s, "agent freed with async requests in flight");
 }
 
-/// 16 threads share one agent (blocking API): no error and exact statistics.
-fn stress_16_threads_on_one_agent(s: &Server) {
-    const THREADS: u64 = 16;
+/// Many threads share one agent (blocking API): no error and exact statistics.
+fn stress_threads_on_one_agent(s: &Server) {
+    let threads: u64 = std::env::var("KEEPALIVE_STRESS_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(16);
     let per: u64 = std::env::var("KEEPALIVE_STRESS_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -114,7 +119,7 @@ fn stress_16_threads_on_one_agent(s: &Server) {
     let u = url(s, "/");
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(300);
-    let workers: Vec<_> = (0..THREADS)
+    let workers: Vec<_> = (0..threads)
         .map(|_| {
             let (a, u) = (a.clone(), u.clone());
             std::thread::spawn(move || {
@@ -136,11 +141,11 @@ fn stress_16_threads_on_one_agent(s: &Server) {
         .flat_map(|w| w.join().unwrap())
         .collect();
     let secs = t0.elapsed().as_secs_f64();
-    let total = THREADS * per;
+    let total = threads * per;
     let st = a.stats();
     let srv = s.stats();
     eprintln!(
-        "STRESS | 16 threads x {per} | {total} requests | {} failed | {secs:.1} s | {:.0} req/s | {} connections (server accepted {}) | requests {} reused {} retries {} errors {} |",
+        "STRESS | {threads} threads x {per} | {total} requests | {} failed | {secs:.1} s | {:.0} req/s | {} connections (server accepted {}) | requests {} reused {} retries {} errors {} |",
         bad.len(),
         total as f64 / secs,
         st.connections_opened,
@@ -169,7 +174,7 @@ fn stress_16_threads_on_one_agent(s: &Server) {
         a.stats()
     );
     let idle = a.stats().idle;
-    assert!((1..=THREADS).contains(&idle), "{idle} idle");
+    assert!((1..=threads).contains(&idle), "{idle} idle");
     drop(a); // agent_free: every connection closed
     assert!(
         s.wait_for(Duration::from_secs(5), |st| st.open == 0

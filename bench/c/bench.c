@@ -40,7 +40,7 @@
  * Memory mode: bench mem <client> <n> <url> <ca_file>
  *   Opens n connections at once (n requests in flight), lets them go idle in the pool, and
  *   prints {"rss_before_kib":..,"rss_after_kib":..,"threads_before":..,"threads_after":..,
- *   "idle":..,"errors":..} after malloc_trim(0). One warm-up request runs before the baseline,
+ *   "idle":..,"errors":..} as the process sees it (no malloc_trim here). One warm-up request runs before the baseline,
  *   so TLS set-up and runtime start are not counted as per-connection cost.
  */
 #define _GNU_SOURCE
@@ -931,8 +931,12 @@ static int mem_curl(int n, const char *url, const char *ca) {
 
 static void versions(void) {
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-    printf("{\"ours\":\"keepalive-agent %s\",\"curl\":\"libcurl %s (%s)\"}\n", agent_version(),
-           v->version, v->ssl_version ? v->ssl_version : "no TLS");
+    printf("{\"ours\":\"keepalive-agent %s\",\"ours-threads\":\"keepalive-agent %s\","
+           "\"ours-callback\":\"keepalive-agent %s\",\"curl\":\"libcurl %s (%s)\","
+           "\"curl-threads\":\"libcurl %s (%s)\"}\n",
+           agent_version(), agent_version(), agent_version(), v->version,
+           v->ssl_version ? v->ssl_version : "no TLS", v->version,
+           v->ssl_version ? v->ssl_version : "no TLS");
     fflush(stdout);
 }
 
