@@ -357,6 +357,17 @@ def error_for(code: int, source: Optional[Source]) -> BaseException:
     return err
 
 
+def error_for_message(code: int, message: str, source: Optional[Source]) -> BaseException:
+    """As :func:`error_for`, for a failure reported with its message (a queue event)."""
+    err = _native.error_for(code, message)
+    if source is not None:
+        if source.error is not None:
+            return source.error
+        if source.rewind_error is not None:
+            err.__cause__ = source.rewind_error
+    return err
+
+
 def error_for_exception(err: BaseException, source: Optional[Source]) -> BaseException:
     """As :func:`error_for`, for an error already raised (by an errcheck)."""
     if source is not None:
