@@ -348,7 +348,7 @@ def _after_fork_in_child() -> None:
     # has only this thread, so nobody else uses them now.
     for agent in list(_live):
         agent._cond = threading.Condition(threading.Lock())
-        agent._users = 0
+        agent._users = []
         for s in list(agent._streams):
             s._lock = threading.Lock()
     _loop.after_fork_in_child()
@@ -447,7 +447,10 @@ class Agent:
     ) -> None:
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
         self._cond = threading.Condition(threading.Lock())
-        self._users = 0
+        # One item per native call in progress. list.append and list.pop are atomic under
+        # the GIL, so a request takes no lock: a call appends, then reads the handle; close()
+        # clears the handle, then waits for the list to be empty (see _release).
+        self._users: List[None] = []
         # Open streams, freed by close() (agent_free would wait up to 5 s for each).
         # Added to under _cond only, while the agent is open.
         self._streams: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -538,18 +541,21 @@ class Agent:
     def _acquire(self) -> int:
         """Marks one native call in progress; close() waits for it (agent_free must not
         race other calls on the same agent)."""
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
-            self._users += 1
-            return handle
+        self._users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
+        return handle
 
     def _release(self) -> None:
+        self._users.pop()
+        if self._handle is None:
+            self._wake_closer()
+
+    def _wake_closer(self) -> None:
         with self._cond:
-            self._users -= 1
-            if self._users == 0 and self._handle is None:
-                self._cond.notify_all()  # close() is waiting
+            self._cond.notify_all()  # close() may be waiting for the last call to end
 
     def close(self) -> None:
         """Frees the native agent: in-flight async requests fail with
@@ -568,7 +574,7 @@ class Agent:
             self._handle = None  # new calls are refused from here on
             if wait_for_users:
                 while self._users:
-                    cond.wait()
+                    cond.wait(0.1)
             elif self._users:
                 return  # interpreter exit with a request still running: leak, never race
             streams = list(self._streams)  # no stream is added once the handle is None
@@ -679,19 +685,18 @@ class Agent:
                 return _whole_response(s, data)
             m, u, hs, nh, b, blen, t = p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout
         sc = _scratch
-        cond = self._cond
-        with cond:  # as _acquire()/_release(), inline
-            handle = self._handle
-            if handle is None:
-                raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
-            self._users += 1
+        users = self._users  # as _acquire()/_release(), inline
+        users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
         try:
             code = _request_raw(handle, m, u, hs, nh, b, blen, t, sc.out_ref)
         finally:
-            with cond:
-                self._users -= 1
-                if self._users == 0 and self._handle is None:
-                    cond.notify_all()  # close() is waiting
+            users.pop()
+            if self._handle is None:
+                self._wake_closer()
         if code:
             raise _native.error_for(code)  # agent_last_error of this thread, unchanged since
         return make_response_from_handle(sc.out.value, method, url)  # type: ignore[arg-type]
@@ -903,20 +908,19 @@ class Agent:
         d = _loop.driver_for(loop)
         fut: "asyncio.Future[Response]" = loop.create_future()
         token = d.token()
-        cond = self._cond
-        with cond:  # as _acquire()/_release(), inline
-            handle = self._handle
-            if handle is None:
-                raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
-            self._users += 1
+        users = self._users  # as _acquire()/_release(), inline
+        users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
         try:
             code = _submit_raw(d.q, handle, m, u, hs, nh, b, blen, t, token, d.rid_ref)
             rid = d.rid.value
         finally:
-            with cond:
-                self._users -= 1
-                if self._users == 0 and self._handle is None:
-                    cond.notify_all()
+            users.pop()
+            if self._handle is None:
+                self._wake_closer()
         if code:
             raise _native.error_for(code)  # no event will come
         d.entries[token] = (fut, method, url)
@@ -930,11 +934,11 @@ class Agent:
             raise
 
     def _cancel(self, request_id: int) -> None:
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                return  # closing: agent_free cancels everything
-            self._users += 1
+        self._users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            return  # closing: agent_free cancels everything
         try:
             lib.agent_request_cancel(handle, request_id)  # NOT_FOUND: already finished
         finally:
