@@ -165,6 +165,8 @@ def test_cancelled_tasks_leave_no_pending_work_and_count_as_errors(srv) -> None:
             d = _loop.driver_for(loop)
             # The CANCELLED events come at the next drains; the loop keeps watching until then.
             await async_wait_until(lambda: not d.entries, what="the cancelled requests' events")
+            # Their connections are closed (not pooled) once the library has dropped them.
+            await async_wait_until(lambda: a.stats().active == 0, what="the cancelled connections to close")
             s = a.stats()
             r = await a.aget(srv.http_url)  # the agent is fine afterwards
             return {

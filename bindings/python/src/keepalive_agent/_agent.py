@@ -276,7 +276,7 @@ def make_response_from_handle(handle: int, method: str, url: str) -> Response:
 
 _make_response = make_response_from_handle
 
-# [events drained, events that found their future] -- for tests (SPEC §6.30).
+# [queue events drained, events that found their future] -- for tests (SPEC §6.30).
 _callback_counts = _loop.counts
 
 
@@ -329,7 +329,7 @@ class _AsyncStreamContext:
 
 
 # ---------------------------------------------------------------------------------------
-# Live agents: closed at interpreter exit (so that no callback runs during finalization)
+# Live agents: closed at interpreter exit (so that nothing runs during finalization)
 # and given fresh locks in a forked child.
 
 _live: "weakref.WeakSet[Agent]" = weakref.WeakSet()
@@ -805,10 +805,11 @@ class Agent:
                     ...
 
         (``r = await agent.stream_async(...)`` works too; then ``await r.aclose()``.)
-        The head comes through ``agent_request_stream_async``, each piece of the body
-        through ``agent_stream_read_async``, read only when asked for. ``body`` may also
-        be an async iterable, produced on the event loop: while it has no item ready, the
-        upload waits without holding a library thread. Cancelling the awaiting task
+        The head comes through the loop's queue (``agent_queue_submit_stream``), each
+        piece of the body through ``agent_queue_read``, read only when asked for; both run
+        on the loop's thread when it drains the queue. ``body`` may also be an async
+        iterable, produced on the event loop: while it has no item ready, the upload
+        waits (the source returns ``AGENT_SOURCE_PENDING``). Cancelling the awaiting task
         cancels the request (before the head) or closes the stream (after it).
         """
         return _AsyncStreamContext(self, None, method, url, headers, body, timeout)

@@ -1,8 +1,9 @@
 """Streaming responses: the head first, the body piece by piece (``agent_stream``).
 
 :class:`StreamResponse` reads with the blocking ``agent_stream_read``;
-:class:`AsyncStreamResponse` with ``agent_stream_read_async``, one read at a time, each
-started only when the consumer asks for the next piece (that is the backpressure: until
+:class:`AsyncStreamResponse` through the event loop's queue (``agent_queue_read``, see
+``_loop.py``), one read at a time, each started only when the consumer asks for the next
+piece (that is the backpressure: until
 then the engine does not read the socket).
 
 Every C call on a native stream is made under the stream's lock, because
