@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
-import itertools
 import json as _json
 import math
 import os
@@ -28,7 +27,7 @@ from typing import (
     Union,
 )
 
-from . import _body, _loop, _native, _stream, errors
+from . import _body, _loop, _native, errors
 from ._native import lib
 from ._response import Headers, PoolStats, Response, Timings, make_response
 from ._stream import AsyncStreamResponse, StreamResponse

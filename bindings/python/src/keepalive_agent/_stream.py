@@ -23,10 +23,8 @@ from typing import (
     TYPE_CHECKING,
     Any,
     AsyncIterator,
-    Dict,
     Iterator,
     Optional,
-    Tuple,
 )
 
 from . import _body, _loop, _native, errors
