@@ -1,5 +1,5 @@
 """The Python side of `make bench`: the keepalive_agent binding against urllib3, requests,
-httpx and pycurl, driven by bench/run.py.
+httpx, pycurl and aiohttp, driven by bench/run.py.
 
 Server mode (no arguments): one JSON command per line on stdin, one JSON answer per line.
 
@@ -8,7 +8,9 @@ Server mode (no arguments): one JSON command per line on stdin, one JSON answer 
      "warmup": 0.2, "max_requests": 100000, "expect_len": 13, "url": "...", "ca_file": "..."}
 
 Clients: ours (threads for conc > 1), ours-asyncio (request_async, conc tasks), urllib3
-(PoolManager), requests (Session), httpx (Client), pycurl (one Curl handle per thread).
+(PoolManager), requests (Session), httpx (Client), pycurl (one Curl handle per thread),
+pycurl-multi (one CurlMulti with conc easy handles, driven from one thread), aiohttp (conc
+tasks on one ClientSession whose connector is limited to conc connections).
 keep_alive false: `Connection: close` on a fresh connection for every request (ours:
 Agent(keep_alive=False); pycurl: FRESH_CONNECT + FORBID_REUSE + the header; the others send
 the header and drop the connection the server closes). TLS is verified with ca_file.
@@ -369,6 +371,94 @@ def run_threads(cell, fetchers):
         t.join()
 
 
+def make_pycurl_multi(cmd, cell):
+    """One CurlMulti with `conc` easy handles, driven from this thread (perform, select,
+    info_read), each handle started again as soon as it completes. Returns (phase, close)."""
+    import pycurl
+
+    conc = max(1, cmd["conc"])
+    m = pycurl.CurlMulti()
+    m.setopt(pycurl.M_MAX_HOST_CONNECTIONS, conc)
+    handles, chunks = [], {}
+    for _ in range(conc):
+        c = pycurl.Curl()
+        c.setopt(pycurl.URL, cmd["url"])
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.TCP_NODELAY, 1)
+        c.setopt(pycurl.TIMEOUT_MS, int(TIMEOUT_S * 1000))
+        if cmd["ca_file"]:
+            c.setopt(pycurl.CAINFO, cmd["ca_file"])
+        if not cmd["keep_alive"]:
+            c.setopt(pycurl.FRESH_CONNECT, 1)
+            c.setopt(pycurl.FORBID_REUSE, 1)
+            c.setopt(pycurl.HTTPHEADER, ["Connection: close"])
+        buf = []
+        c.setopt(pycurl.WRITEFUNCTION, buf.append)
+        chunks[id(c)] = buf
+        handles.append(c)
+    started = {}
+
+    def start(c):
+        if not cell.may_start():
+            return False
+        chunks[id(c)].clear()
+        started[id(c)] = time.perf_counter()
+        m.add_handle(c)
+        return True
+
+    def phase():
+        active = sum(1 for c in handles if start(c))
+        deadline = time.monotonic() + cmd["seconds"] + cmd["warmup"] + TIMEOUT_S
+        while active and time.monotonic() < deadline:
+            while True:
+                ret, _ = m.perform()
+                if ret != pycurl.E_CALL_MULTI_PERFORM:
+                    break
+            while True:
+                queued, ok, failed = m.info_read()
+                for c in ok:
+                    m.remove_handle(c)
+                    active -= 1
+                    cell.done(started[id(c)], c.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks[id(c)]))
+                    active += start(c)
+                for c, errno, msg in failed:
+                    m.remove_handle(c)
+                    active -= 1
+                    cell.total += 1
+                    cell.fail(f"pycurl error {errno}: {msg}")
+                    if cell.record:
+                        cell.lat.append(time.perf_counter() - started[id(c)])
+                    active += start(c)
+                if not queued:
+                    break
+            if active:
+                m.select(1.0)
+
+    def close():
+        for c in handles:
+            c.close()
+        m.close()
+
+    return phase, close
+
+
+async def run_aiohttp(cell, session, url, conc):
+    async def worker():
+        while cell.may_start():
+            t0 = time.perf_counter()
+            try:
+                async with session.get(url) as r:
+                    body = await r.read()
+                    status = r.status
+            except Exception as e:
+                cell.total += 1
+                cell.fail(f"{type(e).__name__}: {e}")
+                continue
+            cell.done(t0, status, body)
+
+    await asyncio.gather(*(worker() for _ in range(conc)))
+
+
 async def run_asyncio(cell, agent, url, conc):
     async def worker():
         while cell.may_start():
@@ -404,6 +494,32 @@ def run(cmd):
 
         def phase():
             loop_.run_until_complete(run_asyncio(cell, agent, cmd["url"], conc))
+
+    elif client == "aiohttp":
+        import aiohttp
+
+        loop_ = asyncio.new_event_loop()
+        ctx = ssl_context(cmd["ca_file"])
+
+        async def open_session():
+            connector = aiohttp.TCPConnector(
+                limit=max(1, conc), ssl=ctx if ctx is not None else True,
+                force_close=not cmd["keep_alive"],
+            )
+            return aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                headers=close_headers(cmd["keep_alive"]),
+            )
+
+        session = loop_.run_until_complete(open_session())
+        closers.append(lambda: loop_.run_until_complete(session.close()))
+
+        def phase():
+            loop_.run_until_complete(run_aiohttp(cell, session, cmd["url"], conc))
+
+    elif client == "pycurl-multi":
+        phase, close = make_pycurl_multi(cmd, cell)
+        closers.append(close)
 
     else:
         if client in ("ours",) and keepalive_agent is None:
@@ -467,7 +583,7 @@ def versions():
         f"keepalive_agent {keepalive_agent.__version__}" if keepalive_agent else f"unavailable ({OURS_ERROR})"
     )
     out["ours-asyncio"] = out["ours"]
-    for name in ("urllib3", "requests", "httpx"):
+    for name in ("urllib3", "requests", "httpx", "aiohttp"):
         try:
             out[name] = f"{name} {__import__(name).__version__}"
         except Exception as e:
@@ -478,6 +594,7 @@ def versions():
         out["pycurl"] = pycurl.version  # "PycURL/7.45.x libcurl/8.x OpenSSL/..."
     except Exception as e:
         out["pycurl"] = f"unavailable ({e})"
+    out["pycurl-multi"] = out["pycurl"]
     return out
 
 

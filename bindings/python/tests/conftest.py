@@ -138,3 +138,15 @@ def rss() -> int:
 def echo_framing(echo: Dict[str, Any]) -> Dict[str, str]:
     """The framing headers (Content-Length, Transfer-Encoding) of an echoed request."""
     return {n.lower(): v for n, v in echo["headers"] if n.lower() in ("content-length", "transfer-encoding")}
+
+
+async def async_wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """As :func:`wait_until`, inside a coroutine: the event loop keeps running meanwhile
+    (asyncio requests make progress only while it runs)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)

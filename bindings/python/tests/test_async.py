@@ -8,9 +8,9 @@ import gc
 import pytest
 
 import keepalive_agent
-from keepalive_agent import Agent, _agent, errors
+from keepalive_agent import Agent, _agent, _loop, errors
 
-from conftest import free_port, wait_until
+from conftest import async_wait_until, free_port
 
 
 def test_200_concurrent_requests(srv) -> None:
@@ -72,7 +72,7 @@ def test_cancelling_the_task_cancels_the_request(srv) -> None:
             before = _agent._callback_counts[0]
             task = asyncio.create_task(a.aget(srv.http_url + "?delay_ms=5000"))
             await asyncio.sleep(0.1)
-            wait_until(lambda: srv.stats()["requests"] == 1, what="the request to reach the server")
+            await async_wait_until(lambda: srv.stats()["requests"] == 1, what="the request to reach the server")
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             task.cancel()
@@ -107,7 +107,7 @@ def test_closing_the_agent_fails_in_flight_requests_with_cancelled_error(srv) ->
         assert ei.value.code == 50 and ei.value.code_name == "AGENT_CODE_CANCELLED"
         with pytest.raises(errors.CancelledError):
             await a.aget(srv.http_url)
-        assert not _agent._pending
+        assert _loop.pending_total() == 0 and _loop.queue_pending_total() == 0
 
     asyncio.run(main())
 
@@ -153,5 +153,5 @@ def test_10000_completions_under_gc_pressure(srv) -> None:
     cb_after, matched_after = _agent._callback_counts
     assert cb_after - cb_before == n  # one callback per request
     assert matched_after - matched_before == n  # each found its own future
-    assert not _agent._pending
+    assert _loop.pending_total() == 0 and _loop.queue_pending_total() == 0
     assert srv.stats()["requests"] == n - n // 50

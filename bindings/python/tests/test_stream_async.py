@@ -11,9 +11,9 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from keepalive_agent import Agent, AsyncStreamResponse, _body, _stream, errors
+from keepalive_agent import Agent, AsyncStreamResponse, _body, _loop, errors
 
-from conftest import echo_framing, fnv1a64, pattern, wait_until
+from conftest import async_wait_until, echo_framing, fnv1a64, pattern, wait_until
 
 
 def _fnv_hex(data: bytes) -> str:
@@ -22,7 +22,7 @@ def _fnv_hex(data: bytes) -> str:
 
 def _nothing_pending() -> None:
     wait_until(
-        lambda: not _stream._head_pending and not _stream._data_pending and _body.live_sources() == 0,
+        lambda: _loop.pending_total() == 0 and _loop.queue_pending_total() == 0 and _body.live_sources() == 0,
         what="every head, read and body source to be settled",
     )
 
@@ -142,7 +142,7 @@ def test_cancelling_while_the_head_is_awaited(srv) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert time.monotonic() - t0 < 1
-            wait_until(lambda: a.stats().requests == 1, what="the cancelled request to be counted")
+            await async_wait_until(lambda: a.stats().requests == 1, what="the cancelled request to be counted")
             assert a.stats().errors == 1
 
             # An upload whose async producer never ends: its read is pending (no library
@@ -188,7 +188,7 @@ def test_cancelling_a_read_closes_the_stream(srv) -> None:
             await r.aclose()
             # The read in flight completes once the next piece has come (the library keeps
             # the stream until then; see the README), and the request counts as failed.
-            wait_until(lambda: a.stats().requests == 1, what="the aborted stream to be counted")
+            await async_wait_until(lambda: a.stats().requests == 1, what="the aborted stream to be counted")
             assert a.stats().errors == 1
 
     asyncio.run(main())

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
-import itertools
 import json as _json
 import math
 import os
 import re
+import struct
 import threading
 import weakref
-from ctypes import byref, c_uint64, c_void_p
+from ctypes import byref, c_void_p
 from typing import (
     IO,
     Any,
@@ -27,9 +27,9 @@ from typing import (
     Union,
 )
 
-from . import _body, _native, _stream, errors
+from . import _body, _loop, _native, errors
 from ._native import lib
-from ._response import Headers, PoolStats, Response, Timings
+from ._response import Headers, PoolStats, Response, Timings, make_response
 from ._stream import AsyncStreamResponse, StreamResponse
 
 __all__ = ["Agent", "HeadersArg", "BodyArg"]
@@ -74,14 +74,26 @@ def _text(what: str, value: Any) -> bytes:
     raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
+# Methods already checked and encoded (str -> bytes); bounded, since any token is allowed.
+_METHODS: Dict[str, bytes] = {}
+
+
 def _encode_method(method: Any) -> bytes:
+    if type(method) is str:
+        m = _METHODS.get(method)
+        if m is not None:
+            return m
     m = _text("method", method)
     if not _TOKEN.fullmatch(m.decode("utf-8")):
         raise _invalid(f"method {method!r} is not an HTTP token")
+    if type(method) is str and len(_METHODS) < 64:
+        _METHODS[method] = m
     return m
 
 
 def _encode_url(url: Any) -> bytes:
+    if type(url) is str and url.isascii() and url.isprintable() and " " not in url:
+        return url.encode("ascii")  # the usual case: printable ASCII has no byte to refuse
     if not isinstance(url, str):
         raise TypeError(f"url must be str, not {type(url).__name__}")
     if _BAD_URL.search(url):
@@ -145,6 +157,8 @@ def _encode_body(body: BodyArg) -> Optional[bytes]:
 def _timeout_msecs(timeout: Optional[float]) -> int:
     if timeout is None:
         return 0
+    if type(timeout) is float and 0.001 <= timeout <= 86400.0:  # the usual case
+        return math.ceil(timeout * 1000)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if not math.isfinite(timeout) or timeout <= 0:
@@ -193,81 +207,76 @@ def _lower(name: Union[str, bytes]) -> str:
     return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
 
 
-def _make_response(handle: int, method: str, url: str) -> Response:
-    """Copies a native response into a Response and frees the native one."""
+# Per-request native calls without the errcheck wrapper of _native (``lib[name]`` is a
+# function object of its own): the codes are checked right here.
+def _raw(name: str) -> Any:
+    f = lib[name]
+    proto = getattr(lib, name)
+    f.restype = proto.restype
+    f.argtypes = proto.argtypes
+    return f
+
+
+_request_raw = _raw("agent_request")
+_submit_raw = _raw("agent_queue_submit")
+_response_read_raw = _raw("agent_response_read")
+_response_free = _raw("agent_response_free")
+_string_at = ctypes.string_at
+_STRING_AT_MAX = (1 << 31) - 1  # ctypes.string_at takes a C int length
+
+# agent_response_parts: status u16, version u32, reused bool, body, body_len, headers,
+# headers_len, header_count, then agent_timings (seven u64).
+_PARTS = struct.Struct("=H2xI?7xQQQQQ7Q")
+assert _PARTS.size == ctypes.sizeof(_native.agent_response_parts), "agent_response_parts layout"
+_unpack_parts = _PARTS.unpack_from
+
+
+class _Scratch(threading.local):
+    """Per-thread out-parameters, made once per thread rather than once per request."""
+
+    def __init__(self) -> None:
+        self.parts = _native.agent_response_parts()
+        self.parts_ref = byref(self.parts)
+        self.parts_view = memoryview(self.parts).cast("B")
+        self.out = c_void_p()
+        self.out_ref = byref(self.out)
+
+
+_scratch = _Scratch()
+
+
+def _copy(addr: int, n: int) -> bytes:
+    if not n:
+        return b""
+    if n <= _STRING_AT_MAX:
+        return _string_at(addr, n)
+    return (ctypes.c_char * n).from_address(addr).raw  # pragma: no cover - a body over 2 GiB
+
+
+def make_response_from_handle(handle: int, method: str, url: str) -> Response:
+    """Copies a native response into a Response and frees the native one: one
+    ``agent_response_read``, one copy of the header block, one of the body."""
+    s = _scratch
     try:
-        status, version, reused, headers, body, t = _native.read_response(handle)
+        code = _response_read_raw(handle, s.parts_ref)
+        if code:
+            raise _native.error_for(code)
+        v = _unpack_parts(s.parts_view)
+        body = _copy(v[3], v[4])
+        block = _copy(v[5], v[6])
     finally:
-        lib.agent_response_free(handle)
-    return Response(
-        status=status,
-        http_version=_VERSIONS.get(version, str(version)),
-        headers=Headers._from_block(headers),
-        body=body,
-        reused=bool(reused),
-        timings=t,
-        url=url,
-        method=method,
+        _response_free(handle)
+    version = v[1]
+    return make_response(
+        v[0], _VERSIONS.get(version) or str(version), Headers._from_block(block), body, v[2],
+        v[8:15], url, method,
     )
 
 
-# ---------------------------------------------------------------------------------------
-# Async completions. One module-level C callback for every request; userdata is an integer
-# token naming the pending future, so no Python object's address ever reaches C and the
-# callback object lives as long as the module.
+_make_response = make_response_from_handle
 
-_pending: Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[Response]", str, str]] = {}
-_tokens = itertools.count(1)
-# [callbacks run, callbacks that found their future] -- for tests (SPEC §6.30). Callbacks
-# run on several library threads at once: `+=` is not atomic, hence the lock.
-_callback_counts = [0, 0]
-_callback_counts_lock = threading.Lock()
-
-
-def _settle(fut: "asyncio.Future[Response]", result: Optional[Response], error: Optional[BaseException]) -> None:
-    # Runs on the event loop. A future whose task was cancelled is already done.
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)  # type: ignore[arg-type]
-
-
-def _complete(userdata: Optional[int], code: int, response: Optional[int]) -> None:
-    # Runs on a library thread (ctypes takes the GIL). Copy the response out, free it, and
-    # hand the result to the future's loop; never raise, never block.
-    try:
-        entry = _pending.pop(userdata or 0, None)  # atomic: the entry is taken exactly once
-        with _callback_counts_lock:
-            _callback_counts[0] += 1
-            if entry is not None:
-                _callback_counts[1] += 1
-        result: Optional[Response] = None
-        error: Optional[BaseException] = None
-        if code == _native.OK:
-            if not response:
-                error = _native.error_for(_native.INTERNAL, "completion without a response")
-            else:
-                method, url = (entry[2], entry[3]) if entry is not None else ("", "")
-                try:
-                    result = _make_response(response, method, url)
-                except BaseException as e:  # pragma: no cover - defensive
-                    error = e
-        else:
-            error = _native.error_for(code)  # agent_last_error of this callback
-        if entry is None:
-            return
-        loop, fut = entry[0], entry[1]
-        try:
-            loop.call_soon_threadsafe(_settle, fut, result, error)
-        except RuntimeError:  # the loop was closed meanwhile: nobody is waiting
-            pass
-    except BaseException:  # pragma: no cover - an exception must not escape into C
-        pass
-
-
-_on_complete = _native.agent_callback(_complete)
+# [queue events drained, events that found their future] -- for tests (SPEC §6.30).
+_callback_counts = _loop.counts
 
 
 def _whole_response(s: Any, body: bytes) -> Response:
@@ -319,7 +328,7 @@ class _AsyncStreamContext:
 
 
 # ---------------------------------------------------------------------------------------
-# Live agents: closed at interpreter exit (so that no callback runs during finalization)
+# Live agents: closed at interpreter exit (so that nothing runs during finalization)
 # and given fresh locks in a forked child.
 
 _live: "weakref.WeakSet[Agent]" = weakref.WeakSet()
@@ -336,16 +345,12 @@ def _close_all_at_exit() -> None:
 def _after_fork_in_child() -> None:
     # Another thread may have held one of these locks when the process forked; the child
     # has only this thread, so nobody else uses them now.
-    global _callback_counts_lock
-    _callback_counts_lock = threading.Lock()
     for agent in list(_live):
         agent._cond = threading.Condition(threading.Lock())
-        agent._users = 0
+        agent._users = []
         for s in list(agent._streams):
             s._lock = threading.Lock()
-    _pending.clear()
-    _stream._head_pending.clear()
-    _stream._data_pending.clear()
+    _loop.after_fork_in_child()
     _body._after_fork_in_child()
 
 
@@ -441,7 +446,10 @@ class Agent:
     ) -> None:
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
         self._cond = threading.Condition(threading.Lock())
-        self._users = 0
+        # One item per native call in progress. list.append and list.pop are atomic under
+        # the GIL, so a request takes no lock: a call appends, then reads the handle; close()
+        # clears the handle, then waits for the list to be empty (see _release).
+        self._users: List[None] = []
         # Open streams, freed by close() (agent_free would wait up to 5 s for each).
         # Added to under _cond only, while the agent is open.
         self._streams: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -532,18 +540,21 @@ class Agent:
     def _acquire(self) -> int:
         """Marks one native call in progress; close() waits for it (agent_free must not
         race other calls on the same agent)."""
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
-            self._users += 1
-            return handle
+        self._users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
+        return handle
 
     def _release(self) -> None:
+        self._users.pop()
+        if self._handle is None:
+            self._wake_closer()
+
+    def _wake_closer(self) -> None:
         with self._cond:
-            self._users -= 1
-            if self._users == 0 and self._handle is None:
-                self._cond.notify_all()  # close() is waiting
+            self._cond.notify_all()  # close() may be waiting for the last call to end
 
     def close(self) -> None:
         """Frees the native agent: in-flight async requests fail with
@@ -562,7 +573,7 @@ class Agent:
             self._handle = None  # new calls are refused from here on
             if wait_for_users:
                 while self._users:
-                    cond.wait()
+                    cond.wait(0.1)
             elif self._users:
                 return  # interpreter exit with a request still running: leak, never race
             streams = list(self._streams)  # no stream is added once the handle is None
@@ -656,22 +667,38 @@ class Agent:
         subclass on failure; an exception raised by a body file or iterator is raised as
         it is.
         """
-        p = _Prepared(method, url, headers, body, timeout, json)
-        if p.source is not None:
-            # agent_request takes bytes only: stream the request, read the whole response.
-            with self._open_stream(p, method, url) as s:
-                data = s.read()
-            return _whole_response(s, data)
-        out = c_void_p()
-        handle = self._acquire()
-        try:
-            lib.agent_request(
-                handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout,
-                byref(out),
-            )
-        finally:
+        if headers is None and json is None and (body is None or type(body) is bytes):
+            # The usual call, encoded without building a _Prepared.
+            m = _encode_method(method)
+            u = _encode_url(url)
+            t = _timeout_msecs(timeout)
+            hs, nh = None, 0
+            b = body or None
+            blen = len(body) if body else 0
+        else:
+            p = _Prepared(method, url, headers, body, timeout, json)
+            if p.source is not None:
+                # agent_request takes bytes only: stream the request, read the whole response.
+                with self._open_stream(p, method, url) as s:
+                    data = s.read()
+                return _whole_response(s, data)
+            m, u, hs, nh, b, blen, t = p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout
+        sc = _scratch
+        users = self._users  # as _acquire()/_release(), inline
+        users.append(None)
+        handle = self._handle
+        if handle is None:
             self._release()
-        return _make_response(out.value, method, url)  # type: ignore[arg-type]
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
+        try:
+            code = _request_raw(handle, m, u, hs, nh, b, blen, t, sc.out_ref)
+        finally:
+            users.pop()
+            if self._handle is None:
+                self._wake_closer()
+        if code:
+            raise _native.error_for(code)  # agent_last_error of this thread, unchanged since
+        return make_response_from_handle(sc.out.value, method, url)  # type: ignore[arg-type]
 
     def get(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
         return self.request("GET", url, headers, None, timeout)
@@ -777,40 +804,41 @@ class Agent:
                     ...
 
         (``r = await agent.stream_async(...)`` works too; then ``await r.aclose()``.)
-        The head comes through ``agent_request_stream_async``, each piece of the body
-        through ``agent_stream_read_async``, read only when asked for. ``body`` may also
-        be an async iterable, produced on the event loop: while it has no item ready, the
-        upload waits without holding a library thread. Cancelling the awaiting task
+        The head comes through the loop's queue (``agent_queue_submit_stream``), each
+        piece of the body through ``agent_queue_read``, read only when asked for; both run
+        on the loop's thread when it drains the queue. ``body`` may also be an async
+        iterable, produced on the event loop: while it has no item ready, the upload
+        waits (the source returns ``AGENT_SOURCE_PENDING``). Cancelling the awaiting task
         cancels the request (before the head) or closes the stream (after it).
         """
         return _AsyncStreamContext(self, None, method, url, headers, body, timeout)
 
     async def _open_stream_async(self, p: _Prepared, method: str, url: str) -> AsyncStreamResponse:
         loop = asyncio.get_running_loop()
+        d = _loop.driver_for(loop)
         src = p.source
         if isinstance(src, _body.AsyncIterSource):
             src.loop = loop
         fut: "asyncio.Future[int]" = loop.create_future()
-        token = next(_stream._tokens)
-        rid = c_uint64()
+        token = d.token()
         handle = self._acquire()
         try:
-            # Registered before the call: the callback may run before the call returns.
-            _stream._head_pending[token] = (loop, fut, src)
+            d.entries[token] = (fut, src, None)
             ptr = src.register() if src is not None else None
             failure: Optional[BaseException] = None
             try:
-                lib.agent_request_stream_async(
-                    handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, ptr,
-                    p.timeout, _stream.on_head, token, byref(rid),
+                lib.agent_queue_submit_stream(
+                    d.q, handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, ptr,
+                    p.timeout, token, d.rid_ref,
                 )
-            except errors.AgentError as e:  # the callback never runs; the source is released
-                _stream._head_pending.pop(token, None)
+                rid = d.rid.value
+            except errors.AgentError as e:  # no event will come; the source is released
+                d.entries.pop(token, None)
                 failure = _body.error_for_exception(e, src)
                 if failure is e:
                     raise
             except BaseException:  # pragma: no cover - the C function never ran
-                _stream._head_pending.pop(token, None)
+                d.entries.pop(token, None)
                 if src is not None:
                     src.unregister()
                 raise
@@ -818,13 +846,14 @@ class Agent:
                 raise failure
         finally:
             self._release()
+        d.watch(loop)
         try:
             stream_ptr = await fut
         except asyncio.CancelledError:
             if src is not None:
                 src.abort()  # an async iterable's fetch in flight is cancelled
             if fut.cancelled():
-                self._cancel(rid.value)  # the callback then frees a stream that came anyway
+                self._cancel(rid)  # its event then frees a stream that came anyway
             elif fut.exception() is None:  # the head came, but the task was cancelled first
                 lib.agent_stream_free(fut.result())
             raise
@@ -853,46 +882,63 @@ class Agent:
         *,
         json: Any = None,
     ) -> Response:
-        """As :meth:`request`, without blocking the event loop (``agent_request_async``).
+        """As :meth:`request`, without blocking the event loop.
 
+        The request goes to the event loop's queue (``agent_queue_submit``) and runs on the
+        loop's own thread, when the loop finds the queue's descriptor readable; many
+        requests in flight share that thread, and their results come back in batches.
         Cancelling the awaiting task cancels the native request (its connection is closed
         if it was mid-response) and raises ``asyncio.CancelledError`` as usual.
         """
-        p = _Prepared(method, url, headers, body, timeout, json, allow_async=True)
-        if p.source is not None:
-            async with _AsyncStreamContext(self, p, method, url) as s:
-                data = await s.aread()
-            return _whole_response(s, data)
+        if headers is None and json is None and (body is None or type(body) is bytes):
+            m = _encode_method(method)
+            u = _encode_url(url)
+            t = _timeout_msecs(timeout)
+            hs, nh = None, 0
+            b = body or None
+            blen = len(body) if body else 0
+        else:
+            p = _Prepared(method, url, headers, body, timeout, json, allow_async=True)
+            if p.source is not None:
+                async with _AsyncStreamContext(self, p, method, url) as s:
+                    data = await s.aread()
+                return _whole_response(s, data)
+            m, u, hs, nh, b, blen, t = p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout
         loop = asyncio.get_running_loop()
+        d = _loop.driver_for(loop)
         fut: "asyncio.Future[Response]" = loop.create_future()
-        token = next(_tokens)
-        rid = c_uint64()
-        handle = self._acquire()
-        try:
-            # Registered before the call: the callback may run before agent_request_async returns.
-            _pending[token] = (loop, fut, method, url)
-            lib.agent_request_async(
-                handle, p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout,
-                _on_complete, token, byref(rid),
-            )
-        except BaseException:
-            _pending.pop(token, None)  # on an error return the callback is never called
-            raise
-        finally:
+        token = d.token()
+        users = self._users  # as _acquire()/_release(), inline
+        users.append(None)
+        handle = self._handle
+        if handle is None:
             self._release()
+            raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
+        try:
+            code = _submit_raw(d.q, handle, m, u, hs, nh, b, blen, t, token, d.rid_ref)
+            rid = d.rid.value
+        finally:
+            users.pop()
+            if self._handle is None:
+                self._wake_closer()
+        if code:
+            raise _native.error_for(code)  # no event will come
+        d.entries[token] = (fut, method, url)
+        if not d.watching:
+            d.watch(loop)
         try:
             return await fut
         except asyncio.CancelledError:
             if fut.cancelled():
-                self._cancel(rid.value)
+                self._cancel(rid)  # the CANCELLED event comes at the next drain
             raise
 
     def _cancel(self, request_id: int) -> None:
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                return  # closing: agent_free cancels everything
-            self._users += 1
+        self._users.append(None)
+        handle = self._handle
+        if handle is None:
+            self._release()
+            return  # closing: agent_free cancels everything
         try:
             lib.agent_request_cancel(handle, request_id)  # NOT_FOUND: already finished
         finally:

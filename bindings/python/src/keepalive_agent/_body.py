@@ -1,12 +1,13 @@
 """Request bodies read piece by piece: files and iterables behind an ``agent_body_source``.
 
 The library asks for the body in pieces of at most 64 KiB through the ``read`` callback
-(on the calling thread for a blocking request, on a library thread for an async one),
+(on the calling thread for a blocking request; for an async one, on the event loop's
+thread, inside the drain of its queue),
 and calls ``release`` exactly once when it no longer needs the source. Nothing here holds
 more than one piece of the body: a file is read straight into the library's buffer
 (``readinto``); an iterator's current item is kept until it has been handed over.
 
-An async iterable never makes a library thread wait for the event loop: with no item
+An async iterable never makes the drain wait for the producer: with no item
 at hand, ``read`` takes a waker (``agent_body_source_waker``), asks the loop for the next
 item and returns ``AGENT_SOURCE_PENDING``; once the item has come (or the iterator has
 ended or raised), the loop thread wakes the request (``agent_body_waker_wake``) and the
@@ -206,11 +207,12 @@ class IterSource(Source):
 
 
 class AsyncIterSource(Source):
-    """An async iterable, sent chunked. ``read`` runs on a library thread and never waits
-    for the event loop: with no item at hand it keeps a waker, has the loop fetch the next
-    item (``run_coroutine_threadsafe``, not waited for) and returns
-    ``AGENT_SOURCE_PENDING``; the fetch's completion, on the loop thread, keeps the item
-    (or the end, or the iterator's exception) and wakes the request."""
+    """An async iterable, sent chunked. ``read`` runs inside a drain of the loop's queue
+    (on the loop's thread) and never waits for the producer: with no item at hand it keeps
+    a waker, has the loop fetch the next item (``run_coroutine_threadsafe``, not waited
+    for) and returns ``AGENT_SOURCE_PENDING``; the fetch's completion, on the loop thread,
+    keeps the item (or the end, or the iterator's exception) and wakes the request, which
+    makes the queue's descriptor readable again."""
 
     def __init__(self, aiterable: Any) -> None:
         super().__init__()
@@ -231,7 +233,7 @@ class AsyncIterSource(Source):
             return _END
 
     def _next_item(self, cap: int) -> Any:
-        # A library thread, inside the read callback.
+        # Inside the read callback (a drain of the loop's queue, on the loop's thread).
         loop = self.loop
         if loop is None:  # pragma: no cover - bound by the async call before C sees it
             raise RuntimeError("an async iterable body needs an event loop")
@@ -349,6 +351,17 @@ def error_for(code: int, source: Optional[Source]) -> BaseException:
     exception when the file or iterator raised one, else the library's error (read on
     this thread, right after the call)."""
     err = _native.error_for(code)
+    if source is not None:
+        if source.error is not None:
+            return source.error
+        if source.rewind_error is not None:
+            err.__cause__ = source.rewind_error
+    return err
+
+
+def error_for_message(code: int, message: str, source: Optional[Source]) -> BaseException:
+    """As :func:`error_for`, for a failure reported with its message (a queue event)."""
+    err = _native.error_for(code, message)
     if source is not None:
         if source.error is not None:
             return source.error

@@ -433,6 +433,70 @@ _declare("agent_stream_read_async", agent_code, [agent_stream_p, agent_data_call
 # void agent_stream_free(agent_stream *stream);
 _declare("agent_stream_free", None, [agent_stream_p])
 
+# The event queue: requests run on the thread that drains it; results come back as events.
+# typedef struct agent_queue agent_queue;   (opaque)
+agent_queue_p = c_void_p
+
+# enum agent_event_kind { AGENT_EVENT_RESPONSE = 1, AGENT_EVENT_HEAD = 2, AGENT_EVENT_DATA = 3 };
+EVENT_RESPONSE = 1
+EVENT_HEAD = 2
+EVENT_DATA = 3
+
+
+class agent_event(Structure):
+    # typedef struct { uint64_t token; agent_event_kind kind; agent_code code;
+    #   agent_response *response; agent_stream *stream; const uint8_t *data; size_t len;
+    #   const char *message; } agent_event;
+    _fields_ = [
+        ("token", c_uint64),
+        ("kind", c_uint32),
+        ("code", c_uint32),
+        ("response", c_void_p),
+        ("stream", c_void_p),
+        ("data", c_void_p),
+        ("len", c_size_t),
+        ("message", c_void_p),
+    ]
+
+
+# agent_code agent_queue_new(agent_queue **out);
+_declare("agent_queue_new", agent_code, [POINTER(agent_queue_p)], _check)
+# void agent_queue_free(agent_queue *queue);
+_declare("agent_queue_free", None, [agent_queue_p])
+# int32_t agent_queue_fd(const agent_queue *queue);
+_declare("agent_queue_fd", ctypes.c_int32, [agent_queue_p])
+# size_t agent_queue_pending(const agent_queue *queue);
+_declare("agent_queue_pending", c_size_t, [agent_queue_p])
+# agent_code agent_queue_submit(const agent_queue *queue, const agent *agent,
+#     const char *method, const char *url, const agent_header *headers, size_t header_count,
+#     const uint8_t *body, size_t body_len, uint32_t timeout_msecs, uint64_t token,
+#     uint64_t *out_id);
+_declare(
+    "agent_queue_submit",
+    agent_code,
+    [agent_queue_p, agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p,
+     c_size_t, c_uint32, c_uint64, POINTER(c_uint64)],
+    _check,
+)
+# agent_code agent_queue_submit_stream(const agent_queue *queue, const agent *agent,
+#     const char *method, const char *url, const agent_header *headers, size_t header_count,
+#     const uint8_t *body, size_t body_len, const agent_body_source *source,
+#     uint32_t timeout_msecs, uint64_t token, uint64_t *out_id);
+_declare(
+    "agent_queue_submit_stream",
+    agent_code,
+    [agent_queue_p, agent_p, c_char_p, c_char_p, POINTER(agent_header), c_size_t, c_char_p,
+     c_size_t, POINTER(agent_body_source), c_uint32, c_uint64, POINTER(c_uint64)],
+    _check,
+)
+# agent_code agent_queue_read(const agent_queue *queue, agent_stream *stream, uint64_t token);
+#   (no errcheck: the caller maps the code, as for agent_stream_read)
+_declare("agent_queue_read", agent_code, [agent_queue_p, agent_stream_p, c_uint64])
+# agent_code agent_queue_drain(const agent_queue *queue, agent_event *events, size_t cap,
+#     uint32_t timeout_msecs, size_t *n);
+#   (no errcheck: called from an event loop's reader, which maps the code itself)
+_declare("agent_queue_drain", agent_code, [agent_queue_p, c_void_p, c_size_t, c_uint32, POINTER(c_size_t)])
+
 # ---------------------------------------------------------------------------------------
 # Version check: the library's major.minor must be the package's.
 

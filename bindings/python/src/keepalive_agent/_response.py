@@ -176,7 +176,7 @@ class Response:
         self.headers = headers
         self.body = body
         self.reused = reused
-        self._timings = timings  # a Timings, or the native struct until first read
+        self._timings = timings  # a Timings, or the raw values until first read
         self.url = url
         self.method = method
 
@@ -185,9 +185,12 @@ class Response:
         """Timings of this request in microseconds."""
         t = self._timings
         if not isinstance(t, Timings):
-            t = self._timings = Timings(
-                t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
-            )
+            if isinstance(t, tuple):  # the seven values, as copied out of the native response
+                t = self._timings = Timings(*t)
+            else:
+                t = self._timings = Timings(
+                    t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
+                )
         return t
 
     @property
@@ -219,3 +222,23 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response [{self.status}] {len(self.body)} bytes{' reused' if self.reused else ''}>"
+
+
+_new_response = Response.__new__
+
+
+def make_response(
+    status: int, http_version: str, headers: Headers, body: bytes, reused: bool, timings: Any,
+    url: str, method: str,
+) -> Response:
+    """A Response without keyword parsing (the per-request path)."""
+    r = _new_response(Response)
+    r.status = status
+    r.http_version = http_version
+    r.headers = headers
+    r.body = body
+    r.reused = reused
+    r._timings = timings
+    r.url = url
+    r.method = method
+    return r

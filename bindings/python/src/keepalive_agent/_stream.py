@@ -1,8 +1,9 @@
 """Streaming responses: the head first, the body piece by piece (``agent_stream``).
 
 :class:`StreamResponse` reads with the blocking ``agent_stream_read``;
-:class:`AsyncStreamResponse` with ``agent_stream_read_async``, one read at a time, each
-started only when the consumer asks for the next piece (that is the backpressure: until
+:class:`AsyncStreamResponse` through the event loop's queue (``agent_queue_read``, see
+``_loop.py``), one read at a time, each started only when the consumer asks for the next
+piece (that is the backpressure: until
 then the engine does not read the socket).
 
 Every C call on a native stream is made under the stream's lock, because
@@ -16,20 +17,17 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import io
-import itertools
 import threading
 from ctypes import byref, c_char, c_size_t
 from typing import (
     TYPE_CHECKING,
     Any,
     AsyncIterator,
-    Dict,
     Iterator,
     Optional,
-    Tuple,
 )
 
-from . import _body, _native, errors
+from . import _body, _loop, _native, errors
 from ._native import lib
 from ._response import Headers, Timings
 
@@ -413,86 +411,8 @@ class _RawStream(io.RawIOBase):
 
 
 # ---------------------------------------------------------------------------------------
-# asyncio. Module-level C callbacks find their future by an integer token (as the async
-# completions of whole requests do): no Python object's address reaches C.
-
-_tokens = itertools.count(1)
-# token -> (loop, future of the native stream pointer, body source)
-_head_pending: Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[int]", Optional[_body.Source]]] = {}
-# token -> (loop, future of the next piece)
-_data_pending: Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]] = {}
-
-
-def _settle_head(fut: "asyncio.Future[int]", stream: Optional[int], error: Optional[BaseException]) -> None:
-    # On the loop. A future whose task was cancelled meanwhile is done: nobody will take
-    # the stream, so free it (aborting the request).
-    if fut.done():
-        if stream:
-            lib.agent_stream_free(stream)
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(stream)  # type: ignore[arg-type]
-
-
-def _head_done(userdata: Optional[int], code: int, stream: Optional[int]) -> None:
-    # A library thread, once per agent_request_stream_async. Never raises, never blocks.
-    try:
-        entry = _head_pending.pop(userdata or 0, None)
-        error: Optional[BaseException] = None
-        if code != _native.OK:
-            error = _body.error_for(code, entry[2] if entry is not None else None)
-            stream = None
-        elif not stream:
-            error = _native.error_for(_native.INTERNAL, "stream completion without a stream")
-        if entry is None:
-            if stream:
-                lib.agent_stream_free(stream)
-            return
-        loop, fut = entry[0], entry[1]
-        try:
-            loop.call_soon_threadsafe(_settle_head, fut, stream, error)
-        except RuntimeError:  # the loop is closed: nobody is waiting
-            if stream:
-                lib.agent_stream_free(stream)
-    except BaseException:  # pragma: no cover - an exception must not escape into C
-        pass
-
-
-def _settle_data(fut: "asyncio.Future[bytes]", data: Optional[bytes], error: Optional[BaseException]) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(data)  # type: ignore[arg-type]
-
-
-def _data_done(userdata: Optional[int], code: int, data: Optional[int], length: int) -> None:
-    # A library thread, once per agent_stream_read_async: `data` is valid only during
-    # this call, so it is copied here.
-    try:
-        entry = _data_pending.pop(userdata or 0, None)
-        piece: Optional[bytes] = None
-        error: Optional[BaseException] = None
-        if code == _native.OK:
-            piece = ctypes.string_at(data, length) if length else b""
-        else:
-            error = _native.error_for(code)
-        if entry is None:
-            return
-        loop, fut = entry
-        try:
-            loop.call_soon_threadsafe(_settle_data, fut, piece, error)
-        except RuntimeError:  # the loop is closed
-            pass
-    except BaseException:  # pragma: no cover - an exception must not escape into C
-        pass
-
-
-on_head = _native.agent_stream_callback(_head_done)
-_on_data = _native.agent_data_callback(_data_done)
+# asyncio: heads and reads go through the event loop's queue (see _loop.py); each piece
+# comes back as an AGENT_EVENT_DATA event, settled on the loop's thread.
 
 
 class AsyncStreamResponse(_StreamBase):
@@ -513,24 +433,48 @@ class AsyncStreamResponse(_StreamBase):
         super().__init__(agent, handle, method, url, source)
         self._reading = False
 
+    def _on_data(self, fut: "asyncio.Future[bytes]", code: int, data: int, length: int, message: int) -> None:
+        """The AGENT_EVENT_DATA of this stream's read (on the loop's thread, in a drain).
+        ``data`` stays valid until the stream's next read or its free, which the lock keeps
+        off while the piece is copied."""
+        if fut.done():  # the read was cancelled: the stream is freed already
+            return
+        if code != _native.OK:
+            fut.set_exception(_loop.event_error(code, message))
+            return
+        with self._lock:
+            if self._handle is None:  # freed meanwhile (the agent closed): data is gone
+                err: Optional[BaseException] = self._failure or errors.CancelledError(
+                    _native.CANCELLED, "the stream was closed while a read was in flight"
+                )
+                piece = None
+            else:
+                err = None
+                piece = ctypes.string_at(data, length) if length else b""
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(piece)  # type: ignore[arg-type]
+
     async def _next_piece(self) -> bytes:
         if self._reading:
             raise RuntimeError("another read of this stream is in progress (one read at a time)")
         loop = asyncio.get_running_loop()
+        d = _loop.driver_for(loop)
         fut: "asyncio.Future[bytes]" = loop.create_future()
-        token = next(_tokens)
+        token = d.token()
         with self._lock:
             h = self._handle
             if h is None:
                 self._ended()
                 return b""
-            _data_pending[token] = (loop, fut)
-            code = lib.agent_stream_read_async(h, _on_data, token)
-            if code != _native.OK:
-                _data_pending.pop(token, None)  # on an error return the callback never runs
+            code = lib.agent_queue_read(d.q, h, token)
+            if code != _native.OK:  # no event will come
                 err = self._read_error(code)
                 self._fail_locked(err)
                 raise err
+            d.entries[token] = (fut, self, None)
+        d.watch(loop)
         self._reading = True
         try:
             piece = await fut
