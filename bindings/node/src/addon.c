@@ -2436,26 +2436,50 @@ static void env_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
   agent_queue *q = st->queue;
   st->queue = NULL;
   agent_queue_free(q);
-  /* Nothing will report these any more. */
+  /* Nothing will report these any more. A promise still pending cannot be settled now
+   * (no JavaScript runs during teardown): it is left to the env. */
   while (st->pending.next != &st->pending) {
     pend *p = st->pending.next;
     pend_unlink(p);
     if (p->kind == PEND_READ) {
       stream_ctx *c = (stream_ctx *)p;
       c->reading = false;
-      c->read_cb = NULL; /* dies with the env */
+      if (c->read_cb != NULL) {
+        napi_delete_reference(env, c->read_cb);
+      }
+      c->read_cb = NULL;
       stream_ctx_unref(c);
     } else {
-      free(p); /* its deferred dies with the env */
+      free(p);
     }
   }
   st->inflight = 0;
   deliver_pulls(NULL, st);
+  /* References the addon created are deleted here: Node frees only its own at teardown. */
+  pthread_mutex_lock(&st->mu);
+  for (body_src *s = st->sources; s != NULL; s = s->next) {
+    if (s->on_pull != NULL) {
+      napi_delete_reference(env, s->on_pull);
+      s->on_pull = NULL;
+    }
+  }
+  pthread_mutex_unlock(&st->mu);
+  napi_ref *refs[] = {&st->resource, &st->make_response, &st->make_head};
+  for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
+    if (*refs[i] != NULL) {
+      napi_delete_reference(env, *refs[i]);
+      *refs[i] = NULL;
+    }
+  }
   agent_box *b = st->agents;
   st->agents = NULL;
   while (b != NULL) {
     agent_box *next = b->next;
     agent *a = b->handle;
+    if (b->self != NULL) {
+      napi_delete_reference(env, b->self);
+      b->self = NULL;
+    }
     b->handle = NULL;
     b->st = NULL;
     b->prev = b->next = NULL;
