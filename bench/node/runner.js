@@ -6,7 +6,7 @@
 //   {"op":"versions"}
 //   {"op":"run","client":"undici-pool","conc":1,"keep_alive":true,"seconds":1.2,"warmup":0.2,
 //    "max_requests":100000,"expect_len":13,"url":"...","ca_file":"..."}
-// Clients: ours, http-agent, undici-pool, undici-request. conc requests are kept in flight by
+// Clients: ours, http-agent, undici-pool, undici-request, aws-ours, aws-node (see below). conc requests are kept in flight by
 // conc async loops on the one event loop. keep_alive false: `Connection: close` on a fresh
 // connection for every request (ours: keepAlive false; http.Agent keepAlive false; undici:
 // the `connection: close` header). TLS is verified against ca_file.
@@ -20,6 +20,20 @@
 //
 // Memory mode: node --expose-gc runner.js mem <client> <n> <url> <ca_file>
 //   n idle pooled connections; prints RSS before/after and thread counts as JSON.
+//
+// AWS SDK cells (clients aws-ours and aws-node): one DynamoDB GetItem per request through the
+// AWS SDK for JavaScript v3 (from bindings/node's devDependencies), over TLS, against a
+// canned answer: the SDK is the same, only its request handler differs: keepalive-agent's
+// KeepAliveHttpHandler (aws-ours) or the SDK's own NodeHttpHandler with a keep-alive
+// https.Agent (aws-node), both with at most `conc` connections. `url` is the endpoint, e.g.
+// https://127.0.0.1:PORT/dynamodb (the SDK POSTs to its path plus '/'), answered by an nginx
+// location such as
+//   location /dynamodb {
+//       default_type application/x-amz-json-1.0;
+//       return 200 '{"Item":{"id":{"S":"bench"},"n":{"N":"42"},"payload":{"S":"0123456789abcdef"}}}';
+//   }
+// expect_len is the number of attributes of the Item (3 for that answer); a request counts
+// as failed unless the SDK parsed an Item of that many attributes.
 
 const fs = require('fs');
 const http = require('http');
@@ -235,8 +249,50 @@ function rssKib() {
   return Math.round((parseInt(statm[1], 10) * 4096) / 1024);
 }
 
+// ---------------------------------------------------------------------------------------------
+// AWS SDK: DynamoDB GetItem with either request handler
+
+function awsRequire(name) {
+  return require(require.resolve(name, { paths: [path.join(ROOT, 'bindings', 'node')] }));
+}
+
+function makeAws(cmd, handlerKind) {
+  const { DynamoDBClient, GetItemCommand } = awsRequire('@aws-sdk/client-dynamodb');
+  const ca = readCa(cmd.ca_file);
+  const conc = Math.max(1, cmd.conc);
+  let requestHandler;
+  if (handlerKind === 'ours') {
+    if (!ours) throw new Error(`binding unavailable: ${oursError}`);
+    const { KeepAliveHttpHandler } = require(path.join(ROOT, 'bindings', 'node', 'aws.js'));
+    requestHandler = new KeepAliveHttpHandler({ keepAlive: true, maxSockets: conc, ca });
+  } else {
+    const { NodeHttpHandler } = awsRequire('@smithy/node-http-handler');
+    requestHandler = new NodeHttpHandler({
+      httpsAgent: new https.Agent({ keepAlive: true, maxSockets: conc, ca }),
+    });
+  }
+  const client = new DynamoDBClient({
+    region: 'us-east-1',
+    endpoint: cmd.url,
+    credentials: { accessKeyId: 'AKIDBENCHMARK', secretAccessKey: 'benchmark-secret' },
+    maxAttempts: 1,
+    requestHandler,
+  });
+  const input = { TableName: 'bench', Key: { id: { S: 'bench' } } };
+  return {
+    agent: requestHandler,
+    fetch: async () => {
+      const out = await client.send(new GetItemCommand(input));
+      return [out.$metadata.httpStatusCode, out.Item ? Object.keys(out.Item).length : -1];
+    },
+    close: async () => client.destroy(),
+  };
+}
+
 const CLIENTS = {
   ours: makeOurs,
+  'aws-ours': (cmd) => makeAws(cmd, 'ours'),
+  'aws-node': (cmd) => makeAws(cmd, 'node'),
   'http-agent': makeHttpAgent,
   'undici-pool': makeUndiciPool,
   'undici-request': makeUndiciRequest,
@@ -337,6 +393,14 @@ async function run(cmd) {
   };
 }
 
+function awsVersion(handler) {
+  try {
+    return `@aws-sdk/client-dynamodb ${awsRequire('@aws-sdk/client-dynamodb/package.json').version} ${handler}`;
+  } catch (e) {
+    return `unavailable (${String(e.message || e).split('\n')[0]})`;
+  }
+}
+
 function versions() {
   const oursVersion = ours
     ? `keepalive-agent ${ours.version || require(path.join(ROOT, 'bindings', 'node', 'package.json')).version}`
@@ -349,6 +413,8 @@ function versions() {
     'undici-request': undici
       ? `undici ${require('undici/package.json').version} request()`
       : `unavailable (${undiciError})`,
+    'aws-ours': awsVersion('KeepAliveHttpHandler'),
+    'aws-node': awsVersion('NodeHttpHandler + https.Agent'),
   };
 }
 

@@ -2,11 +2,11 @@
 // keepalive-agent for Node: an HTTP/1.1 client with a keep-alive connection pool, running
 // on the native engine (libkeepalive_agent) through an N-API addon (src/addon.c).
 //
-// Everything is validated here, with Node's error codes, before the addon is called; the
-// addon starts requests with agent_request_async (whole bodies) or
-// agent_request_stream_async (agent.stream(), streamed request bodies) and settles their
-// promises, and delivers the pieces of streamed bodies, from the engine's threads through
-// a napi_threadsafe_function, so the event loop never blocks.
+// Everything is validated here, with Node's error codes, before the addon is called. The
+// addon submits requests to the engine's event queue (one per thread: main or worker) and
+// libuv drains it on this thread when its descriptor is readable: the socket I/O happens
+// here, as with Node's own http, and every completed request or body read of a batch is
+// settled in one JavaScript turn. Nothing blocks the event loop; no thread is crossed.
 
 const { STATUS_CODES } = require('node:http');
 const { Readable, finished } = require('node:stream');
@@ -374,13 +374,11 @@ function headersObject(raw) {
       if (name === 'set-cookie') h[name].push(value);
       else if (DISCARD_DUPLICATES.has(name)) continue;
       else h[name] += (name === 'cookie' ? '; ' : ', ') + value;
+    } else if (name === '__proto__') {
+      // An own property, never the prototype setter.
+      Object.defineProperty(h, name, { value, writable: true, enumerable: true, configurable: true });
     } else {
-      Object.defineProperty(h, name, {
-        value: name === 'set-cookie' ? [value] : value,
-        writable: true,
-        enumerable: true,
-        configurable: true,
-      });
+      h[name] = name === 'set-cookie' ? [value] : value;
     }
   }
   return h;
@@ -398,6 +396,73 @@ function finishResponse(raw) {
     timings: raw.timings,
   };
 }
+
+// rawHeaders, [name, value, ...], from the engine's header block: one `name: value\r\n`
+// line per header, names lowercase (values never hold CR or LF; names never hold ':').
+function splitHeaderBlock(block) {
+  const raw = [];
+  let at = 0;
+  while (at < block.length) {
+    const colon = block.indexOf(':', at);
+    const end = block.indexOf('\r\n', colon + 1);
+    if (colon < 0 || end < 0) {
+      throw withCode(new Error('keepalive-agent: malformed header block from the engine'), 'ERR_KEEPALIVE_AGENT_INTERNAL');
+    }
+    const value = block.charCodeAt(colon + 1) === 32 ? colon + 2 : colon + 1;
+    raw.push(block.slice(at, colon), block.slice(value, end));
+    at = end + 2;
+  }
+  return raw;
+}
+
+function httpVersion(v) {
+  return v === 11 ? '1.1' : v === 10 ? '1.0' : `${Math.floor(v / 10)}.${v % 10}`;
+}
+
+// The addon calls these once per response (timings in microseconds): the object a whole
+// response resolves with, and the raw head of a streamed one (with its stream handle).
+function makeResponse(status, version, block, reused, body, queued, dns, connect, tls, sent, ttfb, total) {
+  const rawHeaders = splitHeaderBlock(block);
+  return {
+    statusCode: status,
+    statusMessage: STATUS_CODES[status] || '',
+    httpVersion: httpVersion(version),
+    headers: headersObject(rawHeaders),
+    rawHeaders,
+    body,
+    reusedSocket: reused,
+    timings: {
+      queued: queued / 1000,
+      dns: dns / 1000,
+      connect: connect / 1000,
+      tls: tls / 1000,
+      sent: sent / 1000,
+      ttfb: ttfb / 1000,
+      total: total / 1000,
+    },
+  };
+}
+
+function makeHead(status, version, block, reused, stream, queued, dns, connect, tls, sent, ttfb, total) {
+  return {
+    statusCode: status,
+    httpVersion: httpVersion(version),
+    rawHeaders: splitHeaderBlock(block),
+    reusedSocket: reused,
+    timings: {
+      queued: queued / 1000,
+      dns: dns / 1000,
+      connect: connect / 1000,
+      tls: tls / 1000,
+      sent: sent / 1000,
+      ttfb: ttfb / 1000,
+      total: total / 1000,
+    },
+    stream,
+  };
+}
+
+native.setFactories(makeResponse, makeHead);
 
 // Why a body source stopped (the addon's enum src_stop).
 const SRC_FAILED = 1;
@@ -555,8 +620,8 @@ function isReadable(body) {
 }
 
 /**
- * A response body read from the engine piece by piece: each _read() starts one
- * agent_stream_read_async and pushes what it brings. While the stream is paused or full,
+ * A response body read from the engine piece by piece: each _read() submits one
+ * agent_queue_read and pushes what it brings. While the stream is paused or full,
  * no read is in flight and the engine does not read the socket (backpressure).
  */
 class ResponseBody extends Readable {
@@ -687,18 +752,32 @@ class Agent {
    * Sends a request; resolves with the whole response once its body has arrived.
    * `agent.request(options)` or `agent.request(url, options)`.
    */
-  async request(input, extra = undefined) {
-    const o = normalizeRequest(input, extra);
-    if (this.#destroyed) throw destroyedError();
-    if (o.bodyStream !== undefined) return this.#collect(await this.#stream(o));
+  request(input, extra = undefined) {
+    // Not an async function: without a signal, the addon's own promise is returned as it
+    // is (every failure still comes as a rejection, never a throw).
+    let o;
+    try {
+      o = normalizeRequest(input, extra);
+      if (this.#destroyed) throw destroyedError();
+      if (o.bodyStream === undefined && o.signal === undefined) {
+        return native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (o.bodyStream !== undefined) return this.#stream(o).then((res) => this.#collect(res));
+    return this.#requestWithSignal(o);
+  }
+
+  async #requestWithSignal(o) {
     const signal = o.signal;
-    if (signal !== undefined && signal.aborted) throw abortError(signal);
-    const [promise, id] = native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
-    if (signal === undefined) return finishResponse(await promise);
+    if (signal.aborted) throw abortError(signal);
     const handle = this.#handle;
+    const promise = native.request(handle, o.method, o.url, o.headers, o.body, o.timeout);
+    const id = native.lastId();
     const unsubscribe = onAbort(signal, () => native.cancel(handle, id));
     try {
-      return finishResponse(await promise);
+      return await promise;
     } catch (e) {
       if (signal.aborted && e && e.agentCode === codes.CANCELLED) throw abortError(signal, e);
       throw e;

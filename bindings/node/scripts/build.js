@@ -7,7 +7,9 @@
 //   2. Copies it beside the addon as libkeepalive_agent.so and under its SONAME
 //      (libkeepalive_agent.so.0), so the addon's rpath $ORIGIN finds it.
 //   3. Compiles src/addon.c with the system C compiler ($CC, else cc) against the
-//      node-api-headers package (else node's own include/node) and include/keepalive_agent.h.
+//      node-api-headers package (else node's own include/node), include/keepalive_agent.h,
+//      and node's own uv.h when it is installed (the addon declares what it uses of libuv
+//      itself otherwise).
 //
 // Does nothing when the addon is newer than its inputs, unless run with --force.
 // Environment: KEEPALIVE_AGENT_ROOT (the repository), KEEPALIVE_AGENT_LIB_DIR,
@@ -97,6 +99,20 @@ function findAgentHeaderDir(root) {
   fail(`cannot find keepalive_agent.h. Tried: ${tried.join(', ') || '(nothing)'}; set KEEPALIVE_AGENT_INCLUDE_DIR`);
 }
 
+// Node's own headers directory when it has uv.h (the addon declares the few libuv
+// functions it uses itself otherwise): searched after everything else, so node_api.h still
+// comes from node-api-headers.
+function findUvHeaderDir() {
+  for (const dir of [
+    path.resolve(path.dirname(process.execPath), '..', 'include', 'node'),
+    '/usr/include/node',
+    '/usr/local/include/node',
+  ]) {
+    if (exists(path.join(dir, 'uv.h'))) return dir;
+  }
+  return null;
+}
+
 function findNodeApiHeaders() {
   const tried = [];
   try {
@@ -147,6 +163,7 @@ function main() {
     return; // up to date
   }
   const napiInclude = findNodeApiHeaders();
+  const uvInclude = findUvHeaderDir();
   fs.mkdirSync(outDir, { recursive: true });
   copyAtomic(so, localSo);
   const name = soname(so);
@@ -166,6 +183,7 @@ function main() {
     '-D_POSIX_C_SOURCE=200809L',
     `-I${napiInclude}`,
     `-I${agentInclude}`,
+    ...(uvInclude ? ['-idirafter', uvInclude] : []),
     source,
     `-L${outDir}`,
     '-lkeepalive_agent',

@@ -3,15 +3,18 @@
  *
  * index.js validates every argument and calls the small native surface below:
  *
+ *   setFactories(makeResponse, makeHead)     -> the JS functions that build response
+ *                                               objects (called once per response)
  *   create(options)                          -> handle (an external owning one `agent`)
- *   request(handle, method, url, headers, body, timeoutMs) -> [promise, id]
+ *   request(handle, method, url, headers, body, timeoutMs) -> promise of a whole response
+ *   lastId()                                 -> the id of the last request() (for cancel)
  *   streamRequest(handle, method, url, headers, body, source, timeoutMs)
  *                                            -> [promise, id, sourceHandle]; the promise
  *                                               resolves with the head and a stream handle
- *   streamRead(stream, cb)                   -> one agent_stream_read_async; cb(err, chunk,
+ *   streamRead(stream, cb)                   -> one agent_queue_read; cb(err, chunk,
  *                                               totalMs): chunk null at the end
  *   streamFree(stream), streamBuffered(stream)
- *   sourcePush(source, bytes) -> 1 | 0 | -1, sourceEnd(source), sourceAbort(source, why),
+ *   sourcePush(source, bytes) -> n | -1, sourceEnd(source), sourceAbort(source, why),
  *   sourceState(source)                      -> a request body fed from JS (see below)
  *   cancel(handle, id)                       -> boolean
  *   stats(handle, origin?), keepAlive(handle), destroy(handle), version(), codeName(code)
@@ -24,59 +27,65 @@
  * agent_stats_field_name/agent_stats_values (snake_case names become camelCase keys), code
  * names come from agent_code_name, validation bounds from agent_limit.
  *
- * Threads. Requests go through agent_request_async (whole bodies) or
- * agent_request_stream_async (streamed bodies); their callbacks, and those of
- * agent_stream_read_async, run on library threads, copy what they need, and hand a tagged
- * item (the first field says which kind) to the JS thread through ONE
- * napi_threadsafe_function per environment (main thread or worker). That function is
- * unref'd whenever no request or body read is in flight, so idle pooled connections never
- * keep the process alive (like http.Agent's unref'd free sockets).
+ * Requests run on the JS thread, driven by libuv. Each environment (the main thread, each
+ * worker) has one agent_queue. request() and streamRequest() submit to it
+ * (agent_queue_submit, agent_queue_submit_stream), streamRead() submits one body read
+ * (agent_queue_read); nothing is sent from inside those calls. A uv_poll_t watches the
+ * queue's descriptor; when it is readable, the queue is drained on the JS thread
+ * (agent_queue_drain with no wait: the sends, receives and connects happen there, as
+ * Node's own http does its socket I/O) and every completed event of the batch is settled
+ * in one JavaScript turn: one handle scope and one callback scope per batch (microtasks
+ * run when it closes), one promise resolved or rejected, or one read callback called, per
+ * event. The token of every submission is the address of its context (a `pend`); the
+ * library reports each accepted submission exactly once. Should JavaScript submit more
+ * while a batch is settled, the queue is drained again at once, so a request made in a
+ * promise continuation is sent without another trip through the event loop.
  *
- * Request bodies from JS (body_src). The library calls the source's read() on one of its
- * threads; read() never calls into JS and never waits: JS copies its chunks into the
- * source's ring buffer (sourcePush; SOURCE_RING bytes, or the body's length when it is
- * known and smaller; made at the first push and freed as soon as the library is done with
- * the source), read() takes from it. When the ring is empty and the body has not ended,
- * read() keeps a waker (agent_body_source_waker) and returns AGENT_SOURCE_PENDING, so a
- * waiting upload holds no library thread; the waker is woken when data comes, at the end
- * of the body, or when the source is stopped (JS aborted or failed it, its agent was
- * destroyed, its JS handle was collected, the environment is going away), and freed
- * unused when the library releases the source (the request's deadline, or a cancel, ends
- * it there). A push that does not fit whole tells JS to wait, and read() tells it to go on
- * (a "pull" item through the thread-safe function) once the ring is half empty. A
- * source's state, its waker included, is guarded by the env's mutex; wakers are woken and
- * freed outside it. The bytes are copied outside it too (one producer, the JS thread, and
- * one consumer, the library's read, each copying only the part of the ring the other does
- * not touch).
+ * The poll handle is referenced only while a request or read is in flight
+ * (uv_ref/uv_unref), so idle pooled connections never keep the process alive (like
+ * http.Agent's unref'd free sockets).
+ *
+ * Request bodies from JS (body_src). The library calls the source's read() while it drives
+ * the request, on the draining thread (inside agent_queue_drain). read() never calls into
+ * JS and never waits: JS copies its chunks into the source's ring buffer (sourcePush;
+ * SOURCE_RING bytes, or the body's length when it is known and smaller; made at the first
+ * push and freed as soon as the library is done with the source), read() takes from it.
+ * When the ring is empty and the body has not ended, read() keeps a waker
+ * (agent_body_source_waker) and returns AGENT_SOURCE_PENDING; the waker is woken when data
+ * comes, at the end of the body, or when the source is stopped (JS aborted or failed it,
+ * its agent was destroyed, its JS handle was collected, the environment is going away),
+ * and freed unused when the library releases the source. A push that does not fit whole
+ * tells JS to wait; read() puts the source on the env's pull list once the ring is half
+ * empty, and the list is delivered (onPull called) after the drain returns, or by a
+ * uv_async_t when the library releases a source outside a drain. A source's state, its
+ * waker included, is guarded by the env's mutex, since the library may release a source
+ * on any thread; wakers are woken and freed outside it.
  *
  * Lifetimes.
  *  - env_state: one per environment, reference-counted (mutex-guarded): one reference for
- *    the environment (dropped by the env cleanup hook), one for the thread-safe function
- *    (dropped by its finalizer), one per request in flight (dropped by the library callback
- *    once the context has been handed over or freed), one per body source. Library threads
- *    therefore never touch freed state, whatever order Node tears things down in.
- *  - `closed` (under the mutex) is set by the cleanup hook and by the thread-safe
- *    function's finalizer; from then on library callbacks free their context themselves
- *    instead of calling into a thread-safe function that may be gone.
- *  - agent_box: owned by the JS external. destroy(), the env cleanup hook or the
- *    external's finalizer (whichever comes first) hands the native agent to agent_free on a
- *    short-lived background thread, since agent_free cancels in-flight requests and waits
- *    (bounded) for connections to close: the JS thread never waits for it. Every request
- *    in flight, and every open stream, holds a strong reference to the external, so a
- *    finalizer never runs while either exists. destroy() and the cleanup hook first free
- *    the agent's open streams and stop its body sources.
- *  - req_ctx: allocated by request()/streamRequest(), filled by the library callback,
- *    consumed and freed by call_js on the JS thread (or by the callback itself when the env
- *    is closing, or by call_js with env == NULL while Node drains the queue at teardown).
- *    Nothing reads a context after napi_call_threadsafe_function has accepted it.
- *  - stream_ctx: one per response stream, reference-counted (under the env mutex): one
- *    reference for its JS external, one while a read is in flight (the read's item is
- *    embedded in it). The agent_stream itself is freed by the JS thread only: at the end
- *    of the body, on an error, by streamFree, by the external's finalizer, by destroy() of
- *    its agent, or by the cleanup hook.
- *  - body_src: reference-counted: one reference for the library (dropped by release()),
- *    one for its JS external, one while a pull item is queued. release() always queues a
- *    last pull, whose delivery drops the strong reference to the JS onPull function.
+ *    the environment (dropped once its libuv handles have closed), one per body source,
+ *    one per response stream context.
+ *  - Teardown (an async cleanup hook, which Node waits for): sources are stopped, streams
+ *    freed, the poll stopped and the queue freed (requests still in flight are dropped, so
+ *    their contexts are freed here: the list of pending contexts), agents freed, then the
+ *    libuv handles closed; the hook completes when both have closed.
+ *  - agent_box: owned by the JS external. destroy(), teardown or the external's finalizer
+ *    (whichever comes first) hands the native agent to agent_free on a short-lived
+ *    background thread, since agent_free closes every connection and waits (bounded) for
+ *    them: the JS thread never waits for it. The box keeps a reference to its external
+ *    that is strong while a request or stream of it is open (`holds`), so a finalizer
+ *    never runs while either exists. destroy() and teardown first free the agent's open
+ *    streams and stop its body sources.
+ *  - req_ctx: allocated by request()/streamRequest(), linked on the pending list until its
+ *    event is settled (then freed), or freed at teardown.
+ *  - stream_ctx: one per response stream, reference-counted (JS thread only): one
+ *    reference for its JS external, one while a read is in flight (then it is on the
+ *    pending list). The agent_stream itself is freed at the end of the body, on an error,
+ *    by streamFree, by the external's finalizer, by destroy() of its agent, or at teardown.
+ *  - body_src: reference-counted under the env mutex: one reference for the library
+ *    (dropped by release()), one for its JS external, one while it is on the pull list.
+ *    release() always queues a last pull, whose delivery drops the strong reference to the
+ *    JS onPull function.
  */
 
 /* For RTLD_DEFAULT. */
@@ -95,6 +104,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* libuv: Node's own uv.h when the build found it, else the few stable libuv 1.x entry
+ * points used here (handles are allocated with uv_handle_size, never laid out here). */
+#if defined(__has_include)
+#if __has_include(<uv.h>)
+#include <uv.h>
+#define KEEPALIVE_HAVE_UV_H 1
+#endif
+#endif
+#ifndef KEEPALIVE_HAVE_UV_H
+typedef struct uv_loop_s uv_loop_t;
+typedef struct uv_handle_s uv_handle_t;
+typedef struct uv_poll_s uv_poll_t;
+typedef struct uv_async_s uv_async_t;
+typedef void (*uv_poll_cb)(uv_poll_t *handle, int status, int events);
+typedef void (*uv_async_cb)(uv_async_t *handle);
+typedef void (*uv_close_cb)(uv_handle_t *handle);
+typedef enum { UV_ASYNC = 1, UV_POLL = 8 } uv_handle_type;
+enum { UV_READABLE = 1 };
+size_t uv_handle_size(uv_handle_type type);
+void *uv_handle_get_data(const uv_handle_t *handle);
+void uv_handle_set_data(uv_handle_t *handle, void *data);
+int uv_poll_init(uv_loop_t *loop, uv_poll_t *handle, int fd);
+int uv_poll_start(uv_poll_t *handle, int events, uv_poll_cb cb);
+int uv_poll_stop(uv_poll_t *handle);
+int uv_async_init(uv_loop_t *loop, uv_async_t *async, uv_async_cb async_cb);
+int uv_async_send(uv_async_t *async);
+void uv_close(uv_handle_t *handle, uv_close_cb close_cb);
+void uv_ref(uv_handle_t *handle);
+void uv_unref(uv_handle_t *handle);
+#endif
+
 /* Bodies at least this large are handed to JS without a copy (an external Buffer that
  * frees the response when collected); smaller ones are copied and freed at once. */
 #define EXTERNAL_BODY_MIN ((size_t)64 * 1024)
@@ -103,12 +143,18 @@
  * read() wakes a waiting pusher once it is half empty. */
 #define SOURCE_RING ((size_t)1024 * 1024)
 
-/* What the thread-safe function carries: the first field of every item. */
-enum item_kind {
-  ITEM_REQUEST = 1, /* req_ctx: a whole response (agent_request_async) */
-  ITEM_HEAD,        /* req_ctx: a response head (agent_request_stream_async) */
-  ITEM_DATA,        /* data_item: one agent_stream_read_async result */
-  ITEM_PULL,        /* body_src: the source's queue has room again (or it stopped) */
+/* Events taken from the queue per drain, settled in one JavaScript turn. */
+#define EVENT_BATCH 256
+
+/* The most drains one readiness callback makes before it lets the event loop go on (the
+ * descriptor is level-triggered: work left over is seen at the next iteration). */
+#define DRAIN_ROUNDS 16
+
+/* What a pending context is: the first field of req_ctx and stream_ctx. */
+enum pend_kind {
+  PEND_REQUEST = 1, /* req_ctx: a whole response (agent_queue_submit) */
+  PEND_HEAD,        /* req_ctx: a response head (agent_queue_submit_stream) */
+  PEND_READ,        /* stream_ctx: one agent_queue_read */
 };
 
 /* Why a body source stops; read() returns this (the library then fails the request with
@@ -125,66 +171,75 @@ typedef struct agent_box agent_box;
 typedef struct body_src body_src;
 typedef struct stream_ctx stream_ctx;
 
+/* A submission waiting for its event: linked on env_state.pending (JS thread only). Its
+ * address is the submission's token. */
+typedef struct pend {
+  struct pend *prev;
+  struct pend *next;
+  int kind; /* enum pend_kind */
+} pend;
+
 typedef struct env_state {
-  pthread_mutex_t mu;            /* guards closed, refs, and every body_src's state */
-  bool closed;                   /* the env is going away: do not call tsfn */
-  size_t refs;                   /* env + tsfn + one per request in flight + per source */
-  napi_threadsafe_function tsfn; /* set once at init, before any request */
+  pthread_mutex_t mu;            /* guards closed, refs, pulls, and every body_src's state */
+  bool closed;                   /* the env is going away */
+  size_t refs;                   /* env + one per body source + one per stream context */
+  napi_env env;
+  agent_queue *queue;            /* NULL once freed at teardown */
+  uv_poll_t *poll;               /* watches agent_queue_fd; ref'd while inflight > 0 */
+  uv_async_t *wake;              /* delivers pulls posted outside a drain */
+  bool poll_open;                /* uv_poll_init succeeded (closed at teardown) */
+  bool wake_open;                /* uv_async_init succeeded (closed at teardown) */
+  int open_handles;              /* handles closing at teardown, until their callbacks */
+  napi_async_cleanup_hook_handle cleanup;
+  napi_async_context async_ctx;  /* for the callback scope of each batch */
+  napi_ref resource;             /* its resource object */
+  napi_ref make_response;        /* JS factories (setFactories) */
+  napi_ref make_head;
   size_t inflight;               /* JS thread only: requests and reads not yet settled */
+  bool in_poll;                  /* JS thread only: a readiness callback is running */
+  uint64_t submitted;            /* JS thread only: submissions so far */
+  uint64_t last_id;              /* JS thread only: the id of the last request() */
+  pend pending;                  /* JS thread only: list head of pending contexts */
   agent_box *agents;             /* JS thread only: boxes whose agent may be live */
   stream_ctx *streams;           /* JS thread only: contexts whose stream is not freed */
   body_src *sources;             /* under mu: every live body source */
+  body_src *pulls;               /* under mu: sources whose pusher is to be called */
   size_t stat_count;             /* agent_stats_field_count(), read at init */
   char **stat_keys;              /* stat_count camelCase keys (malloc'd) */
   uint64_t *stat_values;         /* JS thread only: scratch for agent_stats_values */
+  agent_event events[EVENT_BATCH];
 } env_state;
 
 struct agent_box {
   agent *handle;  /* NULL after destroy() or env teardown */
-  env_state *st;  /* NULL once the env cleanup hook has run */
+  env_state *st;  /* NULL once the env is being torn down */
   agent_box *prev;
   agent_box *next;
+  napi_ref self;  /* the external: strong while holds > 0, weak otherwise */
+  size_t holds;   /* requests in flight + open streams */
 };
 
 typedef struct req_ctx {
-  int kind; /* ITEM_REQUEST or ITEM_HEAD */
-  env_state *st;
-  agent_box *box;        /* ITEM_HEAD: the agent (alive: agent_ref holds its external) */
-  agent_stream *stream;  /* ITEM_HEAD: the stream, on success */
+  pend link; /* first: PEND_REQUEST or PEND_HEAD */
+  agent_box *box;
   napi_deferred deferred;
-  napi_ref agent_ref; /* keeps the agent's external alive while in flight */
-  agent_code code;
-  agent_response *response;
-  char *message; /* library message on failure (malloc'd), or NULL */
 } req_ctx;
 
-/* One agent_stream_read_async result on its way to the JS thread (embedded in its
- * stream_ctx: one read at a time). */
-typedef struct data_item {
-  int kind; /* ITEM_DATA */
-  stream_ctx *ctx;
-  agent_code code;
-  uint8_t *data; /* malloc'd copy of the piece, or NULL */
-  size_t len;    /* 0 with AGENT_CODE_OK: the end of the body */
-  char *message; /* library message on failure (malloc'd), or NULL */
-} data_item;
-
 struct stream_ctx {
+  pend link;             /* first: PEND_READ, linked while a read is in flight */
   env_state *st;
-  agent_box *box;        /* the agent (alive while agent_ref is held) */
-  agent_stream *stream;  /* JS thread only; NULL once freed */
-  napi_ref agent_ref;    /* JS thread only; held while `stream` is open */
-  napi_ref read_cb;      /* JS thread only: the callback of the read in flight */
-  bool reading;          /* JS thread only: a read is in flight */
-  bool read_counted;     /* JS thread only: ... and counts in st->inflight */
-  stream_ctx *prev;      /* st->streams, JS thread only, while `stream` is open */
+  agent_box *box;        /* the agent (held while `stream` is open) */
+  agent_stream *stream;  /* NULL once freed */
+  napi_ref read_cb;      /* the callback of the read in flight */
+  bool reading;          /* a read is in flight */
+  bool read_counted;     /* ... and counts in st->inflight */
+  bool holds_box;        /* this stream holds its box */
+  stream_ctx *prev;      /* st->streams, while `stream` is open */
   stream_ctx *next;
-  size_t refs;           /* under st->mu: the external + one while a read is in flight */
-  data_item item;        /* the result of the read in flight */
+  size_t refs;           /* the external + one while a read is in flight */
 };
 
 struct body_src {
-  int kind;            /* ITEM_PULL: the source is its own pull item */
   env_state *st;       /* holds one reference to it */
   const agent_box *box; /* the agent it was sent with: compared, never dereferenced */
   /* Everything below is guarded by st->mu. */
@@ -196,12 +251,13 @@ struct body_src {
   bool ended;          /* JS gave the last chunk */
   int stop;            /* enum src_stop */
   bool js_waiting;     /* a push did not fit whole: wake JS when there is room */
-  bool pull_posted;    /* the pull item is queued on the thread-safe function */
+  bool pull_posted;    /* the source is on st->pulls */
   bool js_gone;        /* the external was finalized */
   bool released;       /* the library is done with it (its last pull is on its way) */
-  size_t refs;         /* the library + the external + a queued pull */
+  size_t refs;         /* the library + the external + one while on st->pulls */
   body_src *prev;      /* st->sources */
   body_src *next;
+  body_src *pull_next; /* st->pulls */
   napi_ref on_pull;    /* JS thread only: called when the pusher may go on */
 };
 
@@ -217,6 +273,8 @@ static void state_free(env_state *st) {
     free(st->stat_keys);
   }
   free(st->stat_values);
+  free(st->poll);
+  free(st->wake);
   pthread_mutex_destroy(&st->mu);
   free(st);
 }
@@ -342,6 +400,16 @@ static void ensure_exception(napi_env env, const char *what) {
     }                                   \
   } while (0)
 
+/* Takes the pending exception (creating one if N-API failed without throwing). */
+static napi_value take_exception(napi_env env, const char *what) {
+  napi_value e = NULL;
+  ensure_exception(env, what);
+  if (napi_get_and_clear_last_exception(env, &e) != napi_ok || e == NULL) {
+    napi_get_undefined(env, &e);
+  }
+  return e;
+}
+
 static bool is_undefined(napi_env env, napi_value v) {
   napi_valuetype t;
   return napi_typeof(env, v, &t) != napi_ok || t == napi_undefined || t == napi_null;
@@ -411,72 +479,112 @@ static body_src *get_source(napi_env env, napi_value v) {
   return get_tagged(env, v, &SOURCE_TAG, "body source");
 }
 
-/* A request or body read is now in flight / has settled: the thread-safe function keeps
- * the event loop alive exactly while something is. JS thread only. */
-static void inflight_add(napi_env env, env_state *st) {
-  if (st->inflight++ == 0) {
-    napi_ref_threadsafe_function(env, st->tsfn);
+/* ------------------------------------------------------------------------------------ */
+/* Pending submissions, the poll handle's reference, agents held by their requests       */
+
+static void pend_link(env_state *st, pend *p) {
+  p->prev = &st->pending;
+  p->next = st->pending.next;
+  st->pending.next->prev = p;
+  st->pending.next = p;
+}
+
+static void pend_unlink(pend *p) {
+  if (p->next != NULL) {
+    p->prev->next = p->next;
+    p->next->prev = p->prev;
+  }
+  p->prev = p->next = NULL;
+}
+
+/* A request or body read is now in flight / has settled: the poll handle keeps the event
+ * loop alive exactly while something is. JS thread only. */
+static void inflight_add(env_state *st) {
+  if (st->inflight++ == 0 && st->poll_open) {
+    uv_ref((uv_handle_t *)st->poll);
   }
 }
 
-static void inflight_done(napi_env env, env_state *st) {
-  if (st->inflight > 0 && --st->inflight == 0) {
-    napi_unref_threadsafe_function(env, st->tsfn);
+static void inflight_done(env_state *st) {
+  if (st->inflight > 0 && --st->inflight == 0 && st->poll_open) {
+    uv_unref((uv_handle_t *)st->poll);
   }
 }
 
-/* Hands `item` to the JS thread; false when the env is closing (the caller keeps it).
- * Called with st->mu held. */
-static bool post_locked(env_state *st, void *item) {
-  return !st->closed && napi_call_threadsafe_function(st->tsfn, item, napi_tsfn_nonblocking) == napi_ok;
+/* A request or stream of the agent is open: its external must not be collected. */
+static void box_hold(napi_env env, agent_box *b) {
+  if (b->holds++ == 0 && b->self != NULL) {
+    napi_reference_ref(env, b->self, NULL);
+  }
+}
+
+static void box_release(napi_env env, agent_box *b) {
+  if (b->holds > 0 && --b->holds == 0 && b->self != NULL && env != NULL) {
+    napi_reference_unref(env, b->self, NULL);
+  }
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* Completion: library thread -> JS thread                                               */
+/* JavaScript turns from libuv callbacks                                                 */
 
-static void ctx_free_native(req_ctx *r) {
-  /* Frees only C memory: at teardown the deferred and reference die with the env. */
-  agent_response_free(r->response);
-  agent_stream_free(r->stream);
-  free(r->message);
-  free(r);
-}
+typedef struct js_turn {
+  napi_handle_scope handles;
+  napi_callback_scope callback;
+  bool open;
+} js_turn;
 
-/* Library thread: hands a filled request context to the JS thread, or frees it when the
- * env is closing; drops the request's reference to the state either way. */
-static void deliver_ctx(req_ctx *r) {
-  env_state *st = r->st; /* copied: r may be freed by the JS thread once handed over */
-  pthread_mutex_lock(&st->mu);
-  bool delivered = post_locked(st, r);
-  /* From here on, r belongs to the JS thread if delivered. */
-  size_t left = --st->refs;
-  pthread_mutex_unlock(&st->mu);
-
-  if (!delivered) {
-    ctx_free_native(r);
+/* Opens one handle scope and one callback scope: what Node does around a callback from
+ * the event loop (closing the callback scope runs process.nextTick and microtasks). False
+ * when not even a handle scope can be opened: no N-API call may be made then. */
+static bool turn_open(env_state *st, js_turn *t) {
+  napi_env env = st->env;
+  napi_value resource;
+  t->open = false;
+  t->callback = NULL;
+  if (napi_open_handle_scope(env, &t->handles) != napi_ok) {
+    return false;
   }
-  if (left == 0) {
-    state_free(st);
+  if (st->async_ctx == NULL || napi_get_reference_value(env, st->resource, &resource) != napi_ok ||
+      resource == NULL || napi_open_callback_scope(env, resource, st->async_ctx, &t->callback) != napi_ok) {
+    t->callback = NULL; /* settled all the same; microtasks run at the next callback */
+  }
+  t->open = true;
+  return true;
+}
+
+static void turn_close(env_state *st, js_turn *t) {
+  if (t->open) {
+    if (t->callback != NULL) {
+      napi_close_callback_scope(st->env, t->callback);
+    }
+    napi_close_handle_scope(st->env, t->handles);
+    t->open = false;
   }
 }
 
-/* Runs on a library thread, exactly once per started request. */
-static void on_complete(void *userdata, agent_code code, agent_response *response) {
-  req_ctx *r = userdata;
-  r->code = code;
-  r->response = response;
-  r->message = (code == AGENT_CODE_OK) ? NULL : last_error_dup();
-  deliver_ctx(r);
+/* An exception left pending by JS called from a libuv callback becomes an uncaught
+ * exception (process 'uncaughtException'), as for any callback from the event loop. */
+static void report_pending_exception(napi_env env) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value e = NULL;
+    if (napi_get_and_clear_last_exception(env, &e) == napi_ok && e != NULL) {
+      napi_fatal_exception(env, e);
+    }
+  }
 }
 
-/* Runs on a library thread, exactly once per started stream request: the head is in. */
-static void on_stream_head(void *userdata, agent_code code, agent_stream *stream) {
-  req_ctx *r = userdata;
-  r->code = code;
-  r->stream = stream;
-  r->message = (code == AGENT_CODE_OK) ? NULL : last_error_dup();
-  deliver_ctx(r);
+static void call_js(napi_env env, napi_ref fn_ref, size_t argc, const napi_value *argv) {
+  napi_value fn, recv;
+  if (napi_get_reference_value(env, fn_ref, &fn) == napi_ok && fn != NULL &&
+      napi_get_undefined(env, &recv) == napi_ok &&
+      napi_call_function(env, recv, fn, argc, argv, NULL) != napi_ok) {
+    report_pending_exception(env);
+  }
 }
+
+/* ------------------------------------------------------------------------------------ */
+/* Responses                                                                             */
 
 static void free_response_finalizer(napi_env env, void *data, void *hint) {
   (void)env;
@@ -484,132 +592,82 @@ static void free_response_finalizer(napi_env env, void *data, void *hint) {
   agent_response_free(hint);
 }
 
-static napi_status set_double(napi_env env, napi_value obj, const char *key, double v) {
-  napi_value x;
-  napi_status s = napi_create_double(env, v, &x);
-  return s != napi_ok ? s : napi_set_named_property(env, obj, key, x);
+/* Arguments shared by the two factories: status, version (10/11), the header block as one
+ * latin1 string ("name: value\r\n" lines, split in JS), reused, then (after the body or
+ * stream slot) the seven timings in microseconds. */
+#define FACTORY_ARGS 12
+
+static bool head_args(napi_env env, const agent_response_parts *p, napi_value *argv) {
+  const agent_timings *t = &p->timings;
+  const uint64_t us[7] = {t->queued_us, t->dns_us, t->connect_us, t->tls_us,
+                          t->sent_us,   t->ttfb_us, t->total_us};
+  if (napi_create_uint32(env, p->status, &argv[0]) != napi_ok ||
+      napi_create_uint32(env, p->version, &argv[1]) != napi_ok ||
+      napi_create_string_latin1(env, p->headers != NULL ? (const char *)p->headers : "",
+                                p->headers != NULL ? p->headers_len : 0, &argv[2]) != napi_ok ||
+      napi_get_boolean(env, p->reused, &argv[3]) != napi_ok) {
+    return false;
+  }
+  for (int i = 0; i < 7; i++) {
+    if (napi_create_double(env, (double)us[i], &argv[5 + i]) != napi_ok) {
+      return false;
+    }
+  }
+  return true;
 }
 
-/* Throws for a header block that does not match agent_response_read's documented form. */
-static napi_value malformed_headers(napi_env env) {
-  napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL",
-                   "keepalive-agent: agent_response_read gave a malformed header block");
-  return NULL;
-}
-
-/* rawHeaders, [name, value, name, value, ...], from the header block of
- * agent_response_read: `count` lines of `name: value\r\n` (values never contain CR or LF).
- * Each string is made straight from the block, as latin1 like Node's HTTP parser. */
-static napi_value build_raw_headers(napi_env env, const uint8_t *block, size_t len, size_t count) {
-  napi_value raw, v;
-  if (count > (size_t)UINT32_MAX / 2) {
-    return malformed_headers(env);
-  }
-  NAPI_TRY(env, napi_create_array_with_length(env, count * 2, &raw));
-  const char *at = (const char *)block;
-  size_t left = block != NULL ? len : 0;
-  for (size_t i = 0; i < count; i++) {
-    const char *colon = left > 0 ? memchr(at, ':', left) : NULL;
-    if (colon == NULL) {
-      return malformed_headers(env);
-    }
-    size_t name_len = (size_t)(colon - at);
-    const char *value = colon + 1;
-    left -= name_len + 1;
-    if (left > 0 && *value == ' ') {
-      value++;
-      left--;
-    }
-    const char *cr = left > 0 ? memchr(value, '\r', left) : NULL;
-    if (cr == NULL || (size_t)(cr - value) + 2 > left || cr[1] != '\n') {
-      return malformed_headers(env);
-    }
-    size_t value_len = (size_t)(cr - value);
-    NAPI_TRY(env, napi_create_string_latin1(env, at, name_len, &v));
-    NAPI_TRY(env, napi_set_element(env, raw, (uint32_t)(2 * i), v));
-    NAPI_TRY(env, napi_create_string_latin1(env, value, value_len, &v));
-    NAPI_TRY(env, napi_set_element(env, raw, (uint32_t)(2 * i + 1), v));
-    at = cr + 2;
-    left -= value_len + 2;
-  }
-  if (left != 0) {
-    return malformed_headers(env);
-  }
-  return raw;
-}
-
-/* {statusCode, httpVersion, rawHeaders, reusedSocket, timings} from agent_response_read or
- * agent_stream_head. */
-static napi_value build_head(napi_env env, const agent_response_parts *p) {
-  napi_value obj, v, raw, timings;
-  NAPI_TRY(env, napi_create_object(env, &obj));
-
-  NAPI_TRY(env, napi_create_uint32(env, p->status, &v));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "statusCode", v));
-
-  char verbuf[24];
-  snprintf(verbuf, sizeof verbuf, "%u.%u", (unsigned)(p->version / 10), (unsigned)(p->version % 10));
-  NAPI_TRY(env, napi_create_string_latin1(env, verbuf, NAPI_AUTO_LENGTH, &v));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "httpVersion", v));
-
-  raw = build_raw_headers(env, p->headers, p->headers_len, p->header_count);
-  if (raw == NULL) {
+/* Calls a factory; NULL with an exception pending when it (or N-API) failed. */
+static napi_value call_factory(napi_env env, napi_ref ref, napi_value *argv) {
+  napi_value fn, recv, out = NULL;
+  if (ref == NULL) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL", "keepalive-agent: setFactories() was not called");
     return NULL;
   }
-  NAPI_TRY(env, napi_set_named_property(env, obj, "rawHeaders", raw));
-
-  NAPI_TRY(env, napi_get_boolean(env, p->reused, &v));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "reusedSocket", v));
-
-  const agent_timings *t = &p->timings;
-  NAPI_TRY(env, napi_create_object(env, &timings));
-  NAPI_TRY(env, set_double(env, timings, "queued", (double)t->queued_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "dns", (double)t->dns_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "connect", (double)t->connect_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "tls", (double)t->tls_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "sent", (double)t->sent_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "ttfb", (double)t->ttfb_us / 1000.0));
-  NAPI_TRY(env, set_double(env, timings, "total", (double)t->total_us / 1000.0));
-  NAPI_TRY(env, napi_set_named_property(env, obj, "timings", timings));
-  return obj;
+  NAPI_TRY(env, napi_get_reference_value(env, ref, &fn));
+  NAPI_TRY(env, napi_get_undefined(env, &recv));
+  NAPI_TRY(env, napi_call_function(env, recv, fn, FACTORY_ARGS, argv, &out));
+  return out;
 }
 
-/* Builds {statusCode, httpVersion, rawHeaders, body, reusedSocket, timings} from one
- * agent_response_read. May take ownership of r->response (external body): then
- * r->response is set to NULL. */
-static napi_value build_response(napi_env env, req_ctx *r) {
-  agent_response *resp = r->response;
+/* The response object (made by the makeResponse factory) from one agent_response_read.
+ * Takes the response: freed here, or handed to an external Buffer. NULL with an exception
+ * pending on failure. */
+static napi_value build_response(napi_env env, env_state *st, agent_response *resp) {
   agent_response_parts p;
   memset(&p, 0, sizeof p);
   agent_code code = agent_response_read(resp, &p);
   if (code != AGENT_CODE_OK) {
+    agent_response_free(resp);
     throw_agent_error(env, code);
     return NULL;
   }
-  napi_value obj = build_head(env, &p);
-  if (obj == NULL) {
+  napi_value argv[FACTORY_ARGS];
+  if (!head_args(env, &p, argv)) {
+    agent_response_free(resp);
+    ensure_exception(env, "response");
     return NULL;
   }
-
-  /* Last, since it may hand the response over to the Buffer. */
+  /* The body is copied once into a Buffer (then the response is freed at once), or, when
+   * large, lent to an external Buffer that frees the response when collected. */
   const uint8_t *data = p.body;
   size_t len = p.body_len;
-  napi_value body = NULL;
   if (len >= EXTERNAL_BODY_MIN &&
-      napi_create_external_buffer(env, len, (void *)data, free_response_finalizer, resp, &body) ==
+      napi_create_external_buffer(env, len, (void *)data, free_response_finalizer, resp, &argv[4]) ==
           napi_ok) {
-    r->response = NULL; /* now owned by the Buffer's finalizer */
+    resp = NULL; /* now owned by the Buffer's finalizer */
   } else {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
-    if (pending) {
+    void *copy_out = NULL;
+    if (pending || napi_create_buffer_copy(env, len, len > 0 ? data : (const void *)"", &copy_out,
+                                           &argv[4]) != napi_ok) {
+      agent_response_free(resp);
+      ensure_exception(env, "napi_create_buffer_copy");
       return NULL;
     }
-    void *copy_out = NULL;
-    NAPI_TRY(env, napi_create_buffer_copy(env, len, len > 0 ? data : (const void *)"", &copy_out, &body));
+    agent_response_free(resp);
   }
-  NAPI_TRY(env, napi_set_named_property(env, obj, "body", body));
-  return obj;
+  return call_factory(env, st->make_response, argv);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -628,14 +686,14 @@ static void stream_unlink(stream_ctx *c) {
   c->prev = c->next = NULL;
 }
 
-/* JS thread: frees the stream (aborting it before its end) and lets go of its agent.
- * Idempotent. `env` NULL (teardown): the agent reference dies with the env. A read in
- * flight completes later (the library's callback still comes), unseen; it no longer keeps
- * the event loop alive, since nobody waits for it. */
+/* Frees the stream (aborting it before its end) and lets go of its agent. Idempotent.
+ * `env` NULL (teardown): references die with the env. A read in flight is reported
+ * cancelled at a later drain, unseen; it no longer keeps the event loop alive, since
+ * nobody waits for it. */
 static void stream_close(napi_env env, stream_ctx *c) {
-  if (c->read_counted && env != NULL) {
+  if (c->read_counted) {
     c->read_counted = false;
-    inflight_done(env, c->st);
+    inflight_done(c->st);
   }
   if (c->stream != NULL) {
     agent_stream *s = c->stream;
@@ -643,24 +701,21 @@ static void stream_close(napi_env env, stream_ctx *c) {
     stream_unlink(c);
     agent_stream_free(s);
   }
-  if (c->agent_ref != NULL && env != NULL) {
-    napi_delete_reference(env, c->agent_ref);
+  if (c->holds_box) {
+    c->holds_box = false;
+    box_release(env, c->box);
   }
-  c->agent_ref = NULL;
 }
 
 static void stream_ctx_unref(stream_ctx *c) {
-  env_state *st = c->st;
-  pthread_mutex_lock(&st->mu);
-  size_t left = --c->refs;
-  pthread_mutex_unlock(&st->mu);
-  if (left == 0) {
+  if (--c->refs == 0) {
+    env_state *st = c->st;
     free(c);
     state_unref(st);
   }
 }
 
-/* The stream's external was collected, or the env is being torn down (after env_cleanup,
+/* The stream's external was collected, or the env is being torn down (after teardown,
  * which freed the stream already). A read in flight holds its own reference. */
 static void stream_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
@@ -673,95 +728,38 @@ static void stream_finalize(napi_env env, void *data, void *hint) {
   stream_ctx_unref(c);
 }
 
-/* Library thread: one read's result. Copies the piece (valid only during this call) and
- * hands it to the JS thread. */
-static void on_data(void *userdata, agent_code code, const uint8_t *data, size_t len) {
-  stream_ctx *c = userdata;
-  env_state *st = c->st;
-  data_item *it = &c->item;
-  it->kind = ITEM_DATA;
-  it->ctx = c;
-  it->code = code;
-  it->data = NULL;
-  it->len = 0;
-  it->message = NULL;
-  if (code != AGENT_CODE_OK) {
-    it->message = last_error_dup();
-  } else if (len > 0) {
-    it->data = malloc(len);
-    if (it->data == NULL) {
-      it->code = AGENT_CODE_INTERNAL;
-      it->message = strdup("keepalive-agent: out of memory for a piece of the response body");
-    } else {
-      memcpy(it->data, data, len);
-      it->len = len;
-    }
-  }
-  pthread_mutex_lock(&st->mu);
-  bool delivered = post_locked(st, it);
-  size_t left = delivered ? 1 : --c->refs;
-  pthread_mutex_unlock(&st->mu);
-  if (!delivered) {
-    free(it->data);
-    free(it->message);
-    it->data = NULL;
-    it->message = NULL;
-    if (left == 0) {
-      free(c);
-      state_unref(st);
-    }
-  }
-}
-
-/* JS thread: a read's result reaches its callback, cb(err, chunk, totalMs): an error; a
- * Buffer; or null at the end, with the request's total time. An error or the end frees
- * the stream at once (the end has given the connection back to the pool already). */
-static void deliver_data(napi_env env, data_item *it) {
-  stream_ctx *c = it->ctx;
-  env_state *st = c->st;
-  agent_code code = it->code;
-  uint8_t *bytes = it->data;
-  size_t len = it->len;
-  char *message = it->message;
-  it->data = NULL;
-  it->message = NULL;
-  if (env == NULL) {
-    free(bytes);
-    free(message);
-    stream_ctx_unref(c);
-    return;
-  }
+/* A read's event reaches its callback, cb(err, chunk, totalMs): an error; a Buffer; or
+ * null at the end, with the request's total time. An error or the end frees the stream at
+ * once (the end has given the connection back to the pool already). */
+static void settle_read(napi_env env, stream_ctx *c, const agent_event *ev) {
   napi_ref cb = c->read_cb;
   c->read_cb = NULL;
   c->reading = false;
   if (c->read_counted) {
     c->read_counted = false;
-    inflight_done(env, st);
+    inflight_done(c->st);
   }
-
-  napi_handle_scope scope = NULL;
-  bool scoped = napi_open_handle_scope(env, &scope) == napi_ok;
-  /* A stream freed by JS while its read was in flight: nobody is waiting for the result. */
+  /* A stream freed by JS while its read was in flight: nobody is waiting for the result
+   * (and the piece, if any, went with the stream). */
   if (c->stream != NULL && cb != NULL) {
-    napi_value argv[3], fn, recv;
+    napi_value argv[3];
     bool built = napi_get_null(env, &argv[0]) == napi_ok && napi_get_null(env, &argv[1]) == napi_ok &&
                  napi_get_undefined(env, &argv[2]) == napi_ok;
-    if (built && code != AGENT_CODE_OK) {
-      argv[0] = make_agent_error(env, code, message);
+    if (built && ev->code != AGENT_CODE_OK) {
+      argv[0] = make_agent_error(env, ev->code, ev->message);
       stream_close(env, c);
       built = argv[0] != NULL;
-    } else if (built && len == 0) {
+    } else if (built && ev->len == 0) {
       agent_response_parts p;
       memset(&p, 0, sizeof p);
       agent_stream_head(c->stream, &p);
       stream_close(env, c);
       built = napi_create_double(env, (double)p.timings.total_us / 1000.0, &argv[2]) == napi_ok;
     } else if (built) {
-      /* Copied into a Buffer and the piece freed at once, rather than handed over as an
-       * external Buffer: the garbage of a long download then stays in memory V8 manages
-       * (a 1 GiB download peaked about 35 MiB higher with external Buffers). */
+      /* Copied into a Buffer: the piece is valid only until the next read, which the
+       * callback may start. */
       void *copy_out = NULL;
-      built = napi_create_buffer_copy(env, len, bytes, &copy_out, &argv[1]) == napi_ok;
+      built = napi_create_buffer_copy(env, ev->len, ev->data, &copy_out, &argv[1]) == napi_ok;
     }
     if (!built) {
       /* N-API failed: the reader gets whatever it threw, and the stream is done. */
@@ -774,72 +772,70 @@ static void deliver_data(napi_env env, data_item *it) {
       argv[0] = e;
       napi_get_null(env, &argv[1]);
     }
-    if (napi_get_reference_value(env, cb, &fn) == napi_ok && fn != NULL &&
-        napi_get_undefined(env, &recv) == napi_ok) {
-      /* An exception thrown by the callback stays pending: Node reports it as uncaught. */
-      napi_call_function(env, recv, fn, 3, argv, NULL);
-    }
+    call_js(env, cb, 3, argv);
   }
   if (cb != NULL) {
     napi_delete_reference(env, cb);
   }
-  free(bytes);
-  free(message);
-  if (scoped) {
-    napi_close_handle_scope(env, scope);
-  }
   stream_ctx_unref(c);
 }
 
-/* JS thread: the head of a stream request is in. Builds the head object with a `stream`
- * handle that takes over r->stream and r->agent_ref (both set to NULL). */
-static napi_value build_stream_head(napi_env env, req_ctx *r) {
+/* The head of a stream request is in: the head object (made by the makeHead factory) with
+ * a `stream` handle that takes over the stream and the request's hold on its agent. NULL
+ * with an exception pending on failure (the stream is then freed). */
+static napi_value build_stream_head(napi_env env, env_state *st, req_ctx *r, agent_stream *stream) {
   agent_response_parts p;
   memset(&p, 0, sizeof p);
-  agent_code code = agent_stream_head(r->stream, &p);
+  agent_code code = agent_stream_head(stream, &p);
   if (code != AGENT_CODE_OK) {
+    agent_stream_free(stream);
     throw_agent_error(env, code);
     return NULL;
   }
-  napi_value obj = build_head(env, &p);
-  if (obj == NULL) {
+  napi_value argv[FACTORY_ARGS];
+  if (!head_args(env, &p, argv)) {
+    agent_stream_free(stream);
+    ensure_exception(env, "response head");
     return NULL;
   }
   stream_ctx *c = calloc(1, sizeof *c);
   if (c == NULL) {
+    agent_stream_free(stream);
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
     return NULL;
   }
-  env_state *st = r->st;
-  napi_value ext;
-  if (napi_create_external(env, c, stream_finalize, NULL, &ext) != napi_ok) {
+  if (napi_create_external(env, c, stream_finalize, NULL, &argv[4]) != napi_ok) {
     free(c);
+    agent_stream_free(stream);
     ensure_exception(env, "napi_create_external");
     return NULL;
   }
   /* Owned by the external from here on (its finalizer drops this reference). */
+  c->link.kind = PEND_READ;
   c->st = st;
   c->box = r->box;
   c->refs = 1;
   pthread_mutex_lock(&st->mu);
   st->refs++;
   pthread_mutex_unlock(&st->mu);
-  c->stream = r->stream;
-  r->stream = NULL;
-  c->agent_ref = r->agent_ref;
-  r->agent_ref = NULL;
+  c->stream = stream;
+  c->holds_box = true;
+  box_hold(env, c->box);
   c->next = st->streams;
   if (st->streams != NULL) {
     st->streams->prev = c;
   }
   st->streams = c;
-  if (napi_type_tag_object(env, ext, &STREAM_TAG) != napi_ok ||
-      napi_set_named_property(env, obj, "stream", ext) != napi_ok) {
+  if (napi_type_tag_object(env, argv[4], &STREAM_TAG) != napi_ok) {
     stream_close(env, c);
     ensure_exception(env, "stream handle");
     return NULL;
   }
-  return obj;
+  napi_value head = call_factory(env, st->make_head, argv);
+  if (head == NULL) {
+    stream_close(env, c);
+  }
+  return head;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -871,16 +867,22 @@ static void src_destroy(body_src *s) {
   state_unref(st);
 }
 
-/* Tells the JS pusher it may go on (room in the queue, or the source stopped). Called
- * with st->mu held. */
+/* Tells the JS pusher it may go on (room in the queue, or the source stopped): puts the
+ * source on the pull list, delivered after the current drain or by the wake handle.
+ * Called with st->mu held. */
 static void src_pull_locked(body_src *s) {
-  if (s->pull_posted || s->js_gone) {
+  env_state *st = s->st;
+  if (s->pull_posted || s->js_gone || st->closed) {
     return;
   }
   s->js_waiting = false;
-  if (post_locked(s->st, s)) {
-    s->pull_posted = true;
-    s->refs++;
+  s->pull_posted = true;
+  s->refs++;
+  bool first = st->pulls == NULL;
+  s->pull_next = st->pulls;
+  st->pulls = s;
+  if (first && st->wake_open) {
+    uv_async_send(st->wake);
   }
 }
 
@@ -920,8 +922,8 @@ static void src_stop_all(env_state *st, const agent_box *box, int why) {
   }
 }
 
-/* agent_body_source.read, on a library thread: takes what JS has queued. Never waits and
- * never calls into JS: with nothing queued, it keeps a waker and returns
+/* agent_body_source.read, on the draining thread: takes what JS has queued. Never waits
+ * and never calls into JS: with nothing queued, it keeps a waker and returns
  * AGENT_SOURCE_PENDING (see the top of the file). */
 static int src_read(void *userdata, uint8_t *buf, size_t cap, size_t *n) {
   body_src *s = userdata;
@@ -982,7 +984,7 @@ static void src_release(void *userdata) {
   }
 }
 
-/* JS thread (env NULL at teardown): the pull item of a source. */
+/* JS thread (env NULL at teardown): one source taken off the pull list. */
 static void deliver_pull(napi_env env, body_src *s) {
   env_state *st = s->st;
   pthread_mutex_lock(&st->mu);
@@ -991,16 +993,7 @@ static void deliver_pull(napi_env env, body_src *s) {
   bool released = s->released;
   pthread_mutex_unlock(&st->mu);
   if (call) {
-    napi_handle_scope scope = NULL;
-    bool scoped = napi_open_handle_scope(env, &scope) == napi_ok;
-    napi_value fn, recv;
-    if (napi_get_reference_value(env, s->on_pull, &fn) == napi_ok && fn != NULL &&
-        napi_get_undefined(env, &recv) == napi_ok) {
-      napi_call_function(env, recv, fn, 0, NULL, NULL);
-    }
-    if (scoped) {
-      napi_close_handle_scope(env, scope);
-    }
+    call_js(env, s->on_pull, 0, NULL);
     if (released) {
       napi_delete_reference(env, s->on_pull);
       s->on_pull = NULL;
@@ -1021,6 +1014,38 @@ static void deliver_pull(napi_env env, body_src *s) {
   if (last) {
     src_destroy(s);
   }
+}
+
+/* Delivers every source on the pull list (env NULL at teardown: only drops them). */
+static void deliver_pulls(napi_env env, env_state *st) {
+  for (int round = 0; round < 64; round++) {
+    pthread_mutex_lock(&st->mu);
+    body_src *list = st->pulls;
+    st->pulls = NULL;
+    pthread_mutex_unlock(&st->mu);
+    if (list == NULL) {
+      return;
+    }
+    while (list != NULL) {
+      body_src *next = list->pull_next;
+      list->pull_next = NULL;
+      deliver_pull(env, list);
+      list = next;
+    }
+  }
+  /* A pusher that keeps refilling from inside onPull: the rest waits for the wake handle. */
+  pthread_mutex_lock(&st->mu);
+  if (st->pulls != NULL && st->wake_open && !st->closed) {
+    uv_async_send(st->wake);
+  }
+  pthread_mutex_unlock(&st->mu);
+}
+
+static bool pulls_waiting(env_state *st) {
+  pthread_mutex_lock(&st->mu);
+  bool any = st->pulls != NULL;
+  pthread_mutex_unlock(&st->mu);
+  return any;
 }
 
 /* The source's external was collected, or the env is being torn down. Nobody can push
@@ -1053,49 +1078,33 @@ static void src_finalize(napi_env env, void *data, void *hint) {
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* Items: JS thread                                                                      */
+/* Events: the JS thread                                                                 */
 
-/* Runs on the JS thread (env != NULL), or with env == NULL while Node empties the queue of
- * a thread-safe function at teardown. */
-static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
-  (void)js_cb;
-  switch (*(const int *)data) {
-    case ITEM_DATA:
-      deliver_data(env, data);
-      return;
-    case ITEM_PULL:
-      deliver_pull(env, data);
-      return;
-    default:
-      break;
-  }
-  req_ctx *r = data;
-  if (env == NULL) {
-    ctx_free_native(r); /* `context` may already be gone: do not touch it */
-    return;
-  }
-  env_state *st = context;
-  napi_handle_scope scope = NULL;
-  bool scoped = napi_open_handle_scope(env, &scope) == napi_ok;
-
+/* A request's event: its promise is resolved with the response (or the head and its
+ * stream) or rejected with the library's error. */
+static void settle_request(napi_env env, env_state *st, req_ctx *r, const agent_event *ev) {
   napi_value value = NULL;
   bool ok = false;
-  if (r->code != AGENT_CODE_OK) {
-    value = make_agent_error(env, r->code, r->message);
-  } else if (r->kind == ITEM_REQUEST) {
-    value = build_response(env, r);
+  if (ev->code != AGENT_CODE_OK) {
+    agent_response_free(ev->response);
+    agent_stream_free(ev->stream);
+    value = make_agent_error(env, ev->code, ev->message);
+  } else if (r->link.kind == PEND_REQUEST) {
+    agent_stream_free(ev->stream);
+    value = build_response(env, st, ev->response);
     ok = value != NULL;
   } else if (r->box->handle == NULL) {
     /* The agent was destroyed while the head was on its way: as if it had been in flight. */
-    agent_stream_free(r->stream);
-    r->stream = NULL;
+    agent_response_free(ev->response);
+    agent_stream_free(ev->stream);
     value = make_agent_error(env, AGENT_CODE_CANCELLED, "the agent was destroyed");
   } else {
-    value = build_stream_head(env, r);
+    agent_response_free(ev->response);
+    value = build_stream_head(env, st, r, ev->stream);
     ok = value != NULL;
   }
   if (value == NULL) {
-    /* N-API failed while building: reject with whatever it threw. */
+    /* N-API (or a factory) failed while building: reject with whatever it threw. */
     ok = false;
     if (napi_get_and_clear_last_exception(env, &value) != napi_ok || value == NULL) {
       napi_get_undefined(env, &value);
@@ -1106,14 +1115,82 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   } else {
     napi_reject_deferred(env, r->deferred, value);
   }
-  if (r->agent_ref != NULL) {
-    napi_delete_reference(env, r->agent_ref);
-  }
-  ctx_free_native(r);
+  box_release(env, r->box);
+  free(r);
+  inflight_done(st);
+}
 
-  inflight_done(env, st);
-  if (scoped) {
-    napi_close_handle_scope(env, scope);
+static void settle_event(napi_env env, env_state *st, const agent_event *ev) {
+  pend *p = (pend *)(uintptr_t)ev->token;
+  pend_unlink(p);
+  if (p->kind == PEND_READ) {
+    settle_read(env, (stream_ctx *)p, ev);
+  } else {
+    settle_request(env, st, (req_ctx *)p, ev);
+  }
+  /* Whatever JS left pending (it cannot be an exception of a call: those are reported
+   * where they happen) must not make the next event's N-API calls fail. */
+  report_pending_exception(env);
+}
+
+/* Drains the queue and settles what completed, batch by batch (see the top of the
+ * file). JS thread, from a libuv callback. */
+static void run_queue(env_state *st) {
+  napi_env env = st->env;
+  if (st->in_poll || st->queue == NULL) {
+    return;
+  }
+  st->in_poll = true;
+  for (int round = 0; round < DRAIN_ROUNDS && st->queue != NULL; round++) {
+    size_t n = 0;
+    agent_code code = agent_queue_drain(st->queue, st->events, EVENT_BATCH, 0, &n);
+    if (code != AGENT_CODE_OK) {
+      n = 0;
+    }
+    if (n == 0 && !pulls_waiting(st)) {
+      break;
+    }
+    uint64_t submitted = st->submitted;
+    js_turn turn;
+    if (!turn_open(st, &turn)) {
+      /* No JS at all: what the events carry is freed, their contexts wait for teardown. */
+      for (size_t i = 0; i < n; i++) {
+        agent_response_free(st->events[i].response);
+        agent_stream_free(st->events[i].stream);
+      }
+      break;
+    }
+    for (size_t i = 0; i < n; i++) {
+      settle_event(env, st, &st->events[i]);
+    }
+    deliver_pulls(env, st);
+    turn_close(st, &turn);
+    /* Another drain only when this one was full, or JS submitted while settling (so its
+     * requests are sent now rather than at the next loop iteration). */
+    if (n < EVENT_BATCH && st->submitted == submitted) {
+      break;
+    }
+  }
+  st->in_poll = false;
+}
+
+static void on_poll(uv_poll_t *handle, int status, int events) {
+  (void)status;
+  (void)events;
+  run_queue(uv_handle_get_data((uv_handle_t *)handle));
+}
+
+/* Pulls posted outside a drain (a source released on another thread, or by a stream's
+ * free). */
+static void on_wake(uv_async_t *handle) {
+  env_state *st = uv_handle_get_data((uv_handle_t *)handle);
+  if (!pulls_waiting(st)) {
+    return;
+  }
+  js_turn turn;
+  if (turn_open(st, &turn)) {
+    deliver_pulls(st->env, st);
+    turn_close(st, &turn);
   }
 }
 
@@ -1141,11 +1218,10 @@ static void *free_agent_thread(void *arg) {
   return NULL;
 }
 
-/* agent_free cancels in-flight requests, closes every connection and waits (bounded) for
- * both, so it can take a while; the JS thread must never wait for it. It runs on a
- * short-lived detached thread instead (synchronously only if no thread can be made).
- * Safe: nothing uses the agent afterwards, and completions of its cancelled requests go
- * through the reference-counted env_state like any other. */
+/* agent_free closes every connection and waits (bounded) for them, so it can take a
+ * while; the JS thread must never wait for it. It runs on a short-lived detached thread
+ * instead (synchronously only if no thread can be made). Safe: nothing uses the agent
+ * afterwards; its requests still on the queue are reported cancelled at the next drain. */
 static void free_agent_in_background(agent *a) {
   if (a == NULL) {
     return;
@@ -1164,12 +1240,16 @@ static void free_agent_in_background(agent *a) {
 }
 
 /* The external was collected (or the env is being torn down). No request is in flight:
- * each holds a strong reference to the external. */
+ * each holds the external. */
 static void box_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
   (void)hint;
   agent_box *b = data;
+  bool live_env = b->st != NULL;
   box_unlink(b);
+  if (live_env && b->self != NULL) {
+    napi_delete_reference(env, b->self);
+  }
+  b->self = NULL;
   agent *a = b->handle;
   b->handle = NULL;
   free_agent_in_background(a);
@@ -1231,6 +1311,10 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
   if (argc < 1) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "options required");
+    return NULL;
+  }
+  if (is_undefined(env, argv[0])) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "options must be an object");
     return NULL;
   }
   o = agent_options_new();
@@ -1316,11 +1400,6 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     free(b);
     return NULL;
   }
-  if (napi_type_tag_object(env, ext, &BOX_TAG) != napi_ok) {
-    /* The finalizer frees the agent; without its tag the handle is refused everywhere. */
-    ensure_exception(env, "napi_type_tag_object");
-    return NULL;
-  }
   /* Owned by the external from here on. */
   b->st = st;
   b->next = st->agents;
@@ -1328,6 +1407,13 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     st->agents->prev = b;
   }
   st->agents = b;
+  if (napi_type_tag_object(env, ext, &BOX_TAG) != napi_ok ||
+      napi_create_reference(env, ext, 0, &b->self) != napi_ok) {
+    /* The finalizer frees the agent; without its tag the handle is refused everywhere. */
+    b->self = NULL;
+    ensure_exception(env, "agent handle");
+    return NULL;
+  }
   return ext;
 
 fail:
@@ -1349,8 +1435,8 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   b->handle = NULL;
   env_state *st = b->st;
   if (st != NULL) {
-    /* Its open streams are aborted (a read in flight completes with AGENT_CODE_CANCELLED)
-     * and its body sources stopped, so that no pending upload waits for JS any more. */
+    /* Its open streams are aborted (a read in flight is reported cancelled) and its body
+     * sources stopped, so that no pending upload waits for JS any more. */
     stream_ctx *c = st->streams;
     while (c != NULL) {
       stream_ctx *next = c->next;
@@ -1361,8 +1447,8 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
     }
     src_stop_all(st, b, SRC_CLOSED);
   }
-  /* Cancels in-flight requests (their promises reject with AGENT_CODE_CANCELLED once
-   * call_js runs) and closes every connection, off the JS thread. */
+  /* Its requests on the queue are reported cancelled at the next drain (their promises
+   * reject with AGENT_CODE_CANCELLED); every connection is closed, off the JS thread. */
   free_agent_in_background(a);
   return NULL;
 }
@@ -1377,6 +1463,12 @@ static napi_value js_keep_alive(napi_env env, napi_callback_info info) {
   }
   NAPI_TRY(env, napi_get_boolean(env, agent_keep_alive_enabled(b->handle), &out));
   return out;
+}
+
+static napi_status set_double(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value x;
+  napi_status s = napi_create_double(env, v, &x);
+  return s != napi_ok ? s : napi_set_named_property(env, obj, key, x);
 }
 
 /* stats(handle, origin?): one key per library statistics field (agent_stats_field_name,
@@ -1424,47 +1516,124 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
 /* ------------------------------------------------------------------------------------ */
 /* Requests                                                                              */
 
-/* Takes the pending exception (creating one if N-API failed without throwing). */
-static napi_value take_exception(napi_env env, const char *what) {
-  napi_value e = NULL;
-  ensure_exception(env, what);
-  if (napi_get_and_clear_last_exception(env, &e) != napi_ok || e == NULL) {
-    napi_get_undefined(env, &e);
-  }
-  return e;
-}
+/* The strings of one request (method, url, header names and values), copied into one
+ * buffer: a stack area for the usual sizes, the heap beyond. */
+#define ARENA_SMALL 4096
+#define HEADERS_SMALL 32
 
-/* [promise, id], or NULL with an exception pending. */
-static napi_value promise_and_id(napi_env env, napi_value promise, uint64_t id) {
-  napi_value arr, idv;
-  NAPI_TRY(env, napi_create_array_with_length(env, 2, &arr));
-  NAPI_TRY(env, napi_set_element(env, arr, 0, promise));
-  NAPI_TRY(env, napi_create_double(env, (double)id, &idv));
-  NAPI_TRY(env, napi_set_element(env, arr, 1, idv));
-  return arr;
-}
-
-/* The arguments request() and streamRequest() share, copied for the library call. */
 typedef struct req_args {
-  char *method;
-  char *url;
-  agent_header *headers;
-  uint32_t header_count; /* entries filled so far: req_args_free frees exactly those */
+  char *buf;             /* `small` or malloc'd */
+  size_t len;
+  size_t cap;
+  size_t *offsets;       /* method, url, then name/value per header (`offsets_small` or malloc'd) */
+  size_t n_offsets;
+  agent_header *headers; /* `headers_small` or malloc'd, filled by req_args_finish */
+  uint32_t header_count;
   const uint8_t *body;   /* points into the caller's Uint8Array (valid during the call) */
   size_t body_len;
   uint32_t timeout_ms;
+  const char *method;
+  const char *url;
+  char small[ARENA_SMALL];
+  size_t offsets_small[2 + 2 * HEADERS_SMALL];
+  agent_header headers_small[HEADERS_SMALL];
 } req_args;
 
+static void req_args_init(req_args *a) {
+  a->buf = a->small;
+  a->len = 0;
+  a->cap = sizeof a->small;
+  a->offsets = a->offsets_small;
+  a->n_offsets = 0;
+  a->headers = a->headers_small;
+  a->header_count = 0;
+  a->body = NULL;
+  a->body_len = 0;
+  a->timeout_ms = 0;
+  a->method = a->url = NULL;
+}
+
 static void req_args_free(req_args *a) {
-  free(a->method);
-  free(a->url);
-  if (a->headers != NULL) {
-    for (uint32_t i = 0; i < a->header_count; i++) {
-      free((void *)a->headers[i].name);
-      free((void *)a->headers[i].value);
-    }
+  if (a->buf != a->small) {
+    free(a->buf);
+  }
+  if (a->offsets != a->offsets_small) {
+    free(a->offsets);
+  }
+  if (a->headers != a->headers_small) {
     free(a->headers);
   }
+}
+
+/* Makes room for `need` more bytes. False with an exception pending. */
+static bool arena_reserve(napi_env env, req_args *a, size_t need) {
+  if (a->cap - a->len >= need) {
+    return true;
+  }
+  size_t cap = a->cap;
+  while (cap - a->len < need) {
+    if (cap > SIZE_MAX / 2) {
+      napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+      return false;
+    }
+    cap *= 2;
+  }
+  char *buf = a->buf == a->small ? malloc(cap) : realloc(a->buf, cap);
+  if (buf == NULL) {
+    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+    return false;
+  }
+  if (a->buf == a->small) {
+    memcpy(buf, a->small, a->len);
+  }
+  a->buf = buf;
+  a->cap = cap;
+  return true;
+}
+
+/* Appends a JS string (NUL-terminated, NUL inside refused) and records its offset. False
+ * with an exception pending. */
+static bool arena_string(napi_env env, req_args *a, napi_value v, const char *what) {
+  size_t copied = 0;
+  if (!arena_reserve(env, a, 64)) {
+    return false;
+  }
+  size_t room = a->cap - a->len;
+  if (napi_get_value_string_utf8(env, v, a->buf + a->len, room, &copied) != napi_ok) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "The \"%s\" argument must be of type string", what);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return false;
+  }
+  if (copied + 1 >= room) {
+    /* It may have been cut short: ask for its length and copy it again. */
+    size_t full = 0;
+    if (napi_get_value_string_utf8(env, v, NULL, 0, &full) != napi_ok) {
+      ensure_exception(env, "napi_get_value_string_utf8");
+      return false;
+    }
+    if (full > copied) {
+      if (full > SIZE_MAX - 2 || !arena_reserve(env, a, full + 1)) {
+        if (full > SIZE_MAX - 2) {
+          napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+        }
+        return false;
+      }
+      if (napi_get_value_string_utf8(env, v, a->buf + a->len, full + 1, &copied) != napi_ok) {
+        ensure_exception(env, "napi_get_value_string_utf8");
+        return false;
+      }
+    }
+  }
+  if (strlen(a->buf + a->len) != copied) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "Invalid character (NUL) in %s", what);
+    napi_throw_type_error(env, "ERR_INVALID_CHAR", msg);
+    return false;
+  }
+  a->offsets[a->n_offsets++] = a->len;
+  a->len += copied + 1;
+  return true;
 }
 
 /* Reads method, url, headers, body (argv[0..3]) and the timeout. headers: a flat array
@@ -1473,15 +1642,12 @@ static void req_args_free(req_args *a) {
  * still calls req_args_free). */
 static bool parse_req_args(napi_env env, const napi_value *argv, napi_value timeout, req_args *a) {
   uint32_t n_strings = 0;
-  a->method = dup_js_string(env, argv[0], "method");
-  if (a->method == NULL) {
-    return false;
-  }
-  a->url = dup_js_string(env, argv[1], "url");
-  if (a->url == NULL) {
-    return false;
-  }
   if (!is_undefined(env, argv[2])) {
+    bool is_array = false;
+    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "headers must be an array of strings");
+      return false;
+    }
     if (napi_get_array_length(env, argv[2], &n_strings) != napi_ok) {
       ensure_exception(env, "napi_get_array_length");
       return false;
@@ -1490,30 +1656,39 @@ static bool parse_req_args(napi_env env, const napi_value *argv, napi_value time
       napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "headers must be name/value pairs");
       return false;
     }
-    if (n_strings > 0) {
-      a->headers = calloc(n_strings / 2, sizeof *a->headers);
-      if (a->headers == NULL) {
+    if (n_strings / 2 > HEADERS_SMALL) {
+      a->offsets = malloc(sizeof *a->offsets * (2 + (size_t)n_strings));
+      a->headers = malloc(sizeof *a->headers * (n_strings / 2));
+      if (a->offsets == NULL || a->headers == NULL) {
+        free(a->offsets);
+        free(a->headers);
+        a->offsets = a->offsets_small;
+        a->headers = a->headers_small;
         napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
         return false;
       }
     }
-    for (uint32_t i = 0; i < n_strings / 2; i++) {
-      napi_value nv, vv;
-      if (napi_get_element(env, argv[2], 2 * i, &nv) != napi_ok ||
-          napi_get_element(env, argv[2], 2 * i + 1, &vv) != napi_ok) {
-        ensure_exception(env, "napi_get_element");
-        return false;
-      }
-      a->header_count++;
-      a->headers[i].name = dup_js_string(env, nv, "header name");
-      if (a->headers[i].name == NULL) {
-        return false;
-      }
-      a->headers[i].value = dup_js_string(env, vv, "header value");
-      if (a->headers[i].value == NULL) {
-        return false;
-      }
+  }
+  if (!arena_string(env, a, argv[0], "method") || !arena_string(env, a, argv[1], "url")) {
+    return false;
+  }
+  for (uint32_t i = 0; i < n_strings; i++) {
+    napi_value s;
+    if (napi_get_element(env, argv[2], i, &s) != napi_ok) {
+      ensure_exception(env, "napi_get_element");
+      return false;
     }
+    if (!arena_string(env, a, s, i % 2 == 0 ? "header name" : "header value")) {
+      return false;
+    }
+  }
+  /* Every string is in place: pointers into the (now final) buffer. */
+  a->method = a->buf + a->offsets[0];
+  a->url = a->buf + a->offsets[1];
+  a->header_count = n_strings / 2;
+  for (uint32_t i = 0; i < a->header_count; i++) {
+    a->headers[i].name = a->buf + a->offsets[2 + 2 * i];
+    a->headers[i].value = a->buf + a->offsets[3 + 2 * i];
   }
   if (!is_undefined(env, argv[3])) {
     napi_typedarray_type type;
@@ -1540,23 +1715,34 @@ static bool parse_req_args(napi_env env, const napi_value *argv, napi_value time
     a->body = data;
     a->body_len = length;
   }
-  if (napi_get_value_uint32(env, timeout, &a->timeout_ms) != napi_ok) {
-    ensure_exception(env, "timeout");
+  napi_valuetype t;
+  if (napi_typeof(env, timeout, &t) != napi_ok || t != napi_number ||
+      napi_get_value_uint32(env, timeout, &a->timeout_ms) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "timeout must be a number");
     return false;
   }
   return true;
 }
 
+/* The queue, or NULL with an error thrown (the env is going away). */
+static agent_queue *env_queue(napi_env env, env_state *st) {
+  if (st->queue == NULL) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_CLOSED", "keepalive-agent: the environment is shutting down");
+  }
+  return st->queue;
+}
+
 /* A new context for a request whose promise is created here. NULL with an exception
  * pending on failure. */
-static req_ctx *new_req_ctx(napi_env env, env_state *st, int kind, napi_value *promise) {
-  req_ctx *r = calloc(1, sizeof *r);
+static req_ctx *new_req_ctx(napi_env env, agent_box *b, int kind, napi_value *promise) {
+  req_ctx *r = malloc(sizeof *r);
   if (r == NULL) {
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
     return NULL;
   }
-  r->kind = kind;
-  r->st = st;
+  r->link.prev = r->link.next = NULL;
+  r->link.kind = kind;
+  r->box = b;
   if (napi_create_promise(env, &r->deferred, promise) != napi_ok) {
     ensure_exception(env, "napi_create_promise");
     free(r);
@@ -1575,21 +1761,25 @@ static void reject_not_started(napi_env env, req_ctx *r, agent_code code) {
     err = take_exception(env, "make_agent_error");
   }
   napi_reject_deferred(env, r->deferred, err);
-  if (r->agent_ref != NULL) {
-    napi_delete_reference(env, r->agent_ref);
-  }
   free(r);
 }
 
-/* request(handle, method, url, headers, body, timeoutMs) -> [promise, id]
- * Bad arguments throw; once the promise exists, every failure rejects it instead (with
- * id 0), so a caller never sees both. */
+/* The submission is accepted: its context waits on the pending list for its event. */
+static void submitted(env_state *st, req_ctx *r) {
+  pend_link(st, &r->link);
+  inflight_add(st);
+  st->submitted++;
+}
+
+/* request(handle, method, url, headers, body, timeoutMs) -> promise
+ * Bad arguments throw; once the promise exists, every failure rejects it instead, so a
+ * caller never sees both. lastId() then gives the request's id (0 when it did not start). */
 static napi_value js_request(napi_env env, napi_callback_info info) {
   env_state *st = NULL;
   size_t argc = 6;
   napi_value argv[6], promise;
   req_args a;
-  memset(&a, 0, sizeof a);
+  req_args_init(&a);
   napi_value ret = NULL;
 
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
@@ -1597,6 +1787,7 @@ static napi_value js_request(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "request() takes 6 arguments");
     return NULL;
   }
+  st->last_id = 0;
   agent_box *b = get_box(env, argv[0]);
   if (b == NULL) {
     return NULL;
@@ -1605,43 +1796,38 @@ static napi_value js_request(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_AGENT_DESTROYED", "the agent was destroyed");
     return NULL;
   }
-  if (!parse_req_args(env, argv + 1, argv[5], &a)) {
+  agent_queue *q = env_queue(env, st);
+  if (q == NULL || !parse_req_args(env, argv + 1, argv[5], &a)) {
     goto done;
   }
-  req_ctx *r = new_req_ctx(env, st, ITEM_REQUEST, &promise);
+  req_ctx *r = new_req_ctx(env, b, PEND_REQUEST, &promise);
   if (r == NULL) {
     goto done;
   }
   /* From here on the promise exists: failures reject it. */
-  if (napi_create_reference(env, argv[0], 1, &r->agent_ref) != napi_ok) {
-    napi_reject_deferred(env, r->deferred, take_exception(env, "napi_create_reference"));
-    free(r);
-    ret = promise_and_id(env, promise, 0);
-    goto done;
-  }
-
-  /* The callback may run on a library thread before agent_request_async returns. */
-  pthread_mutex_lock(&st->mu);
-  st->refs++;
-  pthread_mutex_unlock(&st->mu);
-
   uint64_t id = 0;
-  agent_code code = agent_request_async(b->handle, a.method, a.url, a.headers, a.header_count, a.body,
-                                        a.body_len, a.timeout_ms, on_complete, r, &id);
+  agent_code code = agent_queue_submit(q, b->handle, a.method, a.url, a.headers, a.header_count, a.body,
+                                       a.body_len, a.timeout_ms, (uint64_t)(uintptr_t)&r->link, &id);
   if (code != AGENT_CODE_OK) {
-    /* Not started; the callback will not run. */
-    state_unref(st);
-    reject_not_started(env, r, code);
-    ret = promise_and_id(env, promise, 0);
-    goto done;
+    reject_not_started(env, r, code); /* no event will come */
+  } else {
+    box_hold(env, b);
+    submitted(st, r);
+    st->last_id = id;
   }
-  /* r now belongs to the completion path: not touched again here. */
-  inflight_add(env, st);
-  ret = promise_and_id(env, promise, id);
+  ret = promise;
 
 done:
   req_args_free(&a);
   return ret;
+}
+
+static napi_value js_last_id(napi_env env, napi_callback_info info) {
+  env_state *st = NULL;
+  napi_value out;
+  NAPI_TRY(env, napi_get_cb_info(env, info, NULL, NULL, NULL, (void **)&st));
+  NAPI_TRY(env, napi_create_double(env, (double)st->last_id, &out));
+  return out;
 }
 
 /* A body source fed by JS: {length (-1 = unknown), onPull()}. Returns the source with
@@ -1651,9 +1837,20 @@ static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_v
                          int64_t *length, napi_value *ext) {
   napi_value v, fn;
   napi_valuetype t;
+  if (napi_typeof(env, spec, &t) != napi_ok || t != napi_object) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "source must be {length >= -1, onPull: function}");
+    return NULL;
+  }
   if (napi_get_named_property(env, spec, "length", &v) != napi_ok ||
-      napi_get_value_int64(env, v, length) != napi_ok ||
-      napi_get_named_property(env, spec, "onPull", &fn) != napi_ok ||
+      napi_typeof(env, v, &t) != napi_ok) {
+    ensure_exception(env, "source");
+    return NULL;
+  }
+  if (t != napi_number || napi_get_value_int64(env, v, length) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "source must be {length >= -1, onPull: function}");
+    return NULL;
+  }
+  if (napi_get_named_property(env, spec, "onPull", &fn) != napi_ok ||
       napi_typeof(env, fn, &t) != napi_ok) {
     ensure_exception(env, "source");
     return NULL;
@@ -1667,7 +1864,6 @@ static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_v
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
     return NULL;
   }
-  s->kind = ITEM_PULL;
   s->st = st;
   s->box = b;
   s->cap = *length >= 0 && (uint64_t)*length < SOURCE_RING ? (size_t)(*length > 0 ? *length : 1) : SOURCE_RING;
@@ -1700,17 +1896,27 @@ static body_src *src_new(napi_env env, env_state *st, const agent_box *b, napi_v
   return s;
 }
 
+/* [promise, id], or NULL with an exception pending. */
+static napi_value promise_and_id(napi_env env, napi_value promise, uint64_t id) {
+  napi_value arr, idv;
+  NAPI_TRY(env, napi_create_array_with_length(env, 2, &arr));
+  NAPI_TRY(env, napi_set_element(env, arr, 0, promise));
+  NAPI_TRY(env, napi_create_double(env, (double)id, &idv));
+  NAPI_TRY(env, napi_set_element(env, arr, 1, idv));
+  return arr;
+}
+
 /* streamRequest(handle, method, url, headers, body, source, timeoutMs)
  *   -> [promise, id, sourceHandle | undefined]
  * source: undefined (the body, if any, is `body`), or {length, onPull} for a body JS feeds
- * with sourcePush. The promise resolves once the head is in with
- * {statusCode, httpVersion, rawHeaders, reusedSocket, timings, stream}. */
+ * with sourcePush. The promise resolves once the head is in with what makeHead returns
+ * (its `stream` is the stream handle). */
 static napi_value js_stream_request(napi_env env, napi_callback_info info) {
   env_state *st = NULL;
   size_t argc = 7;
-  napi_value argv[7], promise, src_ext, arr;
+  napi_value argv[7], promise, src_ext;
   req_args a;
-  memset(&a, 0, sizeof a);
+  req_args_init(&a);
   napi_value ret = NULL;
   body_src *s = NULL;
   int64_t length = -1;
@@ -1728,7 +1934,8 @@ static napi_value js_stream_request(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_AGENT_DESTROYED", "the agent was destroyed");
     return NULL;
   }
-  if (!parse_req_args(env, argv + 1, argv[6], &a)) {
+  agent_queue *q = env_queue(env, st);
+  if (q == NULL || !parse_req_args(env, argv + 1, argv[6], &a)) {
     goto done;
   }
   NAPI_TRY_GOTO(env, napi_get_undefined(env, &src_ext), done);
@@ -1737,23 +1944,15 @@ static napi_value js_stream_request(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "a body and a source were both given");
     goto done;
   }
-  req_ctx *r = new_req_ctx(env, st, ITEM_HEAD, &promise);
+  req_ctx *r = new_req_ctx(env, b, PEND_HEAD, &promise);
   if (r == NULL) {
     goto done;
   }
   /* From here on the promise exists: failures reject it. */
-  if (napi_create_reference(env, argv[0], 1, &r->agent_ref) != napi_ok) {
-    napi_reject_deferred(env, r->deferred, take_exception(env, "napi_create_reference"));
-    free(r);
-    ret = promise_and_id(env, promise, 0);
-    goto done;
-  }
-  r->box = b;
   if (has_source) {
     s = src_new(env, st, b, argv[5], &length, &src_ext);
     if (s == NULL) {
       napi_reject_deferred(env, r->deferred, take_exception(env, "source"));
-      napi_delete_reference(env, r->agent_ref);
       free(r);
       ret = promise_and_id(env, promise, 0);
       goto done;
@@ -1761,30 +1960,23 @@ static napi_value js_stream_request(napi_env env, napi_callback_info info) {
   }
   agent_body_source source = {src_read, NULL, src_release, length, s};
 
-  pthread_mutex_lock(&st->mu);
-  st->refs++;
-  pthread_mutex_unlock(&st->mu);
-
   uint64_t id = 0;
   /* The library owns its reference to the source from here on: release() runs in every
    * case, also when this fails. */
-  agent_code code = agent_request_stream_async(b->handle, a.method, a.url, a.headers, a.header_count,
-                                               a.body, a.body_len, s != NULL ? &source : NULL,
-                                               a.timeout_ms, on_stream_head, r, &id);
+  agent_code code = agent_queue_submit_stream(q, b->handle, a.method, a.url, a.headers, a.header_count,
+                                              a.body, a.body_len, s != NULL ? &source : NULL,
+                                              a.timeout_ms, (uint64_t)(uintptr_t)&r->link, &id);
   if (code != AGENT_CODE_OK) {
-    state_unref(st);
     reject_not_started(env, r, code);
     id = 0;
   } else {
-    inflight_add(env, st);
+    box_hold(env, b);
+    submitted(st, r);
   }
   ret = promise_and_id(env, promise, id);
-  if (ret != NULL) {
-    arr = ret;
-    if (napi_set_element(env, arr, 2, src_ext) != napi_ok) {
-      ensure_exception(env, "napi_set_element");
-      ret = NULL;
-    }
+  if (ret != NULL && napi_set_element(env, ret, 2, src_ext) != napi_ok) {
+    ensure_exception(env, "napi_set_element");
+    ret = NULL;
   }
 
 done:
@@ -1817,32 +2009,31 @@ static napi_value js_stream_read(napi_env env, napi_callback_info info) {
     return out;
   }
   env_state *st = c->st;
+  agent_queue *q = env_queue(env, st);
+  if (q == NULL) {
+    return NULL;
+  }
   napi_ref cb = NULL;
   NAPI_TRY(env, napi_create_reference(env, argv[1], 1, &cb));
-  pthread_mutex_lock(&st->mu);
-  c->refs++; /* the read's: dropped once its result has been delivered (or discarded) */
-  pthread_mutex_unlock(&st->mu);
-  c->reading = true;
-  c->read_cb = cb;
-  agent_code code = agent_stream_read_async(c->stream, on_data, c);
+  agent_code code = agent_queue_read(q, c->stream, (uint64_t)(uintptr_t)&c->link);
   if (code != AGENT_CODE_OK) {
-    c->reading = false;
-    c->read_cb = NULL;
     napi_delete_reference(env, cb);
-    pthread_mutex_lock(&st->mu);
-    c->refs--; /* not the last: the external holds one */
-    pthread_mutex_unlock(&st->mu);
     throw_agent_error(env, code);
     return NULL;
   }
+  c->refs++; /* the read's: dropped once its event has been settled (or at teardown) */
+  c->reading = true;
+  c->read_cb = cb;
   c->read_counted = true;
-  inflight_add(env, st);
+  pend_link(st, &c->link);
+  inflight_add(st);
+  st->submitted++;
   NAPI_TRY(env, napi_get_boolean(env, true, &out));
   return out;
 }
 
 /* streamFree(stream): aborts the stream if its body has not ended; idempotent. A read in
- * flight completes later, unseen. */
+ * flight is reported cancelled later, unseen. */
 static napi_value js_stream_free(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -1905,7 +2096,7 @@ static napi_value js_source_push(napi_env env, napi_callback_info info) {
   }
   double taken;
   pthread_mutex_lock(&st->mu);
-  if (s->stop != SRC_OPEN || s->ended) {
+  if (s->stop != SRC_OPEN || s->ended || s->released) {
     pthread_mutex_unlock(&st->mu);
     taken = -1;
   } else {
@@ -1919,7 +2110,7 @@ static napi_value js_source_push(napi_env env, napi_callback_info info) {
     pthread_mutex_unlock(&st->mu);
     /* Only this thread grows `queued`, and the reader reads only inside
      * [start, start + queued): the free part of the ring is this thread's. The ring is
-     * freed only on this thread, after the source stopped. */
+     * freed only on this thread, after the source was released. */
     size_t first = s->cap - at < n ? s->cap - at : n;
     if (n > 0) {
       memcpy(s->ring + at, data, first);
@@ -2034,6 +2225,38 @@ static napi_value js_cancel(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* setFactories(makeResponse, makeHead): the functions that build the objects requests
+ * resolve with (index.js). */
+static napi_value js_set_factories(napi_env env, napi_callback_info info) {
+  env_state *st = NULL;
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
+  for (size_t i = 0; i < 2; i++) {
+    napi_valuetype t = napi_undefined;
+    if (i >= argc || napi_typeof(env, argv[i], &t) != napi_ok || t != napi_function) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "setFactories() takes two functions");
+      return NULL;
+    }
+  }
+  napi_ref response = NULL, head = NULL;
+  NAPI_TRY(env, napi_create_reference(env, argv[0], 1, &response));
+  if (napi_create_reference(env, argv[1], 1, &head) != napi_ok) {
+    napi_delete_reference(env, response);
+    ensure_exception(env, "napi_create_reference");
+    return NULL;
+  }
+  if (st->make_response != NULL) {
+    napi_delete_reference(env, st->make_response);
+  }
+  if (st->make_head != NULL) {
+    napi_delete_reference(env, st->make_head);
+  }
+  st->make_response = response;
+  st->make_head = head;
+  return NULL;
+}
+
 static napi_value js_version(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value out;
@@ -2046,6 +2269,10 @@ static napi_value js_code_name(napi_env env, napi_callback_info info) {
   napi_value argv[1], out;
   uint32_t code = 0;
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "codeName() takes a number");
+    return NULL;
+  }
   NAPI_TRY(env, napi_get_value_uint32(env, argv[0], &code));
   NAPI_TRY(env, napi_create_string_utf8(env, agent_code_name(code), NAPI_AUTO_LENGTH, &out));
   return out;
@@ -2174,46 +2401,156 @@ static napi_value limits_object(napi_env env) {
 /* ------------------------------------------------------------------------------------ */
 /* Environment lifetime                                                                  */
 
-/* The thread-safe function is finalized (env teardown): stop delivering to it. */
-static void tsfn_finalize(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  env_state *st = data;
-  pthread_mutex_lock(&st->mu);
-  st->closed = true;
-  pthread_mutex_unlock(&st->mu);
-  state_unref(st);
+static void on_handle_closed(uv_handle_t *handle) {
+  env_state *st = uv_handle_get_data(handle);
+  if (--st->open_handles > 0) {
+    return;
+  }
+  napi_async_cleanup_hook_handle hook = st->cleanup;
+  st->cleanup = NULL;
+  state_unref(st); /* the environment's reference */
+  if (hook != NULL) {
+    napi_remove_async_cleanup_hook(hook);
+  }
 }
 
-/* The environment (main thread or worker) is going away: stop every body source, free
- * every open stream and every live agent. Each agent_free cancels the agent's in-flight
- * requests; their callbacks now see `closed` and free their contexts themselves. */
-static void env_cleanup(void *arg) {
+/* The environment (main thread or worker) is going away. Sources are stopped and streams
+ * freed; the queue is freed once its descriptor is no longer watched (requests still in
+ * flight are dropped with it: their contexts are freed here); agents are freed; then the
+ * libuv handles are closed, and Node waits for that before it closes the loop. */
+static void env_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
   env_state *st = arg;
+  napi_env env = st->env;
+  st->cleanup = handle;
   pthread_mutex_lock(&st->mu);
   st->closed = true;
   pthread_mutex_unlock(&st->mu);
   /* A pending source's read() is called again and fails at once. */
   src_stop_all(st, NULL, SRC_CLOSED);
-  /* Open streams are aborted now (their references die with the env); reads in flight
-   * complete later, see `closed`, and drop their contexts themselves. */
   while (st->streams != NULL) {
     stream_close(NULL, st->streams);
+  }
+  if (st->poll_open) {
+    uv_poll_stop(st->poll);
+  }
+  agent_queue *q = st->queue;
+  st->queue = NULL;
+  agent_queue_free(q);
+  /* Nothing will report these any more. A promise still pending cannot be settled now
+   * (no JavaScript runs during teardown): it is left to the env. */
+  while (st->pending.next != &st->pending) {
+    pend *p = st->pending.next;
+    pend_unlink(p);
+    if (p->kind == PEND_READ) {
+      stream_ctx *c = (stream_ctx *)p;
+      c->reading = false;
+      if (c->read_cb != NULL) {
+        napi_delete_reference(env, c->read_cb);
+      }
+      c->read_cb = NULL;
+      stream_ctx_unref(c);
+    } else {
+      free(p);
+    }
+  }
+  st->inflight = 0;
+  deliver_pulls(NULL, st);
+  /* References the addon created are deleted here: Node frees only its own at teardown. */
+  pthread_mutex_lock(&st->mu);
+  for (body_src *s = st->sources; s != NULL; s = s->next) {
+    if (s->on_pull != NULL) {
+      napi_delete_reference(env, s->on_pull);
+      s->on_pull = NULL;
+    }
+  }
+  pthread_mutex_unlock(&st->mu);
+  napi_ref *refs[] = {&st->resource, &st->make_response, &st->make_head};
+  for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
+    if (*refs[i] != NULL) {
+      napi_delete_reference(env, *refs[i]);
+      *refs[i] = NULL;
+    }
   }
   agent_box *b = st->agents;
   st->agents = NULL;
   while (b != NULL) {
     agent_box *next = b->next;
     agent *a = b->handle;
+    if (b->self != NULL) {
+      napi_delete_reference(env, b->self);
+      b->self = NULL;
+    }
     b->handle = NULL;
     b->st = NULL;
     b->prev = b->next = NULL;
-    /* Not waited for: an exiting process must not linger, and completions arriving
-     * later see `closed` and free their contexts. */
+    /* Not waited for: an exiting process must not linger. */
     free_agent_in_background(a);
     b = next;
   }
-  state_unref(st);
+  if (st->async_ctx != NULL) {
+    napi_async_destroy(env, st->async_ctx);
+    st->async_ctx = NULL;
+  }
+  /* No uv_async_send from here on: `closed` is set, so no pull is posted. */
+  pthread_mutex_lock(&st->mu);
+  st->open_handles = (st->poll_open ? 1 : 0) + (st->wake_open ? 1 : 0);
+  bool poll_open = st->poll_open, wake_open = st->wake_open;
+  st->poll_open = st->wake_open = false;
+  pthread_mutex_unlock(&st->mu);
+  if (poll_open || wake_open) {
+    if (poll_open) {
+      uv_close((uv_handle_t *)st->poll, on_handle_closed);
+    }
+    if (wake_open) {
+      uv_close((uv_handle_t *)st->wake, on_handle_closed);
+    }
+  } else {
+    st->cleanup = NULL;
+    state_unref(st);
+    napi_remove_async_cleanup_hook(handle);
+  }
+}
+
+/* The queue, its poll handle and the wake handle. False with an exception pending. */
+static bool start_queue(napi_env env, env_state *st) {
+  uv_loop_t *loop = NULL;
+  agent_code code = agent_queue_new(&st->queue);
+  if (code != AGENT_CODE_OK) {
+    throw_agent_error(env, code);
+    return false;
+  }
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) {
+    ensure_exception(env, "napi_get_uv_event_loop");
+    return false;
+  }
+  st->poll = calloc(1, uv_handle_size(UV_POLL));
+  st->wake = calloc(1, uv_handle_size(UV_ASYNC));
+  if (st->poll == NULL || st->wake == NULL) {
+    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+    return false;
+  }
+  if (uv_poll_init(loop, st->poll, agent_queue_fd(st->queue)) != 0) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL", "keepalive-agent: uv_poll_init failed on the queue's descriptor");
+    return false;
+  }
+  uv_handle_set_data((uv_handle_t *)st->poll, st);
+  /* Idle until a request starts: an unused addon never keeps the loop alive. */
+  uv_unref((uv_handle_t *)st->poll);
+  st->poll_open = true; /* from here on closed at teardown */
+  if (uv_async_init(loop, st->wake, on_wake) != 0) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL", "keepalive-agent: uv_async_init failed");
+    return false;
+  }
+  uv_handle_set_data((uv_handle_t *)st->wake, st);
+  uv_unref((uv_handle_t *)st->wake);
+  pthread_mutex_lock(&st->mu);
+  st->wake_open = true;
+  pthread_mutex_unlock(&st->mu);
+  if (uv_poll_start(st->poll, UV_READABLE, on_poll) != 0) {
+    napi_throw_error(env, "ERR_KEEPALIVE_AGENT_INTERNAL", "keepalive-agent: uv_poll_start failed");
+    return false;
+  }
+  return true;
 }
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
@@ -2224,29 +2561,40 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   }
   pthread_mutex_init(&st->mu, NULL);
   st->refs = 1; /* the environment's */
+  st->env = env;
+  st->pending.prev = st->pending.next = &st->pending;
 
-  napi_value name, limits, stats_fields;
+  napi_value name, resource, limits, stats_fields;
   if (!load_stats_fields(env, st) || (limits = limits_object(env)) == NULL ||
       (stats_fields = stats_fields_array(env)) == NULL ||
-      napi_create_string_utf8(env, "keepalive-agent completions", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, st, tsfn_finalize, st,
-                                      call_js, &st->tsfn) != napi_ok) {
+      napi_create_object(env, &resource) != napi_ok ||
+      napi_create_string_utf8(env, "keepalive-agent", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, resource, name, &st->async_ctx) != napi_ok) {
     ensure_exception(env, "module init");
     state_free(st);
     return NULL;
   }
-  st->refs++; /* the thread-safe function's, dropped by tsfn_finalize */
-  /* Idle until a request starts: an unused addon never keeps the loop alive. */
-  napi_unref_threadsafe_function(env, st->tsfn);
-  /* Registered after the thread-safe function, so it runs before Node closes it. */
-  if (napi_add_env_cleanup_hook(env, env_cleanup, st) != napi_ok) {
-    ensure_exception(env, "napi_add_env_cleanup_hook");
+  if (napi_create_reference(env, resource, 1, &st->resource) != napi_ok) {
+    ensure_exception(env, "module init");
+    napi_async_destroy(env, st->async_ctx);
+    state_free(st);
+    return NULL;
+  }
+  bool started = start_queue(env, st);
+  /* From here on teardown owns the state (and closes whatever was opened). */
+  if (napi_add_async_cleanup_hook(env, env_teardown, st, NULL) != napi_ok) {
+    ensure_exception(env, "napi_add_async_cleanup_hook");
+    return NULL;
+  }
+  if (!started) {
     return NULL;
   }
 
   const napi_property_descriptor props[] = {
+      {"setFactories", NULL, js_set_factories, NULL, NULL, NULL, napi_default, st},
       {"create", NULL, js_create, NULL, NULL, NULL, napi_default, st},
       {"request", NULL, js_request, NULL, NULL, NULL, napi_default, st},
+      {"lastId", NULL, js_last_id, NULL, NULL, NULL, napi_default, st},
       {"streamRequest", NULL, js_stream_request, NULL, NULL, NULL, napi_default, st},
       {"streamRead", NULL, js_stream_read, NULL, NULL, NULL, napi_default, st},
       {"streamFree", NULL, js_stream_free, NULL, NULL, NULL, napi_default, st},
