@@ -145,9 +145,9 @@ struct Exec<E> {
     poll: mio::Poll,
     events: mio::Events,
     tasks: HashMap<usize, Entry<E>>,
-    /// The descriptors in the epoll set, with the wait and request they were registered
-    /// for (a closed one leaves the set by itself; a wrong guess costs one failed
-    /// `epoll_ctl`). The same socket waiting again for the same request needs no call.
+    /// The descriptors in the epoll set (registered under the descriptor's number), with
+    /// the wait they were registered for and the request waiting on them now (a closed one
+    /// leaves the set by itself; a wrong guess costs one failed `epoll_ctl`).
     watched: HashMap<RawFd, (direct::WaitOn, usize)>,
 }
 
@@ -162,13 +162,21 @@ impl<E: Send + 'static> Exec<E> {
         }
         direct::note_waited();
         for ev in self.events.iter() {
-            if ev.token() != WAKE {
-                ready.push(ev.token().0);
+            if ev.token() == WAKE {
+                continue;
+            }
+            // Sockets are registered under their descriptor; the request waiting on it now
+            // is looked up (a stale event for a finished one finds nothing or polls a
+            // request spuriously, which is harmless).
+            let fd = RawFd::try_from(ev.token().0).unwrap_or(-1);
+            if let Some((_, id)) = self.watched.get(&fd) {
+                ready.push(*id);
             }
         }
     }
 
-    /// Polls one request; a request waiting on a socket gets it watched under its id.
+    /// Polls one request; a request waiting on a socket gets it watched (registered under
+    /// its descriptor, which maps to the request).
     /// Returns false when the id is unknown (finished) or the request finished now.
     fn run(&mut self, id: usize) -> bool {
         let Some(entry) = self.tasks.get_mut(&id) else {
@@ -183,16 +191,21 @@ impl<E: Send + 'static> Exec<E> {
             return false;
         }
         if let Some(on) = direct::take_wait() {
-            let prev = self.watched.remove(&on.fd);
-            if prev == Some((on, id)) {
-                self.watched.insert(on.fd, (on, id));
-                return true;
-            }
-            let token = mio::Token(id);
-            let known = prev.is_some();
+            let known = match self.watched.get_mut(&on.fd) {
+                // The same socket waiting for the same thing (for this request or the next
+                // one on its connection): still registered, edge-triggered, no system call.
+                Some(w) if w.0 == on => {
+                    w.1 = id;
+                    return true;
+                }
+                Some(_) => true,
+                None => false,
+            };
+            let token = mio::Token(usize::try_from(on.fd).unwrap_or(usize::MAX - 1));
             if direct::watch(self.poll.registry(), on.fd, token, on.wait, known).is_ok() {
                 self.watched.insert(on.fd, (on, id));
             } else {
+                self.watched.remove(&on.fd);
                 // Cannot wait on it: poll again on the next pass rather than hang.
                 entry_wake(self.tasks.get(&id));
             }
@@ -304,8 +317,10 @@ impl<E: Send + 'static> Queue<E> {
         }
         let mut ready = Vec::new();
         let mut polls = 0usize;
+        // Readiness is read once per drain (and in waits): sockets that become ready after
+        // a pass keep the descriptor readable, and the caller's loop comes back for them.
+        exec.collect(Duration::ZERO, &mut ready);
         loop {
-            exec.collect(Duration::ZERO, &mut ready);
             let reported = {
                 let mut st = lock(&self.shared.state);
                 ready.append(&mut st.ready);

@@ -78,6 +78,14 @@ static double cpu_s(void) {
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+/* Context switches of the whole process (voluntary, involuntary), every thread included. */
+static void csw(long *vol, long *invol) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *vol = ru.ru_nvcsw;
+    *invol = ru.ru_nivcsw;
+}
+
 typedef struct {
     /* settings */
     const char *url;
@@ -689,6 +697,7 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
     }
 
     double t0 = 0, cpu0 = 0, t1 = 0, cpu1 = 0;
+    long vcs0 = 0, ics0 = 0, vcs1 = 0, ics1 = 0;
     long errors_warmup = 0;
     rss_sampler rss;
     memset(&rss, 0, sizeof rss);
@@ -704,6 +713,7 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
             }
             t0 = now_s();
             cpu0 = cpu_s();
+            csw(&vcs0, &ics0);
         }
         c->deadline = now_s() + (phase == 0 ? warmup : seconds);
         if (kind == CLIENT_OURS && c->conc == 1) {
@@ -722,6 +732,7 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
         if (phase == 1) {
             t1 = now_s();
             cpu1 = cpu_s();
+            csw(&vcs1, &ics1);
             if (c->stream) {
                 rss.stop = true;
                 pthread_join(rss.thread, NULL);
@@ -766,10 +777,11 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
     qsort(c->lat, (size_t)n, sizeof *c->lat, cmp_double);
     printf("{\"requests\":%ld,\"total_requests\":%ld,\"errors\":%ld,\"warmup_errors\":%ld,"
            "\"seconds\":%.6f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"cpu_s\":%.6f,\"bytes\":%llu,"
-           "\"rss_growth_kib\":%ld,\"error\":",
+           "\"rss_growth_kib\":%ld,\"vcsw\":%ld,\"ivcsw\":%ld,\"error\":",
            n, c->total, c->errors - errors_warmup, errors_warmup, t1 - t0,
            percentile(c->lat, n, 0.50) * 1e3, percentile(c->lat, n, 0.99) * 1e3, cpu1 - cpu0,
-           (unsigned long long)c->bytes, c->stream ? rss.max_kib - rss.base_kib : 0L);
+           (unsigned long long)c->bytes, c->stream ? rss.max_kib - rss.base_kib : 0L,
+           vcs1 - vcs0, ics1 - ics0);
     json_string(c->error);
     printf("}\n");
     fflush(stdout);
