@@ -63,6 +63,12 @@ WORKLOADS = [
          path="1g.bin", size=1 << 30, stream=True, upload=0),
     dict(id="W8", title="HTTP, c=1, 256 MiB streamed upload (PUT)", scheme="http", conc=1,
          keep_alive=True, path="upload/put.bin", size=256 << 20, stream=True, upload=256 << 20),
+    # The AWS SDK for JavaScript v3, DynamoDB GetItem over TLS against a canned answer: the
+    # SDK is the same, only the request handler differs (size = the Item's attributes).
+    dict(id="A1", title="AWS SDK v3 DynamoDB GetItem over HTTPS, 1 in flight", scheme="https",
+         conc=1, keep_alive=True, path="dynamodb", size=3, aws=True),
+    dict(id="A16", title="AWS SDK v3 DynamoDB GetItem over HTTPS, 16 in flight", scheme="https",
+         conc=16, keep_alive=True, path="dynamodb", size=3, aws=True),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 STREAMED = {w["id"] for w in WORKLOADS if w.get("stream")}
@@ -91,12 +97,15 @@ CLIENTS = [
     ("Node", "http-agent", "node", "http.Agent({keepAlive})"),
     ("Node", "undici-pool", "node", "undici Pool"),
     ("Node", "undici-request", "node", "undici request()"),
+    ("Node", "aws-ours", "node", "AWS SDK v3 + KeepAliveHttpHandler"),
+    ("Node", "aws-node", "node", "AWS SDK v3 + NodeHttpHandler (keep-alive https.Agent)"),
 ]
 LABEL = {(lang, key): label for lang, key, _, label in CLIENTS}
-OURS_KEYS = ("ours", "ours-asyncio", "ours-threads", "ours-callback")
+OURS_KEYS = ("ours", "ours-asyncio", "ours-threads", "ours-callback", "aws-ours")
 # The concurrency forms run at c=64 only (c=1 is the blocking API's story).
 ONLY_IN = {k: {"W5"} for k in ("ours-asyncio", "ours-threads", "ours-callback", "curl-threads",
                                "pycurl-multi", "aiohttp")}
+ONLY_IN.update({k: {"A1", "A16"} for k in ("aws-ours", "aws-node")})
 
 # Goals of issue 13 (the c=1 and streaming goals of earlier issues stay as "no regression"
 # checks): (language, workload, ours key, peer key, minimum ratio).
@@ -124,6 +133,8 @@ GOALS = [
     ("Node", "W6", "ours", "undici-pool", 1.2),
     ("Node", "W7", "ours", "undici-pool", 1.0),
     ("Node", "W8", "ours", "undici-pool", 1.0),
+    ("Node", "A1", "aws-ours", "aws-node", 1.1),
+    ("Node", "A16", "aws-ours", "aws-node", 1.5),
 ]
 KEEPALIVE_SPEEDUP_GOAL = 10.0  # W3 / W4
 MEM_GOAL_KIB = {"http": 10.0, "https": 20.0}
@@ -391,6 +402,7 @@ def run_cells(args, nginx, runners, available):
                     (lang, key, runner)
                     for lang, key, runner, _ in CLIENTS
                     if lang == language and (lang, key) in available and w["id"] in ONLY_IN.get(key, {w["id"]})
+                    and bool(w.get("aws")) == key.startswith("aws-")
                     and (w["id"] not in STREAMED or (lang, key) in STREAM_CLIENTS)
                 ]
                 rnd.shuffle(group)
@@ -676,8 +688,11 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
             if key in OURS_KEYS:
                 r = "—"
             else:
-                r = fmt_ratio(ratio(summary, w["id"], lang, "ours", key))
-                if w["id"] == "W5" and lang == "Python":
+                # Each peer against the form of ours it stands for.
+                mine = {"aws-node": "aws-ours", "curl-threads": "ours-threads",
+                        "pycurl-multi": "ours-asyncio", "aiohttp": "ours-asyncio"}.get(key, "ours")
+                r = fmt_ratio(ratio(summary, w["id"], lang, mine, key))
+                if w["id"] == "W5" and lang == "Python" and mine == "ours":
                     ra = ratio(summary, w["id"], lang, "ours-asyncio", key)
                     r += f"; asyncio {ra['median']:.2f}" if ra else ""
             conns = f"{s['connections']:,.0f} / {s['total_requests']:,.0f}"
@@ -781,7 +796,8 @@ def evaluate_goals(summary, memory):
     for lang, wid, a, b, goal in GOALS:
         r = ratio(summary, wid, lang, a, b)
         names = {"ours-asyncio": "ours (asyncio)", "ours-threads": "ours (64 threads)",
-                 "ours-callback": "ours (callbacks)", "ours": "ours"}
+                 "ours-callback": "ours (callbacks)", "ours": "ours",
+                 "aws-ours": "KeepAliveHttpHandler", "aws-node": "NodeHttpHandler"}
         what = f"{names.get(a, a)} ÷ {names.get(b) or LABEL[(lang, b)].split(' (')[0]}"
         out.append({
             "language": lang, "workload": wid, "what": what, "goal": goal, "ratio": r,

@@ -187,6 +187,12 @@ http {
         }
         location = /1m.bin {
         }
+        # A canned DynamoDB GetItem answer (bench A1/A16: the AWS SDK for JavaScript with
+        # two request handlers); the SDK POSTs to the endpoint's path plus '/'.
+        location /dynamodb {
+            default_type application/x-amz-json-1.0;
+            return 200 '{"Item":{"id":{"S":"bench"},"n":{"N":"42"},"payload":{"S":"0123456789abcdef"}}}';
+        }
         location = /1g.bin {
         }
         # Streamed uploads (bench W8): PUT bodies are read whole before the answer, into
