@@ -2,7 +2,6 @@
 //! completion guard that calls an async request's callback exactly once, and the retry
 //! loop that takes a connection from the pool, runs one exchange on it, and gives it back.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use crate::direct::{self, Mode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::exchange::{self, BodyReader, Failure, Head};
 use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros};
+use crate::idmap::IdMap;
 use crate::options::{Config, Options};
 use crate::pool::{Checkout, Discard, Pool, SlotGuard};
 use crate::queue::Task;
@@ -30,7 +30,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Calls {
     next: u64,
-    pending: HashMap<u64, oneshot::Sender<()>>,
+    pending: IdMap<u64, oneshot::Sender<()>>,
     running: usize,
     /// Calls run by event queues: only a drain of their queue can end them, so `close`
     /// does not wait for them (nor for the connections they hold).
@@ -122,7 +122,7 @@ impl Agent {
         F: FnOnce(Result<Response>) + Send + 'static,
     {
         let inner = self.inner.clone();
-        self.spawn_call(async move { run(inner, req, Mode::Reactor).await }, done)
+        self.spawn_call(move || run(inner, req, Mode::Reactor), done)
     }
 
     /// As [`Agent::request_async`], but `done` gets the response as a stream as soon as
@@ -133,7 +133,7 @@ impl Agent {
     {
         let inner = self.inner.clone();
         self.spawn_call(
-            async move { ResponseStream::open(inner, &req, Mode::Reactor).await },
+            move || async move { ResponseStream::open(inner, &req, Mode::Reactor).await },
             done,
         )
     }
@@ -147,12 +147,7 @@ impl Agent {
         F: FnOnce(Result<Response>) + Send + 'static,
     {
         let inner = self.inner.clone();
-        let (id, task) = self.call(
-            async move { run(inner, req, Mode::Direct).await },
-            done,
-            false,
-        )?;
-        Ok((id, Box::pin(task)))
+        self.call(move || run(inner, req, Mode::Direct), done, false)
     }
 
     /// As [`Agent::request_task`], with the response as a stream once its head arrived.
@@ -161,41 +156,44 @@ impl Agent {
         F: FnOnce(Result<ResponseStream>) + Send + 'static,
     {
         let inner = self.inner.clone();
-        let (id, task) = self.call(
-            async move { ResponseStream::open(inner, &req, Mode::Direct).await },
+        self.call(
+            move || async move { ResponseStream::open(inner, &req, Mode::Direct).await },
             done,
             false,
-        )?;
-        Ok((id, Box::pin(task)))
+        )
     }
 
     /// Runs `fut` as a cancellable call on the runtime; `done` gets its result exactly once.
-    fn spawn_call<T, F>(
+    fn spawn_call<T, F, Fut>(
         &self,
-        fut: impl Future<Output = Result<T>> + Send + 'static,
+        make: impl FnOnce() -> Fut + Send + 'static,
         done: F,
     ) -> Result<u64>
     where
         T: Send + 'static,
         F: FnOnce(Result<T>) + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
     {
         let handle = runtime::handle()?;
-        let (id, task) = self.call(fut, done, true)?;
+        let (id, task) = self.call(make, done, true)?;
         handle.spawn(task);
         Ok(id)
     }
 
-    /// Registers a cancellable call and wraps `fut` so that `done` gets its result exactly
-    /// once. With `waited`, [`Agent::close`] waits for the call to end.
-    fn call<T, F>(
+    /// Registers a cancellable call and returns the task that runs the future `make`
+    /// builds, so that `done` gets its result exactly once. The future is built inside the
+    /// task, already on the heap (request futures are a few KiB: moving them costs). With
+    /// `waited`, [`Agent::close`] waits for the call to end.
+    fn call<T, F, Fut>(
         &self,
-        fut: impl Future<Output = Result<T>> + Send + 'static,
+        make: impl FnOnce() -> Fut + Send + 'static,
         done: F,
         waited: bool,
-    ) -> Result<(u64, impl Future<Output = ()> + Send + 'static)>
+    ) -> Result<(u64, Task)>
     where
         T: Send + 'static,
         F: FnOnce(Result<T>) + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
     {
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let id = {
@@ -220,15 +218,18 @@ impl Agent {
             waited,
             _result: std::marker::PhantomData,
         };
-        Ok((id, async move {
-            let mut completion = completion;
-            // A cancelled request is counted by its `Tally`, dropped with `fut`.
-            let res = tokio::select! {
-                r = fut => r,
-                _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
-            };
-            completion.finish(res);
-        }))
+        Ok((
+            id,
+            Box::pin(async move {
+                let mut completion = completion;
+                // A cancelled request is counted by its `Tally`, dropped with its future.
+                let res = tokio::select! {
+                    r = make() => r,
+                    _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
+                };
+                completion.finish(res);
+            }),
+        ))
     }
 
     /// Cancels an async request. Returns false if it already completed (or never existed);
@@ -720,9 +721,13 @@ impl Inner {
     ) -> Result<(Conn, Head, u64)> {
         let origin = &req.target.origin;
         let mut fresh = false;
+        let affinity = match mode {
+            Mode::Direct => direct::thread_token(),
+            Mode::Reactor => 0,
+        };
         loop {
             let queue_start = Instant::now();
-            let checkout = self.pool.acquire(origin, fresh).await?;
+            let checkout = self.pool.acquire(origin, fresh, affinity).await?;
             let mut t = Timings {
                 queued_us: micros(queue_start.elapsed()),
                 ..Timings::default()

@@ -217,6 +217,9 @@ pub(crate) struct Conn {
     /// Whether a monitor task watches it (connections that can be pooled). Without one,
     /// dropping the connection reports its end to the owner directly.
     monitored: bool,
+    /// The thread that parked it in direct mode ([`crate::direct::thread_token`]; 0:
+    /// none): the pool prefers to give it back to that thread.
+    affinity: u64,
 }
 
 impl Conn {
@@ -272,11 +275,17 @@ impl Conn {
             mode,
             owner: None,
             monitored: false,
+            affinity: 0,
         })
     }
 
     pub(crate) fn id(&self) -> u64 {
         self.ctl.id
+    }
+
+    /// See [`Conn::affinity`](Conn#structfield.affinity).
+    pub(crate) fn affinity(&self) -> u64 {
+        self.affinity
     }
 
     pub(crate) fn created(&self) -> Instant {
@@ -343,6 +352,11 @@ impl Conn {
             }
         }
         let direct = self.mode == Mode::Direct;
+        self.affinity = if direct {
+            crate::direct::thread_token()
+        } else {
+            0
+        };
         self.ctl.update_timers(|t| {
             let now = Instant::now();
             t.idle_until = idle_until;

@@ -161,6 +161,21 @@ pub(crate) fn enter_direct() -> DirectGuard {
     DirectGuard(DIRECT.with(|d| d.replace(true)))
 }
 
+/// A token of the calling thread (never 0), so that a blocking caller can be given back
+/// the connection it used last: that socket is still registered with its epoll instance.
+pub(crate) fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: Cell<u64> = const { Cell::new(0) };
+    }
+    TOKEN.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
 /// For another executor: forgets what the last poll waited for, before polling.
 pub(crate) fn clear_wait() {
     WAIT_FD.with(|w| w.set(None));

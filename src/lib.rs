@@ -25,6 +25,7 @@ mod error;
 mod exchange;
 pub mod ffi;
 mod http;
+mod idmap;
 mod memory;
 mod options;
 mod pool;

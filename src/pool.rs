@@ -35,6 +35,10 @@ pub(crate) trait Pooled: Send + Sized + 'static {
     fn unpark(&mut self) -> bool;
     /// Whether it can carry another request (checked when it is given back).
     fn is_open(&self) -> bool;
+    /// Who parked it last (a thread token, 0 for none): see [`Pool::acquire`].
+    fn affinity(&self) -> u64 {
+        0
+    }
 }
 
 impl Pooled for Conn {
@@ -55,6 +59,9 @@ impl Pooled for Conn {
     }
     fn is_open(&self) -> bool {
         Conn::is_open(self)
+    }
+    fn affinity(&self) -> u64 {
+        Conn::affinity(self)
     }
 }
 
@@ -302,8 +309,18 @@ impl<C: Pooled> Pool<C> {
             .is_some_and(|l| now.duration_since(conn.created()) >= l)
     }
 
-    fn pop_idle(&self, o: &mut OriginState<C>) -> Option<C> {
+    fn pop_idle(&self, o: &mut OriginState<C>, affinity: u64) -> Option<C> {
         let now = Instant::now();
+        if affinity != 0 && self.cfg.scheduling == Scheduling::Lifo {
+            // The most recent connection this caller parked, if it is still idle.
+            if let Some(pos) = o.idle.iter().rposition(|i| i.conn.affinity() == affinity) {
+                let idle = o.idle.remove(pos).expect("index in range");
+                let mut c = idle.conn;
+                if !(idle.until.is_some_and(|d| d <= now) || self.expired(&c, now)) && c.unpark() {
+                    return Some(c);
+                }
+            }
+        }
         loop {
             let idle = match self.cfg.scheduling {
                 Scheduling::Lifo => o.idle.pop_back(),
@@ -320,11 +337,15 @@ impl<C: Pooled> Pool<C> {
     }
 
     /// Gets a connection for `origin`: an idle one (unless `fresh`), a slot to open one,
-    /// or a place in the queue until either is available.
+    /// or a place in the queue until either is available. With lifo scheduling, an idle
+    /// connection last parked with the same non-zero `affinity` is preferred (a blocking
+    /// thread gets its own connection back, its socket still registered with the thread's
+    /// epoll instance).
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         origin: &Arc<Origin>,
         fresh: bool,
+        affinity: u64,
     ) -> Result<Checkout<C>> {
         let (rx, id) = {
             let mut st = self.lock()?;
@@ -333,7 +354,7 @@ impl<C: Pooled> Pool<C> {
             }
             if !fresh {
                 let o = st.origins.entry(origin.clone()).or_default();
-                if let Some(conn) = self.pop_idle(o) {
+                if let Some(conn) = self.pop_idle(o, affinity) {
                     return Ok(Checkout::Reused(conn));
                 }
             }
@@ -630,6 +651,7 @@ mod tests {
         open: bool,
         usable: bool,
         parked: Option<Option<Instant>>,
+        affinity: u64,
         dropped: Arc<Mutex<Vec<u64>>>,
     }
 
@@ -650,6 +672,9 @@ mod tests {
         }
         fn is_open(&self) -> bool {
             self.open
+        }
+        fn affinity(&self) -> u64 {
+            self.affinity
         }
     }
 
@@ -684,13 +709,14 @@ mod tests {
                 open: true,
                 usable: true,
                 parked: None,
+                affinity: 0,
                 dropped: self.dropped.clone(),
             }
         }
 
         /// Acquires for `origin`, opening a fake connection when given a slot.
         async fn get(&mut self, origin: &Arc<Origin>) -> (Fake, bool) {
-            match self.pool.acquire(origin, false).await.unwrap() {
+            match self.pool.acquire(origin, false, 0).await.unwrap() {
                 Checkout::Reused(c) => (c, true),
                 Checkout::Connect(slot) => {
                     let c = self.fake();
@@ -732,7 +758,7 @@ mod tests {
                 tokio::spawn(async move {
                     // Staggered so that the queue order is known.
                     tokio::time::sleep(Duration::from_millis(i)).await;
-                    match pool.acquire(&a, false).await.unwrap() {
+                    match pool.acquire(&a, false, 0).await.unwrap() {
                         Checkout::Reused(c) => c.id,
                         Checkout::Connect(_) => panic!("max_sockets = 1 gives no second slot"),
                     }
@@ -747,6 +773,38 @@ mod tests {
         let first = waiters.into_iter().next().unwrap().await.unwrap();
         assert_eq!(first, id, "the oldest waiter gets the released connection");
         assert_eq!(pool.stats().queued, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lifo_gives_a_caller_back_its_own_connection_first() {
+        for (scheduling, want_own) in [(0, true), (1, false)] {
+            let mut b = Bench::new(|o| o.scheduling = Some(scheduling));
+            let a = origin(1);
+            let (mut c1, _) = b.get(&a).await;
+            let (mut c2, _) = b.get(&a).await;
+            let (mut c3, _) = b.get(&a).await;
+            c1.affinity = 7;
+            c2.affinity = 8;
+            c3.affinity = 9;
+            let ids = [c1.id, c2.id, c3.id];
+            for c in [c1, c2, c3] {
+                b.pool.release(&a, c, b.keep(), |_| {});
+            }
+            // Caller 7 gets its own (not the last released, c3) with lifo; fifo keeps
+            // its order (c1 first anyway, so ask as caller 8).
+            let who = if want_own { 7 } else { 8 };
+            let c = match b.pool.acquire(&a, false, who).await.unwrap() {
+                Checkout::Reused(c) => c,
+                Checkout::Connect(_) => panic!("three idle connections"),
+            };
+            assert_eq!(c.id, ids[0], "scheduling {scheduling}");
+            // A caller with no connection of its own gets the lifo/fifo choice.
+            let c = match b.pool.acquire(&a, false, 42).await.unwrap() {
+                Checkout::Reused(c) => c,
+                Checkout::Connect(_) => panic!("two idle connections"),
+            };
+            assert_eq!(c.id, if want_own { ids[2] } else { ids[1] });
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -870,7 +928,7 @@ mod tests {
         b.pool.release(&a, c1, b.keep(), |_| {});
         let pool = b.pool.clone();
         let z2 = z.clone();
-        let waiter = tokio::spawn(async move { pool.acquire(&z2, false).await.unwrap() });
+        let waiter = tokio::spawn(async move { pool.acquire(&z2, false, 0).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(
             *b.dropped.lock().unwrap(),
@@ -917,12 +975,12 @@ mod tests {
         let (_c1, _) = b.get(&a).await;
         let pool = b.pool.clone();
         let a2 = a.clone();
-        let waiter = tokio::spawn(async move { pool.acquire(&a2, false).await.err() });
+        let waiter = tokio::spawn(async move { pool.acquire(&a2, false, 0).await.err() });
         tokio::time::sleep(Duration::from_millis(1)).await;
         b.pool.close(Duration::ZERO);
         let e = waiter.await.unwrap().expect("the queued request fails");
         assert_eq!(e.kind(), ErrorKind::Cancelled);
-        let e = b.pool.acquire(&a, false).await.err().unwrap();
+        let e = b.pool.acquire(&a, false, 0).await.err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Cancelled);
     }
 
@@ -931,7 +989,7 @@ mod tests {
         let mut b = Bench::new(|o| o.max_sockets = Some(1));
         let a = origin(1);
         let (c1, _) = b.get(&a).await;
-        let r = tokio::time::timeout(Duration::from_millis(5), b.pool.acquire(&a, false)).await;
+        let r = tokio::time::timeout(Duration::from_millis(5), b.pool.acquire(&a, false, 0)).await;
         assert!(r.is_err());
         assert_eq!(b.pool.stats().queued, 0);
         b.pool.release(&a, c1, b.keep(), |_| {});

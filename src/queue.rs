@@ -13,7 +13,7 @@
 //! Timers (the request timeouts) still run on the runtime's timer and reach a request
 //! through its waker, which marks it ready and makes the descriptor readable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 
 use crate::direct;
 use crate::error::{Error, ErrorKind, Result};
+use crate::idmap::IdMap;
 use crate::runtime::{self, fork_generation};
 
 /// One request (or body read) run by a queue; it reports its result through a [`Sink`].
@@ -144,11 +145,11 @@ struct Entry<E> {
 struct Exec<E> {
     poll: mio::Poll,
     events: mio::Events,
-    tasks: HashMap<usize, Entry<E>>,
+    tasks: IdMap<usize, Entry<E>>,
     /// The descriptors in the epoll set (registered under the descriptor's number), with
     /// the wait they were registered for and the request waiting on them now (a closed one
     /// leaves the set by itself; a wrong guess costs one failed `epoll_ctl`).
-    watched: HashMap<RawFd, (direct::WaitOn, usize)>,
+    watched: IdMap<RawFd, (direct::WaitOn, usize)>,
 }
 
 impl<E: Send + 'static> Exec<E> {
@@ -248,8 +249,8 @@ impl<E: Send + 'static> Queue<E> {
             exec: Mutex::new(Exec {
                 poll,
                 events: mio::Events::with_capacity(256),
-                tasks: HashMap::new(),
-                watched: HashMap::new(),
+                tasks: IdMap::default(),
+                watched: IdMap::default(),
             }),
             handle,
             fd,
@@ -393,8 +394,8 @@ impl<E: Send + 'static> Drop for Queue<E> {
                         Err(_) => return,
                     },
                     events: mio::Events::with_capacity(1),
-                    tasks: HashMap::new(),
-                    watched: HashMap::new(),
+                    tasks: IdMap::default(),
+                    watched: IdMap::default(),
                 },
             );
             std::mem::forget(exec);
