@@ -13,7 +13,7 @@ use super::{agent_code, borrow, ensure_atfork, guard, guard_value, out_ptr, writ
 use crate::agent::ResponseStream;
 use crate::error::{Error, Result};
 use crate::http::Response;
-use crate::queue::Queue;
+use crate::queue::{Queue, Sink, Task};
 
 /// An event queue: requests submitted to it run on the thread that drains it, and their
 /// results come back as events, many per call — the model of curl's multi interface and
@@ -200,15 +200,30 @@ pub unsafe extern "C" fn agent_queue_submit(
                 timeout_msecs,
             )
         }?;
-        let sink = q.queue.sink();
-        let (id, task) = a
-            .agent()
-            .request_task(req, move |res| sink.push(Event::Response(token, res)))?;
-        q.queue.submit(task);
         // SAFETY: forwarded contract.
-        unsafe { write_if_wanted(out_id, id) };
-        Ok(())
+        unsafe {
+            enqueue(q, out_id, |sink| {
+                a.agent()
+                    .request_task(req, move |res| sink.push(Event::Response(token, res)))
+            })
+        }
     })
+}
+
+/// Starts a request with a sink of `q`, submits its task, and reports its id.
+///
+/// # Safety
+/// `out_id` is NULL or writable.
+unsafe fn enqueue(
+    q: &agent_queue,
+    out_id: *mut u64,
+    start: impl FnOnce(Sink<Event>) -> Result<(u64, Task)>,
+) -> Result<()> {
+    let (id, task) = start(q.queue.sink())?;
+    q.queue.submit(task);
+    // SAFETY: forwarded contract.
+    unsafe { write_if_wanted(out_id, id) };
+    Ok(())
 }
 
 /// Submits a request whose response comes back as an `AGENT_EVENT_HEAD` event (carrying
@@ -252,14 +267,14 @@ pub unsafe extern "C" fn agent_queue_submit_stream(
         let q = unsafe { borrow(queue, "queue") }?;
         // SAFETY: forwarded contract.
         let a = unsafe { borrow(agent, "agent") }?;
-        let sink = q.queue.sink();
-        let (id, task) = a.agent().request_stream_task(req, move |res| {
-            sink.push(Event::Head(token, res.map(Box::new)))
-        })?;
-        q.queue.submit(task);
         // SAFETY: forwarded contract.
-        unsafe { write_if_wanted(out_id, id) };
-        Ok(())
+        unsafe {
+            enqueue(q, out_id, |sink| {
+                a.agent().request_stream_task(req, move |res| {
+                    sink.push(Event::Head(token, res.map(Box::new)))
+                })
+            })
+        }
     })
 }
 
