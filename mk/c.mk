@@ -32,7 +32,7 @@ C_TEST_DEPS := $(C_TEST_SRCS) $(wildcard $(ROOT)/tests/c/*.h) $(HEADER)
 C_TEST_BINS := $(C_BUILD)/c_tests $(C_BUILD)/c_tests_asan $(C_BUILD)/c_tests_static \
                $(C_BUILD)/c_tests_static_asan $(C_BUILD)/test_hpp $(C_BUILD)/test_hpp_asan \
                $(C_BUILD)/test_panic
-C_EXAMPLES  := $(addprefix $(C_BUILD)/examples/,c_client c_threads c_async c_download cpp_client)
+C_EXAMPLES  := $(addprefix $(C_BUILD)/examples/,c_client c_threads c_async c_queue c_download cpp_client)
 C_DEMO      := $(C_BUILD)/demo
 
 # Run-time settings of the test binaries.
@@ -153,12 +153,13 @@ c-examples: $(C_EXAMPLES) $(TESTSERVER)
 	  $$d/c_client "$$KA_HTTP_URL" | grep -q "status=200 bytes=13 reused=1"; \
 	  $$d/c_threads "$$KA_HTTP_URL" | grep -q "ok=100/100"; \
 	  $$d/c_async "$$KA_HTTP_URL" | grep -q "ok=10/10"; \
+	  $$d/c_queue "$$KA_HTTP_URL" 1000 64 | grep -q "ok=1000/1000 connections="; \
 	  $$d/cpp_client "$$KA_HTTP_URL" | grep -q "connections=1 requests=2"; \
 	  f=$$(mktemp); $$d/c_download "$$KA_HTTP_URL?bytes=5000000" $$f "$$KA_HTTP_URL?echo=1" 2>/dev/null \
 	    | tr "\n" " " | grep -q "status=200 bytes=5000000 upload status=200 reused=1"; \
 	  test $$(stat -c %s $$f) = 5000000; rm -f $$f; \
 	  $$d/c_client "http://127.0.0.1:1/" 2>&1 | grep -q AGENT_CODE_CONNECT_REFUSED' \
-	  && echo "  examples (c_client, c_threads, c_async, c_download, cpp_client): ok" \
+	  && echo "  examples (c_client, c_threads, c_async, c_queue, c_download, cpp_client): ok" \
 	  || { echo "  examples: FAILED"; exit 1; }
 
 c-test-install: $(SO) $(STATIC_LIB) $(TESTSERVER)
