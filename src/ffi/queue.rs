@@ -38,6 +38,8 @@ pub struct agent_queue {
     queue: Queue<Event>,
     /// The messages of the events handed out by the last drain.
     messages: Mutex<Vec<CString>>,
+    /// Where a drain collects its events (kept, so that a drain allocates nothing).
+    scratch: Mutex<Vec<Event>>,
 }
 
 /// What an event reports.
@@ -104,6 +106,7 @@ pub unsafe extern "C" fn agent_queue_new(out: *mut *mut agent_queue) -> agent_co
         let q = agent_queue {
             queue: Queue::new()?,
             messages: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Vec::new()),
         };
         out.write(Box::into_raw(Box::new(q)));
         Ok(())
@@ -339,16 +342,20 @@ pub unsafe extern "C" fn agent_queue_drain(
         // SAFETY: `events` points to `cap` writable entries (caller's promise); every
         // entry handed out is written below before `*n` tells the caller about it.
         let slots = unsafe { std::slice::from_raw_parts_mut(events, cap) };
-        let mut got = Vec::with_capacity(cap.min(256));
+        // Never waited for: a drain from inside a drain (refused below) must not block here.
+        let mut kept = q.scratch.try_lock().ok();
+        let mut fresh = Vec::new();
+        let got = kept.as_deref_mut().unwrap_or(&mut fresh);
         let timeout = Duration::from_millis(u64::from(timeout_msecs));
-        let res = q.queue.drain(&mut got, cap, timeout);
+        let res = q.queue.drain(got, cap, timeout);
         let mut messages = q.messages.lock().unwrap_or_else(|p| p.into_inner());
         messages.clear();
         let count = got.len();
-        for (slot, ev) in slots.iter_mut().zip(got) {
+        for (slot, ev) in slots.iter_mut().zip(got.drain(..)) {
             *slot = convert(ev, &mut messages);
         }
         drop(messages);
+        drop(kept);
         res?;
         n.write(count);
         Ok(())
