@@ -77,6 +77,27 @@ fn url_error(url: &str, why: impl fmt::Display) -> Error {
 /// Parses an absolute `http://` or `https://` URL. A fragment is dropped (it is never
 /// sent); credentials in the URL are refused (send an `Authorization` header).
 pub fn parse_url(url: &str) -> Result<Target> {
+    thread_local! {
+        /// The last URL parsed on this thread and its target: programs mostly repeat the
+        /// same URL, and a clone shares what the parse would allocate again.
+        static LAST: std::cell::RefCell<Option<(Box<str>, Target)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let hit = LAST.with(|l| {
+        l.borrow()
+            .as_ref()
+            .filter(|(u, _)| &**u == url)
+            .map(|(_, t)| t.clone())
+    });
+    if let Some(t) = hit {
+        return Ok(t);
+    }
+    let t = parse_url_uncached(url)?;
+    LAST.with(|l| *l.borrow_mut() = Some((url.into(), t.clone())));
+    Ok(t)
+}
+
+fn parse_url_uncached(url: &str) -> Result<Target> {
     let without_fragment = url.split('#').next().unwrap_or("");
     let uri: Uri = without_fragment
         .parse()
@@ -581,6 +602,22 @@ pub fn parse_keep_alive_timeout(value: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_url_is_reused_and_others_are_parsed() {
+        let a = parse_url("http://Example.com:8080/a?x=1").unwrap();
+        let b = parse_url("http://Example.com:8080/a?x=1").unwrap();
+        assert_eq!(a.origin, b.origin);
+        assert_eq!((a.path.to_string(), a.host.clone()), (b.path.to_string(), b.host));
+        let c = parse_url("https://example.com/b").unwrap();
+        assert_eq!(c.path, "/b");
+        assert_eq!(c.origin.port, 443);
+        assert!(parse_url("ftp://example.com/").is_err());
+        assert!(parse_url("ftp://example.com/").is_err(), "errors are not remembered");
+        let d = parse_url("http://Example.com:8080/a?x=1").unwrap();
+        assert_eq!(d.origin.host, "example.com");
+        assert_eq!(d.path, "/a?x=1");
+    }
 
     #[test]
     fn urls_parse_into_origin_path_and_host() {
