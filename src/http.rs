@@ -608,12 +608,18 @@ mod tests {
         let a = parse_url("http://Example.com:8080/a?x=1").unwrap();
         let b = parse_url("http://Example.com:8080/a?x=1").unwrap();
         assert_eq!(a.origin, b.origin);
-        assert_eq!((a.path.to_string(), a.host.clone()), (b.path.to_string(), b.host));
+        assert_eq!(
+            (a.path.to_string(), a.host.clone()),
+            (b.path.to_string(), b.host)
+        );
         let c = parse_url("https://example.com/b").unwrap();
         assert_eq!(c.path, "/b");
         assert_eq!(c.origin.port, 443);
         assert!(parse_url("ftp://example.com/").is_err());
-        assert!(parse_url("ftp://example.com/").is_err(), "errors are not remembered");
+        assert!(
+            parse_url("ftp://example.com/").is_err(),
+            "errors are not remembered"
+        );
         let d = parse_url("http://Example.com:8080/a?x=1").unwrap();
         assert_eq!(d.origin.host, "example.com");
         assert_eq!(d.path, "/a?x=1");

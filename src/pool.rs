@@ -413,15 +413,21 @@ impl<C: Pooled> Pool<C> {
     /// it as opened and attaches it to this pool (watched while idle when keep-alive is
     /// on).
     pub(crate) fn register(self: &Arc<Self>, mut slot: SlotGuard<C>, mut conn: C) -> Result<C> {
-        let origin = slot.origin.clone();
-        {
+        // The connection keeps the pool's own key for its origin, not the request's copy:
+        // what an idle connection holds is then shared, not one more allocation each.
+        let origin = {
             let mut st = self.lock()?;
+            let key = match st.origins.get_key_value(&slot.origin) {
+                Some((k, _)) => k.clone(),
+                None => slot.origin.clone(),
+            };
             st.origins
-                .entry(origin.clone())
+                .entry(key.clone())
                 .or_default()
                 .stats
                 .connections_opened += 1;
-        }
+            key
+        };
         slot.armed = false;
         let owner: Weak<dyn Owner> = Arc::downgrade(self) as Weak<dyn Owner>;
         conn.attach(owner, origin, self.cfg.keep_alive);
