@@ -431,15 +431,20 @@ function makeResponse(status, version, block, reused, body, queued, dns, connect
     rawHeaders,
     body,
     reusedSocket: reused,
-    timings: {
-      queued: queued / 1000,
-      dns: dns / 1000,
-      connect: connect / 1000,
-      tls: tls / 1000,
-      sent: sent / 1000,
-      ttfb: ttfb / 1000,
-      total: total / 1000,
-    },
+    timings: timingsObject(queued, dns, connect, tls, sent, ttfb, total),
+  };
+}
+
+// Timings in milliseconds (the engine counts microseconds).
+function timingsObject(queued, dns, connect, tls, sent, ttfb, total) {
+  return {
+    queued: queued / 1000,
+    dns: dns / 1000,
+    connect: connect / 1000,
+    tls: tls / 1000,
+    sent: sent / 1000,
+    ttfb: ttfb / 1000,
+    total: total / 1000,
   };
 }
 
@@ -449,15 +454,7 @@ function makeHead(status, version, block, reused, stream, queued, dns, connect, 
     httpVersion: httpVersion(version),
     rawHeaders: splitHeaderBlock(block),
     reusedSocket: reused,
-    timings: {
-      queued: queued / 1000,
-      dns: dns / 1000,
-      connect: connect / 1000,
-      tls: tls / 1000,
-      sent: sent / 1000,
-      ttfb: ttfb / 1000,
-      total: total / 1000,
-    },
+    timings: timingsObject(queued, dns, connect, tls, sent, ttfb, total),
     stream,
   };
 }

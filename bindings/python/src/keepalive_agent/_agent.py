@@ -379,6 +379,12 @@ def _opt_bool(name: str, value: Any) -> bool:
     return value
 
 
+
+def _plain_args(method, url, body, timeout):
+    """The C arguments of a request without headers and with bytes (or no) body."""
+    return (_encode_method(method), _encode_url(url), _timeout_msecs(timeout), None, 0,
+            body or None, len(body) if body else 0)
+
 class Agent:
     """An HTTP/1.1 client with a keep-alive connection pool (one native ``agent``).
 
@@ -669,12 +675,7 @@ class Agent:
         """
         if headers is None and json is None and (body is None or type(body) is bytes):
             # The usual call, encoded without building a _Prepared.
-            m = _encode_method(method)
-            u = _encode_url(url)
-            t = _timeout_msecs(timeout)
-            hs, nh = None, 0
-            b = body or None
-            blen = len(body) if body else 0
+            m, u, t, hs, nh, b, blen = _plain_args(method, url, body, timeout)
         else:
             p = _Prepared(method, url, headers, body, timeout, json)
             if p.source is not None:
@@ -891,12 +892,7 @@ class Agent:
         if it was mid-response) and raises ``asyncio.CancelledError`` as usual.
         """
         if headers is None and json is None and (body is None or type(body) is bytes):
-            m = _encode_method(method)
-            u = _encode_url(url)
-            t = _timeout_msecs(timeout)
-            hs, nh = None, 0
-            b = body or None
-            blen = len(body) if body else 0
+            m, u, t, hs, nh, b, blen = _plain_args(method, url, body, timeout)
         else:
             p = _Prepared(method, url, headers, body, timeout, json, allow_async=True)
             if p.source is not None:
