@@ -22,6 +22,9 @@ use crate::options::{Config, Scheduling};
 use crate::runtime::ForkMutex;
 use crate::stats::Stats;
 
+/// How many of the newest idle connections are searched for the caller's own one.
+const AFFINITY_SCAN: usize = 64;
+
 /// What the pool needs of a connection.
 pub(crate) trait Pooled: Send + Sized + 'static {
     fn id(&self) -> u64;
@@ -312,8 +315,13 @@ impl<C: Pooled> Pool<C> {
     fn pop_idle(&self, o: &mut OriginState<C>, affinity: u64) -> Option<C> {
         let now = Instant::now();
         if affinity != 0 && self.cfg.scheduling == Scheduling::Lifo {
-            // The most recent connection this caller parked, if it is still idle.
-            if let Some(pos) = o.idle.iter().rposition(|i| i.conn.affinity() == affinity) {
+            // The most recent connection this caller parked, if it is among the newest idle
+            // ones (a bounded look under the lock).
+            let newest = o.idle.len().saturating_sub(AFFINITY_SCAN);
+            if let Some(pos) = (newest..o.idle.len())
+                .rev()
+                .find(|&i| o.idle[i].conn.affinity() == affinity)
+            {
                 let idle = o.idle.remove(pos).expect("index in range");
                 let mut c = idle.conn;
                 if !(idle.until.is_some_and(|d| d <= now) || self.expired(&c, now)) && c.unpark() {
