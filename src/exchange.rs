@@ -58,8 +58,12 @@ pub(crate) async fn start(
     }
     let hreq = req.to_hyper(cfg.keep_alive, user_agent);
     t.sent_us = micros(start.elapsed());
+    // A timer that the request's own deadline would beat is not armed (each one is a
+    // registration on tokio's timer wheel).
+    let overall = req.timeout.map(|d| start + d);
+    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
     let fut = conn.send(hreq);
-    let head = match cfg.headers_timeout {
+    let head = match cfg.headers_timeout.filter(needed) {
         Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
             Failure::Failed(Error::new(
                 ErrorKind::HeadersTimeout,
@@ -91,7 +95,7 @@ pub(crate) async fn start(
         declared,
         total: 0,
         max: cfg.max_response_bytes,
-        gap: cfg.body_timeout,
+        gap: cfg.body_timeout.filter(needed),
     };
     if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
         if n > max {
