@@ -99,6 +99,11 @@ enum agent_code
    */
   AGENT_CODE_CONNECT = 13,
   /**
+   * The proxy refused or broke the `CONNECT` tunnel to the origin; the message has the
+   * proxy's status line (407: it wants credentials, or refused those given).
+   */
+  AGENT_CODE_PROXY = 14,
+  /**
    * The TLS handshake failed: untrusted, expired or wrong-host certificate, protocol.
    */
   AGENT_CODE_TLS = 20,
@@ -358,6 +363,14 @@ typedef struct {
    * The effective keep-alive setting of the agent (after the environment switch).
    */
   bool keep_alive;
+  /**
+   * Name lookups (`getaddrinfo`) made for connections that opened.
+   */
+  uint64_t dns_lookups;
+  /**
+   * Connections that opened with addresses from the agent's DNS cache.
+   */
+  uint64_t dns_cache_hits;
 } agent_pool_stats;
 
 /**
@@ -1000,6 +1013,117 @@ agent_code agent_options_set_danger_accept_invalid_certs(agent_options *options,
  */
 agent_code agent_options_set_user_agent(agent_options *options,
                                         const char *user_agent);
+
+/**
+ * The proxy for every request of the agent, overriding the environment: `http://` or
+ * `https://` (TLS to the proxy), optional `user:password@` (percent-encoded; sent to the
+ * proxy as Basic credentials, never to the origin), host and port (default 1080 as
+ * curl's). `""` means no proxy at all, whatever the environment says. Checked by
+ * `agent_new_with_options`. curl: `CURLOPT_PROXY`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `url` is a NUL-terminated UTF-8 string.
+ */
+agent_code agent_options_set_proxy(agent_options *options,
+                                   const char *url);
+
+/**
+ * The hosts that bypass the proxy, overriding `NO_PROXY`: comma-separated names (each
+ * also matches the names under it; a leading `.` or `*.` is the same), IP addresses,
+ * CIDR blocks (`10.0.0.0/8`), or `*` for every host. curl: `CURLOPT_NOPROXY`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `list` is a NUL-terminated UTF-8 string.
+ */
+agent_code agent_options_set_no_proxy(agent_options *options,
+                                      const char *list);
+
+/**
+ * Whether the environment's proxy variables are read (default true), as curl reads them:
+ * `http_proxy` (lower case only) for http, `https_proxy`/`HTTPS_PROXY` for https,
+ * `all_proxy`/`ALL_PROXY` for both, `no_proxy`/`NO_PROXY`. Read once, by
+ * `agent_new_with_options`; an explicit proxy or no-proxy list wins over them.
+ *
+ * # Safety
+ * `options` is NULL or a live handle from `agent_options_new`.
+ */
+agent_code agent_options_set_proxy_from_env(agent_options *options,
+                                            bool from_env);
+
+/**
+ * Adds a name override, like one entry of curl's `CURLOPT_RESOLVE`:
+ * `host:port:address[,address...]` (IPv6 addresses plain or in brackets). Requests to
+ * that host and port connect to those addresses, in that order (with happy eyeballs),
+ * without a lookup. Checked by `agent_new_with_options`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `entry` is a NUL-terminated UTF-8 string.
+ */
+agent_code agent_options_add_resolve(agent_options *options,
+                                     const char *entry);
+
+/**
+ * How long resolved addresses are reused (default 60000 ms, as curl; 0: every new
+ * connection looks its host up again). curl: `CURLOPT_DNS_CACHE_TIMEOUT`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle from `agent_options_new`.
+ */
+agent_code agent_options_set_dns_cache_msecs(agent_options *options,
+                                             uint32_t msecs);
+
+/**
+ * RFC 8305's connection-attempt delay (default 250 ms): when a host has several
+ * addresses, the next one is tried after this long, or as soon as the previous attempt
+ * fails; the first to connect wins. curl: `CURLOPT_HAPPY_EYEBALLS_TIMEOUT_MS`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle from `agent_options_new`.
+ */
+agent_code agent_options_set_happy_eyeballs_delay_msecs(agent_options *options,
+                                                        uint32_t msecs);
+
+/**
+ * The client certificate chain for mutual TLS, as PEM bytes (copied); needs a key.
+ * Node: `cert`; curl: `CURLOPT_SSLCERT_BLOB`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `pem` points to `len` bytes (NULL when `len` is 0).
+ */
+agent_code agent_options_set_client_cert_pem(agent_options *options,
+                                             const uint8_t *pem,
+                                             size_t len);
+
+/**
+ * The client certificate chain for mutual TLS, from a PEM file (read by
+ * `agent_new_with_options`). curl: `CURLOPT_SSLCERT`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `path` is a NUL-terminated UTF-8 string.
+ */
+agent_code agent_options_set_client_cert_file(agent_options *options,
+                                              const char *path);
+
+/**
+ * The private key of the client certificate (PKCS#8, PKCS#1 or SEC1 PEM bytes, copied).
+ * Node: `key`; curl: `CURLOPT_SSLKEY_BLOB`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `pem` points to `len` bytes (NULL when `len` is 0).
+ */
+agent_code agent_options_set_client_key_pem(agent_options *options,
+                                            const uint8_t *pem,
+                                            size_t len);
+
+/**
+ * The private key of the client certificate, from a PEM file (read by
+ * `agent_new_with_options`). curl: `CURLOPT_SSLKEY`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `path` is a NUL-terminated UTF-8 string.
+ */
+agent_code agent_options_set_client_key_file(agent_options *options,
+                                             const char *path);
 
 /**
  * Creates an event queue. On success `*out` receives it (free with `agent_queue_free`).

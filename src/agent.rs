@@ -12,8 +12,9 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::oneshot;
 
 use crate::conn::Conn;
-use crate::connect::TcpSettings;
+use crate::connect::{Connector, TcpSettings};
 use crate::direct::{self, Mode};
+use crate::dns::{Resolver, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::exchange::{self, BodyReader, Failure, Head};
 use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros};
@@ -23,6 +24,7 @@ use crate::pool::{Checkout, Discard, Pool, SlotGuard};
 use crate::queue::Task;
 use crate::runtime::{self, ForkMutex};
 use crate::stats::Stats;
+use crate::tls::ClientIdentity;
 
 /// How long `close` waits for connections to finish closing and callbacks to run.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -41,8 +43,9 @@ struct Calls {
 struct Inner {
     cfg: Arc<Config>,
     pool: Arc<Pool<Conn>>,
-    tcp: TcpSettings,
+    connector: Connector,
     extra_roots: Vec<CertificateDer<'static>>,
+    identity: Option<ClientIdentity>,
     tls: OnceLock<Arc<ClientConfig>>,
     user_agent: HeaderValue,
     calls: ForkMutex<Calls>,
@@ -65,6 +68,7 @@ impl Agent {
     /// Creates an agent from an already validated configuration.
     pub fn with_config(cfg: Config) -> Result<Agent> {
         let extra_roots = crate::tls::extra_roots(&cfg)?;
+        let identity = crate::tls::client_identity(&cfg)?;
         let user_agent = HeaderValue::from_str(&cfg.user_agent)
             .map_err(|_| Error::invalid_option("user_agent is not a valid header value"))?;
         let tcp = TcpSettings {
@@ -74,13 +78,20 @@ impl Agent {
             keepalive_interval: cfg.keep_alive_interval,
             keepalive_probes: cfg.keep_alive_probes,
         };
+        let connector = Connector {
+            tcp,
+            resolver: Resolver::new(cfg.resolve.clone(), cfg.dns_cache),
+            delay: cfg.happy_eyeballs_delay,
+            timeout: cfg.connect_timeout,
+        };
         let cfg = Arc::new(cfg);
         Ok(Agent {
             inner: Arc::new(Inner {
                 pool: Pool::new(cfg.clone()),
                 cfg,
-                tcp,
+                connector,
                 extra_roots,
+                identity,
                 tls: OnceLock::new(),
                 user_agent,
                 calls: ForkMutex::new(Calls::default()),
@@ -255,7 +266,10 @@ impl Agent {
     /// Counters and gauges of one origin, given as a URL (`http://host:port`).
     pub fn origin_stats(&self, url: &str) -> Result<Stats> {
         let target = crate::http::parse_url(url)?;
-        Ok(self.inner.pool.origin_stats(&target.origin))
+        Ok(self
+            .inner
+            .pool
+            .origin_stats(&self.inner.route(&target.origin)))
     }
 
     /// Cancels every async request (their callbacks run with `Cancelled`), closes every
@@ -442,16 +456,17 @@ impl ResponseStream {
         deadline: bool,
     ) -> Result<ResponseStream> {
         let start = Instant::now();
+        let origin = inner.route(&req.target.origin);
         let mut tally = Tally {
             inner: inner.clone(),
-            origin: req.target.origin.clone(),
+            origin: origin.clone(),
             done: false,
         };
         let deadline = req
             .timeout
             .filter(|_| deadline)
             .map(|t| tokio::time::Instant::now() + t);
-        let fut = inner.attempts(req, start, mode);
+        let fut = inner.attempts(req, &origin, start, mode);
         let opened = match deadline {
             Some(d) => tokio::time::timeout_at(d, fut)
                 .await
@@ -466,7 +481,7 @@ impl ResponseStream {
             }
         };
         Ok(ResponseStream {
-            origin: req.target.origin.clone(),
+            origin,
             inner,
             head: head.response,
             hint: head.hint,
@@ -692,7 +707,9 @@ async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
         Some(t) => match tokio::time::timeout(t, whole).await {
             Ok(r) => r,
             Err(_) => {
-                inner.pool.record(&req.target.origin, |s| s.timeouts += 1);
+                inner
+                    .pool
+                    .record(&inner.route(&req.target.origin), |s| s.timeouts += 1);
                 Err(timed_out(req.timeout))
             }
         },
@@ -701,11 +718,26 @@ async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
 }
 
 impl Inner {
+    /// The pool key of `origin`: itself, or with the proxy its connections go through.
+    fn route(&self, origin: &Arc<Origin>) -> Arc<Origin> {
+        let proxies = &self.cfg.proxies;
+        if !proxies.any() {
+            return origin.clone();
+        }
+        match proxies.for_origin(origin) {
+            Some(p) => Arc::new(Origin {
+                proxy: Some(p),
+                ..(**origin).clone()
+            }),
+            None => origin.clone(),
+        }
+    }
+
     fn tls_config(&self) -> Result<Arc<ClientConfig>> {
         if let Some(c) = self.tls.get() {
             return Ok(c.clone());
         }
-        let c = crate::tls::client_config(&self.cfg, &self.extra_roots)?;
+        let c = crate::tls::client_config(&self.cfg, &self.extra_roots, self.identity.as_ref())?;
         Ok(self.tls.get_or_init(|| c).clone())
     }
 
@@ -716,10 +748,10 @@ impl Inner {
     async fn attempts(
         &self,
         req: &Request,
+        origin: &Arc<Origin>,
         start: Instant,
         mode: Mode,
     ) -> Result<(Conn, Head, u64)> {
-        let origin = &req.target.origin;
         let mut fresh = false;
         let affinity = match mode {
             Mode::Direct => direct::thread_token(),
@@ -740,6 +772,7 @@ impl Inner {
             let before = conn.bytes_read();
             let failure = match exchange::start(
                 &mut conn,
+                origin,
                 req,
                 &self.cfg,
                 &self.user_agent,
@@ -798,12 +831,16 @@ impl Inner {
     /// Opens a connection with a slot from the pool and registers it there.
     async fn open(&self, slot: SlotGuard<Conn>, t: &mut Timings, mode: Mode) -> Result<Conn> {
         let origin: Arc<Origin> = slot.origin().clone();
-        let tls = match origin.scheme {
-            Scheme::Https => Some(self.tls_config()?),
-            Scheme::Http => None,
+        let tls = match (origin.scheme, origin.proxy.as_ref().map(|p| p.scheme)) {
+            (Scheme::Https, _) | (_, Some(Scheme::Https)) => Some(self.tls_config()?),
+            _ => None,
         };
-        let (conn, ct) =
-            Conn::open(&origin, &self.tcp, tls, self.cfg.connect_timeout, mode).await?;
+        let (conn, ct) = Conn::open(&origin, &self.connector, tls, mode).await?;
+        match ct.dns_source {
+            Some(Source::Lookup) => self.pool.record(&origin, |s| s.dns_lookups += 1),
+            Some(Source::Cache) => self.pool.record(&origin, |s| s.dns_cache_hits += 1),
+            _ => {}
+        }
         t.dns_us = micros(ct.dns);
         t.connect_us = micros(ct.tcp);
         t.tls_us = micros(ct.tls);

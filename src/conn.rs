@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::connect::{ConnectTimings, IoProbe, Stream, TcpSettings, connect};
+use crate::connect::{ConnectTimings, Connector, IoProbe, Stream, connect};
 use crate::direct::Mode;
 use crate::error::{Error, ErrorKind, Result, chain_message};
 use crate::http::{Origin, ReqBody};
@@ -227,21 +227,17 @@ impl Conn {
     /// connection is not yet attached to an owner.
     pub(crate) async fn open(
         origin: &Origin,
-        tcp: &TcpSettings,
+        connector: &Connector,
         tls: Option<Arc<rustls::ClientConfig>>,
-        timeout: Option<Duration>,
         mode: Mode,
     ) -> Result<(Conn, ConnectTimings)> {
-        let fut = connect(origin, tcp, tls, mode);
+        let timeout = connector.timeout;
+        let fut = connect(origin, connector, tls, mode);
         let (stream, timings) = match timeout {
             Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
                 Error::new(
                     ErrorKind::ConnectTimeout,
-                    format!(
-                        "connect to {} timed out after {} ms",
-                        origin.authority(),
-                        d.as_millis()
-                    ),
+                    format!("connect to {origin} timed out after {} ms", d.as_millis()),
                 )
             })??,
             None => fut.await?,
@@ -628,12 +624,14 @@ mod tests {
     async fn open(port: u16) -> (Conn, Arc<Origin>) {
         let t = parse_url(&format!("http://127.0.0.1:{port}/")).unwrap();
         assert_eq!(t.origin.scheme, Scheme::Http);
-        let tcp = TcpSettings {
-            keepalive_idle: None,
-            keepalive_interval: None,
-            keepalive_probes: None,
-        };
-        let (stream, _) = connect(&t.origin, &tcp, None, Mode::Reactor).await.unwrap();
+        let (stream, _) = connect(
+            &t.origin,
+            &crate::connect::test_connector(),
+            None,
+            Mode::Reactor,
+        )
+        .await
+        .unwrap();
         (
             Conn::handshake(stream, Mode::Reactor).await.unwrap(),
             t.origin,

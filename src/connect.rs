@@ -1,8 +1,9 @@
-//! Establishing connections: DNS, TCP with keep-alive options, TLS. Knows nothing of
-//! pooling or of HTTP; the socket itself (and its two modes) lives in [`crate::direct`].
+//! Establishing connections: DNS (through the agent's resolver), TCP with keep-alive
+//! options and happy eyeballs, proxies (TLS to the proxy, `CONNECT` tunnels), TLS.
+//! Knows nothing of pooling or of HTTP; the socket itself (and its two modes) lives in [`crate::direct`].
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::direct::{Mode, Socket};
+use crate::dns::{Resolver, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, Scheme};
+use crate::proxy::Proxy;
 
 /// TCP settings taken from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -32,6 +35,8 @@ pub(crate) struct TcpSettings {
 /// What one connect cost, phase by phase.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ConnectTimings {
+    /// Where the addresses came from (`None` until resolved).
+    pub(crate) dns_source: Option<Source>,
     pub(crate) dns: Duration,
     pub(crate) tcp: Duration,
     pub(crate) tls: Duration,
@@ -54,6 +59,8 @@ impl IoProbe {
 enum Transport {
     Tcp(Socket),
     Tls(Box<TlsStream<Socket>>),
+    /// TLS to the origin inside a `CONNECT` tunnel through TLS to an `https://` proxy.
+    Tunnel(Box<TlsStream<TlsStream<Socket>>>),
 }
 
 /// A connected byte stream (plain or TLS) that counts what it reads.
@@ -73,6 +80,7 @@ impl Stream {
         match &mut self.transport {
             Transport::Tcp(t) => t.poll_read_ready(cx),
             Transport::Tls(s) => s.get_mut().0.poll_read_ready(cx),
+            Transport::Tunnel(s) => s.get_mut().0.get_mut().0.poll_read_ready(cx),
         }
     }
 }
@@ -88,6 +96,7 @@ impl AsyncRead for Stream {
         let res = match &mut this.transport {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Tunnel(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         };
         let n = buf.filled().len() - before;
         if n > 0 {
@@ -106,6 +115,7 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().transport {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Tunnel(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -117,6 +127,7 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().transport {
             Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Tunnel(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -124,6 +135,7 @@ impl AsyncWrite for Stream {
         match &self.transport {
             Transport::Tcp(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Tunnel(s) => s.is_write_vectored(),
         }
     }
 
@@ -131,6 +143,7 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().transport {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Tunnel(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -138,31 +151,9 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().transport {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Tunnel(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// The addresses of `origin`, and whether a name lookup was needed (not for IP literals).
-async fn resolve(origin: &Origin) -> Result<(Vec<SocketAddr>, bool)> {
-    if let Ok(ip) = origin.host.parse::<IpAddr>() {
-        return Ok((vec![SocketAddr::new(ip, origin.port)], false));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Dns,
-                format!("cannot resolve {}: {e}", origin.host),
-            )
-        })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Dns,
-            format!("{} resolved to no address", origin.host),
-        ));
-    }
-    Ok((addrs, true))
 }
 
 fn configure(sock: socket2::SockRef<'_>, tcp: &TcpSettings) -> io::Result<()> {
@@ -201,75 +192,334 @@ async fn connect_tcp(addr: SocketAddr, tcp: &TcpSettings, mode: Mode) -> io::Res
     }
 }
 
-fn connect_error(origin: &Origin, addr: SocketAddr, e: io::Error) -> Error {
+/// Everything an agent needs to open connections, fixed when it is created.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    pub(crate) tcp: TcpSettings,
+    pub(crate) resolver: Resolver,
+    /// RFC 8305's connection-attempt delay.
+    pub(crate) delay: Duration,
+    /// The overall connect timeout (the caller enforces it; attempts get a share).
+    pub(crate) timeout: Option<Duration>,
+}
+
+fn connect_error(what: &str, addr: SocketAddr, e: io::Error) -> Error {
     let kind = match e.kind() {
         io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
+        io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
         _ => ErrorKind::Connect,
     };
+    Error::new(kind, format!("connect to {what} ({addr}) failed: {e}"))
+}
+
+/// How long one attempt may take: with more addresses to try, half of the connect
+/// timeout (curl's rule), so that one silent address cannot use all of it; the last
+/// address gets whatever remains (the caller's overall timeout).
+fn attempt_timeout(overall: Option<Duration>, left: usize) -> Option<Duration> {
+    overall.filter(|_| left > 1).map(|d| d / 2)
+}
+
+async fn attempt(
+    addr: SocketAddr,
+    tcp: &TcpSettings,
+    mode: Mode,
+    limit: Option<Duration>,
+) -> io::Result<Socket> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, connect_tcp(addr, tcp, mode))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {} ms", d.as_millis()),
+                ))
+            }),
+        None => connect_tcp(addr, tcp, mode).await,
+    }
+}
+
+type Attempt<'a> = Pin<Box<dyn Future<Output = (SocketAddr, io::Result<Socket>)> + Send + 'a>>;
+
+/// Happy eyeballs (RFC 8305): the addresses interleaved by family, one attempt started
+/// every `delay` (or as soon as the previous one fails), the first connected socket wins
+/// and the others are dropped (closed). One address is simply connected, in `mode`;
+/// several race in the reactor (a direct-mode caller waits on one socket at a time), and
+/// the winner moves to direct I/O when the caller polls it.
+async fn connect_any(
+    addrs: &[SocketAddr],
+    c: &Connector,
+    mode: Mode,
+    what: &str,
+) -> Result<Socket> {
+    if let [addr] = addrs {
+        return attempt(*addr, &c.tcp, mode, None)
+            .await
+            .map_err(|e| connect_error(what, *addr, e));
+    }
+    let order = crate::dns::interleave(addrs);
+    let mut next = 0;
+    let mut running: Vec<Attempt<'_>> = Vec::new();
+    let mut last_err: Option<Error> = None;
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    std::future::poll_fn(|cx| {
+        loop {
+            // Start the next attempt when none runs or the delay has passed.
+            if next < order.len() && (running.is_empty() || timer.as_mut().poll(cx).is_ready()) {
+                let addr = order[next];
+                let limit = attempt_timeout(c.timeout, order.len() - next);
+                next += 1;
+                running.push(Box::pin(async move {
+                    (addr, attempt(addr, &c.tcp, Mode::Reactor, limit).await)
+                }));
+                timer.as_mut().reset(tokio::time::Instant::now() + c.delay);
+                continue;
+            }
+            let mut failed = false;
+            let mut i = 0;
+            while i < running.len() {
+                match running[i].as_mut().poll(cx) {
+                    Poll::Ready((_, Ok(sock))) => return Poll::Ready(Ok(sock)),
+                    Poll::Ready((addr, Err(e))) => {
+                        drop(running.swap_remove(i));
+                        last_err = Some(connect_error(what, addr, e));
+                        failed = true;
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            if running.is_empty() && next >= order.len() {
+                return Poll::Ready(Err(last_err
+                    .take()
+                    .unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address"))));
+            }
+            if failed && next < order.len() {
+                // A failure starts the next attempt at once.
+                timer.as_mut().reset(tokio::time::Instant::now());
+                continue;
+            }
+            if next < order.len() {
+                // Registers the timer's waker.
+                if timer.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// The largest proxy answer to `CONNECT` that is read.
+const MAX_CONNECT_HEAD: usize = 16 * 1024;
+
+/// Opens a `CONNECT` tunnel to `origin` through `proxy` over `s`: the request (with the
+/// proxy's credentials), then the proxy's answer head. Only a 2xx opens the tunnel; any
+/// other answer is [`ErrorKind::Proxy`] with the proxy's status line.
+async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    origin: &Origin,
+    proxy: &Proxy,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = origin.authority();
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(a) = &proxy.auth {
+        req.push_str("Proxy-Authorization: ");
+        req.push_str(a.to_str().unwrap_or_default());
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    let io_err = |e: io::Error| {
+        Error::new(
+            ErrorKind::Proxy,
+            format!(
+                "the proxy {} failed during CONNECT to {authority}: {e}",
+                proxy.url()
+            ),
+        )
+    };
+    s.write_all(req.as_bytes()).await.map_err(io_err)?;
+    s.flush().await.map_err(io_err)?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        let n = s.read(&mut buf).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Proxy,
+                format!(
+                    "the proxy {} closed the connection instead of answering CONNECT to {authority}",
+                    proxy.url()
+                ),
+            ));
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > MAX_CONNECT_HEAD {
+            return Err(Error::new(
+                ErrorKind::Proxy,
+                format!(
+                    "the proxy {} answered CONNECT with a head over {MAX_CONNECT_HEAD} bytes",
+                    proxy.url()
+                ),
+            ));
+        }
+    };
+    let line = head
+        .split(|&b| b == b'\n')
+        .next()
+        .map(|l| String::from_utf8_lossy(l).trim().to_string())
+        .unwrap_or_default();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/1."));
+    match status {
+        Some(200..=299) if end == head.len() => Ok(()),
+        Some(200..=299) => Err(Error::new(
+            ErrorKind::Proxy,
+            format!(
+                "the proxy {} sent data after its answer to CONNECT; the tunnel cannot be used",
+                proxy.url()
+            ),
+        )),
+        Some(code) => {
+            let hint = match code {
+                407 if proxy.has_credentials() => {
+                    " (the proxy did not accept the credentials of the proxy URL)"
+                }
+                407 => {
+                    " (the proxy wants credentials: put them in the proxy URL, http://user:password@host:port, percent-encoded)"
+                }
+                _ => "",
+            };
+            Err(Error::new(
+                ErrorKind::Proxy,
+                format!(
+                    "the proxy {} refused the tunnel to {authority}: {line}{hint}",
+                    proxy.url()
+                ),
+            ))
+        }
+        None => Err(Error::new(
+            ErrorKind::Proxy,
+            format!(
+                "the proxy {} answered CONNECT with something that is not HTTP/1.x: {:?}",
+                proxy.url(),
+                line.chars().take(100).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn server_name(host: &str) -> Result<ServerName<'static>> {
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidUrl,
+            format!("{host} is not a valid TLS server name: {e}"),
+        )
+    })
+}
+
+fn tls_error(peer: &str, e: io::Error) -> Error {
+    let why = match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+        Some(r) => crate::tls::describe(r),
+        None => e.to_string(),
+    };
     Error::new(
-        kind,
-        format!("connect to {} ({addr}) failed: {e}", origin.authority()),
+        ErrorKind::Tls,
+        format!("TLS handshake with {peer} failed: {why}"),
     )
 }
 
-/// Opens a connection to `origin`: every resolved address in turn, then TLS for https.
-/// `mode` says which kind of thread will do the socket's I/O (see [`crate::direct`]).
-/// The caller bounds the whole thing with the connect timeout.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    config: &Arc<ClientConfig>,
+    host: &str,
+    peer: &str,
+    s: S,
+) -> Result<TlsStream<S>> {
+    TlsConnector::from(config.clone())
+        .connect(server_name(host)?, s)
+        .await
+        .map_err(|e| tls_error(peer, e))
+}
+
+/// Opens a connection to `origin`: resolve (cached), TCP with happy eyeballs, and then,
+/// by the route: TLS to an `https://` proxy, a `CONNECT` tunnel for an https origin
+/// behind a proxy, TLS to the origin. `mode` says which kind of thread will do the
+/// socket's I/O (see [`crate::direct`]). The caller bounds the whole thing with the
+/// connect timeout.
 pub(crate) async fn connect(
     origin: &Origin,
-    tcp: &TcpSettings,
+    c: &Connector,
     tls: Option<Arc<ClientConfig>>,
     mode: Mode,
 ) -> Result<(Stream, ConnectTimings)> {
     let mut t = ConnectTimings::default();
     let start = Instant::now();
-    let (addrs, looked_up) = resolve(origin).await?;
-    if looked_up {
+    let proxy = origin.proxy.as_deref();
+    let (host, port, what) = match proxy {
+        Some(p) => (
+            p.host.as_str(),
+            p.port,
+            format!("the proxy {}", p.authority()),
+        ),
+        None => (origin.host.as_str(), origin.port, origin.authority()),
+    };
+    let (addrs, source) = c.resolver.resolve(host, port).await?;
+    t.dns_source = Some(source);
+    if source == Source::Lookup {
         t.dns = start.elapsed();
     }
-
     let tcp_start = Instant::now();
-    let mut last_err = None;
-    let mut stream = None;
-    for addr in addrs {
-        match connect_tcp(addr, tcp, mode).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = Some(connect_error(origin, addr, e)),
-        }
-    }
-    let stream = match stream {
-        Some(s) => s,
-        None => {
-            return Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address")));
-        }
-    };
+    let sock = connect_any(&addrs, c, mode, &what).await?;
     t.tcp = tcp_start.elapsed();
+    let config = || {
+        tls.clone()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "no TLS config"))
+    };
 
-    let transport = match origin.scheme {
-        Scheme::Http => Transport::Tcp(stream),
-        Scheme::Https => {
-            let config = tls.ok_or_else(|| Error::new(ErrorKind::Internal, "no TLS config"))?;
+    let transport = match (proxy, origin.scheme) {
+        (None, Scheme::Http) => Transport::Tcp(sock),
+        (None, Scheme::Https) => {
             let tls_start = Instant::now();
-            let name = ServerName::try_from(origin.host.clone()).map_err(|e| {
-                Error::new(
-                    ErrorKind::InvalidUrl,
-                    format!("{} is not a valid TLS server name: {e}", origin.host),
-                )
-            })?;
-            let s = TlsConnector::from(config)
-                .connect(name, stream)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Tls,
-                        format!("TLS handshake with {} failed: {e}", origin.authority()),
-                    )
-                })?;
+            let s = handshake(&config()?, &origin.host, &origin.authority(), sock).await?;
             t.tls = tls_start.elapsed();
             Transport::Tls(Box::new(s))
+        }
+        (Some(p), Scheme::Http) => match p.scheme {
+            Scheme::Http => Transport::Tcp(sock),
+            Scheme::Https => {
+                let tls_start = Instant::now();
+                let s = handshake(&config()?, &p.host, &what, sock).await?;
+                t.tls = tls_start.elapsed();
+                Transport::Tls(Box::new(s))
+            }
+        },
+        (Some(p), Scheme::Https) => {
+            let tls_start = Instant::now();
+            let peer = format!("{} (through the proxy {})", origin.authority(), p.url());
+            let transport = match p.scheme {
+                Scheme::Http => {
+                    let mut sock = sock;
+                    tunnel(&mut sock, origin, p).await?;
+                    Transport::Tls(Box::new(
+                        handshake(&config()?, &origin.host, &peer, sock).await?,
+                    ))
+                }
+                Scheme::Https => {
+                    let mut outer = handshake(&config()?, &p.host, &what, sock).await?;
+                    tunnel(&mut outer, origin, p).await?;
+                    Transport::Tunnel(Box::new(
+                        handshake(&config()?, &origin.host, &peer, outer).await?,
+                    ))
+                }
+            };
+            t.tls = tls_start.elapsed();
+            transport
         }
     };
     Ok((
@@ -279,6 +529,21 @@ pub(crate) async fn connect(
         },
         t,
     ))
+}
+
+/// A connector with no keep-alive probes, no cache and the default delay, for tests.
+#[cfg(test)]
+pub(crate) fn test_connector() -> Connector {
+    Connector {
+        tcp: TcpSettings {
+            keepalive_idle: None,
+            keepalive_interval: None,
+            keepalive_probes: None,
+        },
+        resolver: Resolver::new(Vec::new(), None),
+        delay: Duration::from_millis(250),
+        timeout: Some(Duration::from_secs(10)),
+    }
 }
 
 #[cfg(test)]
@@ -294,26 +559,21 @@ mod tests {
         }
     }
 
+    fn connector(idle: Option<u64>) -> Connector {
+        Connector {
+            tcp: tcp(idle),
+            resolver: Resolver::new(Vec::new(), None),
+            delay: Duration::from_millis(250),
+            timeout: Some(Duration::from_secs(10)),
+        }
+    }
+
     fn run<T>(f: impl Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
             .block_on(f)
-    }
-
-    #[test]
-    fn ip_literals_need_no_lookup_and_names_do() {
-        run(async {
-            let o = parse_url("http://127.0.0.1:8/").unwrap().origin;
-            let (addrs, looked_up) = resolve(&o).await.unwrap();
-            assert_eq!(addrs, vec!["127.0.0.1:8".parse().unwrap()]);
-            assert!(!looked_up);
-            let o = parse_url("http://localhost:8/").unwrap().origin;
-            let (addrs, looked_up) = resolve(&o).await.unwrap();
-            assert!(looked_up);
-            assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8));
-        });
     }
 
     #[test]
@@ -340,7 +600,7 @@ mod tests {
                 .unwrap()
                 .origin;
             for mode in [Mode::Reactor, Mode::Direct] {
-                let e = match connect(&o, &tcp(None), None, mode).await {
+                let e = match connect(&o, &connector(None), None, mode).await {
                     Err(e) => e,
                     Ok(_) => panic!("connected to a closed port"),
                 };
@@ -363,7 +623,7 @@ mod tests {
             let o = parse_url(&format!("http://127.0.0.1:{port}/"))
                 .unwrap()
                 .origin;
-            let (mut s, _) = connect(&o, &tcp(Some(1)), None, Mode::Reactor)
+            let (mut s, _) = connect(&o, &connector(Some(1)), None, Mode::Reactor)
                 .await
                 .unwrap();
             let probe = s.probe();
@@ -371,6 +631,199 @@ mod tests {
             s.read_to_end(&mut b).await.unwrap();
             assert_eq!(probe.bytes_read(), 5);
             t.join().unwrap();
+        });
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+    /// to it hangs (a black hole, on loopback).
+    fn black_hole(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+        let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+        let l = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        l.bind(&addr.into()).unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let mut fill = Vec::new();
+        // The queue holds backlog + 1; a couple more for good measure (non-blocking).
+        for _ in 0..3 {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            fill.push(std::net::TcpStream::from(s));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (l, fill, addr)
+    }
+
+    #[test]
+    fn happy_eyeballs_moves_on_from_a_silent_address() {
+        run(async {
+            let (_hole, _fill, dead) = black_hole("127.0.0.1");
+            let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let live_addr = live.local_addr().unwrap();
+            for mode in [Mode::Reactor, Mode::Direct] {
+                let c = connector(None);
+                let t = Instant::now();
+                let r = if mode == Mode::Direct {
+                    // Direct mode is entered by block_on on a caller's thread.
+                    let rt = crate::runtime::handle().unwrap();
+                    let addrs = [dead, live_addr];
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            crate::direct::block_on(&rt, |m| async move {
+                                connect_any(&addrs, &c, m, "test").await
+                            })
+                        })
+                        .join()
+                        .unwrap()
+                    })
+                } else {
+                    connect_any(&[dead, live_addr], &c, mode, "test").await
+                };
+                let sock = r.unwrap();
+                let elapsed = t.elapsed();
+                assert!(
+                    elapsed >= Duration::from_millis(200),
+                    "{mode:?}: {elapsed:?}"
+                );
+                assert!(elapsed < Duration::from_secs(3), "{mode:?}: {elapsed:?}");
+                drop(sock);
+            }
+        });
+    }
+
+    #[test]
+    fn a_refused_address_starts_the_next_at_once() {
+        run(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let closed = l.local_addr().unwrap();
+            drop(l);
+            let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut c = connector(None);
+            c.delay = Duration::from_secs(30);
+            let t = Instant::now();
+            connect_any(
+                &[closed, live.local_addr().unwrap()],
+                &c,
+                Mode::Reactor,
+                "test",
+            )
+            .await
+            .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5));
+            // All refused: the last error, with its own kind.
+            let e = connect_any(&[closed, closed], &c, Mode::Reactor, "test")
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), ErrorKind::ConnectRefused);
+        });
+    }
+
+    #[test]
+    fn attempts_get_half_the_timeout_but_the_last_gets_the_rest() {
+        let d = Some(Duration::from_secs(10));
+        assert_eq!(attempt_timeout(d, 3), Some(Duration::from_secs(5)));
+        assert_eq!(attempt_timeout(d, 1), None);
+        assert_eq!(attempt_timeout(None, 3), None);
+    }
+
+    /// A one-shot scripted proxy: reads the request head, answers `reply`, returns the head.
+    fn scripted_proxy(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&b[..n]);
+            }
+            s.write_all(reply).unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (port, t)
+    }
+
+    fn proxied(url: &str, proxy: &str) -> Origin {
+        let mut o = (*parse_url(url).unwrap().origin).clone();
+        o.proxy = Some(Arc::new(
+            crate::proxy::parse_proxy_url(proxy, "proxy").unwrap(),
+        ));
+        o
+    }
+
+    #[test]
+    fn a_tunnel_sends_connect_with_credentials_and_reads_the_answer() {
+        run(async {
+            let (port, t) = scripted_proxy(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            let o = proxied(
+                "https://origin.test:8443/",
+                &format!("http://u%40x:p%3Aw@127.0.0.1:{port}"),
+            );
+            let c = connector(None);
+            let mut sock = connect_any(
+                &[format!("127.0.0.1:{port}").parse().unwrap()],
+                &c,
+                Mode::Reactor,
+                "p",
+            )
+            .await
+            .unwrap();
+            tunnel(&mut sock, &o, o.proxy.as_ref().unwrap())
+                .await
+                .unwrap();
+            let head = t.join().unwrap();
+            assert!(
+                head.starts_with("CONNECT origin.test:8443 HTTP/1.1\r\nHost: origin.test:8443\r\n"),
+                "{head}"
+            );
+            let creds = crate::proxy::base64(b"u@x:p:w");
+            assert!(
+                head.contains(&format!("Proxy-Authorization: Basic {creds}\r\n")),
+                "{head}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_refused_tunnel_has_its_own_kind_and_says_what_the_proxy_answered() {
+        run(async {
+            for (reply, want) in [
+                (
+                    &b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n"[..],
+                    "wants credentials",
+                ),
+                (&b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"[..], "403 Forbidden"),
+                (&b"SSH-2.0-OpenSSH\r\n\r\n"[..], "not HTTP"),
+                (&b"HTTP/1.1 200 OK\r\n\r\nsurprise"[..], "sent data after"),
+            ] {
+                let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
+                let (port, t) = scripted_proxy(reply);
+                let o = proxied("https://origin.test/", &format!("http://127.0.0.1:{port}"));
+                let e = match connect(&o, &connector(None), None, Mode::Reactor).await {
+                    Err(e) => e,
+                    Ok(_) => panic!("tunnel opened"),
+                };
+                t.join().unwrap();
+                assert_eq!(e.kind(), ErrorKind::Proxy, "{e}");
+                assert!(e.message().contains(want), "{e}");
+                assert!(e.message().contains(&format!("127.0.0.1:{port}")), "{e}");
+            }
         });
     }
 }

@@ -22,6 +22,9 @@ pub enum ErrorKind {
     ConnectTimeout,
     /// Any other failure to establish the TCP connection.
     Connect,
+    /// The proxy refused the `CONNECT` tunnel (its status line is in the message), or
+    /// broke off before answering.
+    Proxy,
     /// The TLS handshake failed (certificate, hostname, protocol).
     Tls,
     /// The response head did not arrive within `headers_timeout_msecs`.

@@ -12,8 +12,11 @@ use hyper::body::Incoming;
 
 use crate::conn::Conn;
 use crate::error::{Error, ErrorKind, chain_message, find_io_error};
-use crate::http::{Request, Response, ReuseHint, SourceFailed, Timings, micros, reuse_hint};
+use crate::http::{
+    Origin, Request, Response, ReuseHint, Scheme, SourceFailed, Timings, micros, reuse_hint,
+};
 use crate::options::Config;
+use crate::proxy::Proxy;
 
 /// A whole body is collected into one buffer sized from `Content-Length`, but never
 /// reserved beyond this up front: a lying or huge length grows the buffer as data arrives.
@@ -45,6 +48,7 @@ pub(crate) struct Head {
 /// count from it) and `t` carries the timings of the phases before this one.
 pub(crate) async fn start(
     conn: &mut Conn,
+    origin: &Origin,
     req: &Request,
     cfg: &Config,
     user_agent: &HeaderValue,
@@ -56,7 +60,10 @@ pub(crate) async fn start(
     if !conn.adopt().await || !conn.is_open() {
         return Err(Failure::NotSent);
     }
-    let hreq = req.to_hyper(cfg.keep_alive, user_agent);
+    let mut hreq = req.to_hyper(cfg.keep_alive, user_agent);
+    if let (Scheme::Http, Some(p)) = (origin.scheme, origin.proxy.as_deref()) {
+        forward_form(&mut hreq, origin, p).map_err(Failure::Failed)?;
+    }
     t.sent_us = micros(start.elapsed());
     // A timer that the request's own deadline would beat is not armed (each one is a
     // registration on tokio's timer wheel).
@@ -115,6 +122,33 @@ pub(crate) async fn start(
         hint,
         body,
     })
+}
+
+/// A request to a plain-http origin through a proxy: the absolute form of the target
+/// (`GET http://host:port/path`, RFC 9112 §3.2.2) and the proxy's credentials, which go
+/// to the proxy only (a tunnel carries them in its `CONNECT` instead).
+fn forward_form<B>(
+    hreq: &mut http::Request<B>,
+    origin: &Origin,
+    proxy: &Proxy,
+) -> Result<(), Error> {
+    let pq = hreq.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("http://{}{pq}", origin.authority())
+        .parse()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidUrl,
+                format!("absolute form of the URL: {e}"),
+            )
+        })?;
+    *hreq.uri_mut() = uri;
+    if let Some(auth) = &proxy.auth {
+        let h = hreq.headers_mut();
+        if !h.contains_key(http::header::PROXY_AUTHORIZATION) {
+            h.insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+        }
+    }
+    Ok(())
 }
 
 /// A failure before the response head: stale when the connection was reused, nothing at
@@ -253,7 +287,7 @@ fn map_hyper_error(e: &hyper::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connect::{TcpSettings, connect};
+    use crate::connect::{connect, test_connector};
     use crate::direct::Mode;
     use crate::options::Options;
     use std::io::{BufRead, BufReader, Write};
@@ -298,12 +332,7 @@ mod tests {
 
     async fn open(url: &str) -> (Conn, Request) {
         let req = Request::new("GET", url).unwrap();
-        let tcp = TcpSettings {
-            keepalive_idle: None,
-            keepalive_interval: None,
-            keepalive_probes: None,
-        };
-        let (s, _) = connect(&req.target.origin, &tcp, None, Mode::Reactor)
+        let (s, _) = connect(&req.target.origin, &test_connector(), None, Mode::Reactor)
             .await
             .unwrap();
         (Conn::handshake(s, Mode::Reactor).await.unwrap(), req)
@@ -330,7 +359,18 @@ mod tests {
         reused: bool,
     ) -> Result<Exchanged, Failure> {
         let ua = HeaderValue::from_static("t");
-        let mut head = start(c, req, cfg, &ua, reused, Instant::now(), Timings::default()).await?;
+        let o = req.target.origin.clone();
+        let mut head = start(
+            c,
+            &o,
+            req,
+            cfg,
+            &ua,
+            reused,
+            Instant::now(),
+            Timings::default(),
+        )
+        .await?;
         head.response.body = head.body.read_all(c).await.map_err(Failure::Failed)?;
         Ok(Exchanged {
             response: head.response,

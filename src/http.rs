@@ -20,12 +20,15 @@ pub enum Scheme {
     Https,
 }
 
-/// A pool key: scheme, host (without IPv6 brackets, lowercased) and port.
+/// A pool key: scheme, host (without IPv6 brackets, lowercased), port, and the proxy its
+/// connections go through (set by the agent from its proxy settings; `parse_url` leaves
+/// it empty).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub scheme: Scheme,
     pub host: String,
     pub port: u16,
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Origin {
@@ -52,7 +55,11 @@ impl fmt::Display for Origin {
             Scheme::Http => "http",
             Scheme::Https => "https",
         };
-        write!(f, "{s}://{}", self.authority())
+        write!(f, "{s}://{}", self.authority())?;
+        if let Some(p) = &self.proxy {
+            write!(f, " (through the proxy {})", p.url())?;
+        }
+        Ok(())
     }
 }
 
@@ -177,7 +184,12 @@ fn parse_url_uncached(url: &str) -> Result<Target> {
     }
     .map_err(|e| url_error(url, e))?;
     Ok(Target {
-        origin: Arc::new(Origin { scheme, host, port }),
+        origin: Arc::new(Origin {
+            scheme,
+            host,
+            port,
+            proxy: None,
+        }),
         path,
         host: host_header,
     })

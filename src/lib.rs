@@ -10,10 +10,11 @@
 //! - `exchange`: one request/response on one connection; keep or close.
 //! - `pool`: slots, the wait queue, idle lists, limits, statistics; no sockets.
 //! - `conn`: one connection: handshake, drive, park, compaction, idle monitor.
-//! - `connect`: DNS, TCP with keep-alive options, TLS.
+//! - `connect`: TCP with keep-alive options and happy eyeballs, proxy tunnels, TLS.
 //! - `direct`: the blocking path: `block_on`, the per-thread poller, the direct-mode socket.
-//! - `http`, `options`, `stats`, `tls`, `runtime`, `error`: the model, validated options,
-//!   counters, rustls configuration, the process-wide runtime, one error type.
+//! - `http`, `options`, `stats`, `tls`, `dns`, `proxy`, `runtime`, `error`: the model,
+//!   validated options, counters, rustls configuration, the resolver and its cache, proxy
+//!   settings, the process-wide runtime, one error type.
 //!
 //! The Rust API is what this file re-exports; everything else is private to the crate.
 
@@ -21,6 +22,7 @@ mod agent;
 mod conn;
 mod connect;
 mod direct;
+mod dns;
 mod error;
 mod exchange;
 pub mod ffi;
@@ -29,6 +31,7 @@ mod idmap;
 mod memory;
 mod options;
 mod pool;
+mod proxy;
 mod queue;
 mod runtime;
 mod stats;
@@ -40,4 +43,5 @@ pub use http::{Body, BodySource, Origin, Request, Response, Scheme, Target, Timi
 pub use http::{parse_header, parse_method, parse_url, request_timeout};
 pub use options::limit_by_name as limit;
 pub use options::{Config, Options, Scheduling};
+pub use proxy::{NoProxy, Proxies, Proxy};
 pub use stats::Stats;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::proxy::Proxies;
 
 /// Which idle connection is reused first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -68,6 +69,19 @@ pub struct Options {
     pub use_system_roots: Option<bool>,
     pub danger_accept_invalid_certs: Option<bool>,
     pub user_agent: Option<String>,
+    /// Proxy URL for both schemes; `Some("")`: no proxy, whatever the environment says.
+    pub proxy: Option<String>,
+    /// Hosts that bypass the proxy (curl's `NO_PROXY` grammar).
+    pub no_proxy: Option<String>,
+    pub proxy_from_env: Option<bool>,
+    /// `host:port:addr[,addr…]` entries (curl's `CURLOPT_RESOLVE`).
+    pub resolve: Vec<String>,
+    pub dns_cache_msecs: Option<u32>,
+    pub happy_eyeballs_delay_msecs: Option<u32>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_cert_file: Option<String>,
+    pub client_key_pem: Option<Vec<u8>>,
+    pub client_key_file: Option<String>,
 }
 
 /// Validated options with defaults applied. Durations of `None` mean "no limit".
@@ -95,6 +109,16 @@ pub struct Config {
     pub use_system_roots: bool,
     pub danger_accept_invalid_certs: bool,
     pub user_agent: String,
+    /// The proxies in effect (explicit options, else the environment unless switched off).
+    pub proxies: Proxies,
+    pub(crate) resolve: Vec<crate::dns::Override>,
+    /// How long resolved addresses are reused; `None`: never cached.
+    pub dns_cache: Option<Duration>,
+    pub happy_eyeballs_delay: Duration,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_cert_file: Option<String>,
+    pub client_key_pem: Option<Vec<u8>>,
+    pub client_key_file: Option<String>,
 }
 
 pub(crate) const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
@@ -105,6 +129,10 @@ pub(crate) const DEFAULT_MAX_KEEP_ALIVE_TIMEOUT_MSECS: u32 = 600_000;
 pub(crate) const DEFAULT_CONNECT_TIMEOUT_MSECS: u32 = 10_000;
 pub(crate) const DEFAULT_HEADERS_TIMEOUT_MSECS: u32 = 300_000;
 pub(crate) const DEFAULT_BODY_TIMEOUT_MSECS: u32 = 300_000;
+/// curl keeps resolved names 60 s.
+pub(crate) const DEFAULT_DNS_CACHE_MSECS: u32 = 60_000;
+/// RFC 8305's recommended connection-attempt delay.
+pub(crate) const DEFAULT_HAPPY_EYEBALLS_DELAY_MSECS: u32 = 250;
 
 /// The library's default `User-Agent`.
 pub fn default_user_agent() -> String {
@@ -167,7 +195,7 @@ impl Options {
     pub fn validate_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let keep_alive = self
             .keep_alive
-            .or_else(|| reuse_from_env(env))
+            .or_else(|| reuse_from_env(&env))
             .unwrap_or(true);
 
         let keep_alive_msecs = match self.keep_alive_msecs.unwrap_or(DEFAULT_KEEP_ALIVE_MSECS) {
@@ -227,6 +255,18 @@ impl Options {
             None => default_user_agent(),
         };
 
+        let proxies = Proxies::configure(
+            self.proxy.as_deref(),
+            self.no_proxy.as_deref(),
+            self.proxy_from_env.unwrap_or(true),
+            &env,
+        )?;
+        let resolve = self
+            .resolve
+            .iter()
+            .map(|e| crate::dns::parse_override(e))
+            .collect::<Result<Vec<_>>>()?;
+
         Ok(Config {
             keep_alive,
             keep_alive_msecs,
@@ -278,6 +318,22 @@ impl Options {
             use_system_roots: self.use_system_roots.unwrap_or(true),
             danger_accept_invalid_certs: self.danger_accept_invalid_certs.unwrap_or(false),
             user_agent,
+            proxies,
+            resolve,
+            dns_cache: optional_duration(
+                "dns_cache_msecs",
+                self.dns_cache_msecs,
+                DEFAULT_DNS_CACHE_MSECS,
+            )?,
+            happy_eyeballs_delay: Duration::from_millis(u64::from(msecs(
+                "happy_eyeballs_delay_msecs",
+                self.happy_eyeballs_delay_msecs,
+                DEFAULT_HAPPY_EYEBALLS_DELAY_MSECS,
+            )?)),
+            client_cert_pem: self.client_cert_pem.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_pem: self.client_key_pem.clone(),
+            client_key_file: self.client_key_file.clone(),
         })
     }
 }

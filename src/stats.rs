@@ -57,6 +57,10 @@ stats! {
     idle,
     /// Requests waiting for a connection now.
     queued,
+    /// Name lookups (`getaddrinfo`) made for connections that opened.
+    dns_lookups,
+    /// Connections that opened with addresses from the agent's DNS cache.
+    dns_cache_hits,
 }
 
 #[cfg(test)]
@@ -67,14 +71,14 @@ mod tests {
     fn names_and_values_line_up() {
         let s = Stats {
             connections_opened: 1,
-            queued: 12,
+            dns_cache_hits: 12,
             ..Stats::default()
         };
         let v = s.values();
         assert_eq!(v.len(), Stats::FIELDS.len());
         assert_eq!(Stats::FIELDS[0], "connections_opened");
         assert_eq!(v[0], 1);
-        assert_eq!(Stats::FIELDS[Stats::FIELDS.len() - 1], "queued");
+        assert_eq!(Stats::FIELDS[Stats::FIELDS.len() - 1], "dns_cache_hits");
         assert_eq!(v[v.len() - 1], 12);
     }
 

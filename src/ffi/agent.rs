@@ -74,6 +74,10 @@ pub struct agent_pool_stats {
     pub queued: u64,
     /// The effective keep-alive setting of the agent (after the environment switch).
     pub keep_alive: bool,
+    /// Name lookups (`getaddrinfo`) made for connections that opened.
+    pub dns_lookups: u64,
+    /// Connections that opened with addresses from the agent's DNS cache.
+    pub dns_cache_hits: u64,
 }
 
 /// Completion callback of `agent_request_async`. Called exactly once per started request,
@@ -363,6 +367,8 @@ fn to_c(s: Stats, keep_alive: bool) -> agent_pool_stats {
         idle: s.idle,
         queued: s.queued,
         keep_alive,
+        dns_lookups: s.dns_lookups,
+        dns_cache_hits: s.dns_cache_hits,
     }
 }
 

@@ -46,6 +46,9 @@ pub enum agent_code {
     AGENT_CODE_CONNECT_TIMEOUT = 12,
     /// Another failure to connect (unreachable network, no address, ...).
     AGENT_CODE_CONNECT = 13,
+    /// The proxy refused or broke the `CONNECT` tunnel to the origin; the message has the
+    /// proxy's status line (407: it wants credentials, or refused those given).
+    AGENT_CODE_PROXY = 14,
     /// The TLS handshake failed: untrusted, expired or wrong-host certificate, protocol.
     AGENT_CODE_TLS = 20,
     /// The response head did not complete within headers_timeout_msecs.
@@ -95,6 +98,7 @@ impl agent_code {
             ErrorKind::ConnectRefused => AGENT_CODE_CONNECT_REFUSED,
             ErrorKind::ConnectTimeout => AGENT_CODE_CONNECT_TIMEOUT,
             ErrorKind::Connect => AGENT_CODE_CONNECT,
+            ErrorKind::Proxy => AGENT_CODE_PROXY,
             ErrorKind::Tls => AGENT_CODE_TLS,
             ErrorKind::HeadersTimeout => AGENT_CODE_HEADERS_TIMEOUT,
             ErrorKind::BodyTimeout => AGENT_CODE_BODY_TIMEOUT,
@@ -391,6 +395,7 @@ mod tests {
             ConnectRefused,
             ConnectTimeout,
             Connect,
+            Proxy,
             Tls,
             HeadersTimeout,
             BodyTimeout,

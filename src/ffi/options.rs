@@ -394,3 +394,195 @@ pub unsafe extern "C" fn agent_options_set_user_agent(
         Ok(())
     })
 }
+
+/// Copies a C string into the options with `apply`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `s` is NULL or a NUL-terminated string.
+unsafe fn set_str(
+    options: *mut agent_options,
+    s: *const c_char,
+    name: &str,
+    apply: impl FnOnce(&mut Options, String),
+) -> agent_code {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let s = unsafe { c_str(s, name) }?.to_owned();
+        // SAFETY: per this function's contract.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        apply(&mut o.opts, s);
+        Ok(())
+    })
+}
+
+/// Copies `len` bytes into the options with `apply`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `p` points to `len` bytes (NULL when `len` is 0).
+unsafe fn set_bytes(
+    options: *mut agent_options,
+    p: *const u8,
+    len: usize,
+    name: &str,
+    apply: impl FnOnce(&mut Options, Vec<u8>),
+) -> agent_code {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let bytes = unsafe { c_bytes(p, len, name) }?.to_vec();
+        // SAFETY: per this function's contract.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        apply(&mut o.opts, bytes);
+        Ok(())
+    })
+}
+
+/// The proxy for every request of the agent, overriding the environment: `http://` or
+/// `https://` (TLS to the proxy), optional `user:password@` (percent-encoded; sent to the
+/// proxy as Basic credentials, never to the origin), host and port (default 1080 as
+/// curl's). `""` means no proxy at all, whatever the environment says. Checked by
+/// `agent_new_with_options`. curl: `CURLOPT_PROXY`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `url` is a NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_proxy(
+    options: *mut agent_options,
+    url: *const c_char,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_str(options, url, "url", |o, s| o.proxy = Some(s)) }
+}
+
+/// The hosts that bypass the proxy, overriding `NO_PROXY`: comma-separated names (each
+/// also matches the names under it; a leading `.` or `*.` is the same), IP addresses,
+/// CIDR blocks (`10.0.0.0/8`), or `*` for every host. curl: `CURLOPT_NOPROXY`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `list` is a NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_no_proxy(
+    options: *mut agent_options,
+    list: *const c_char,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_str(options, list, "list", |o, s| o.no_proxy = Some(s)) }
+}
+
+/// Whether the environment's proxy variables are read (default true), as curl reads them:
+/// `http_proxy` (lower case only) for http, `https_proxy`/`HTTPS_PROXY` for https,
+/// `all_proxy`/`ALL_PROXY` for both, `no_proxy`/`NO_PROXY`. Read once, by
+/// `agent_new_with_options`; an explicit proxy or no-proxy list wins over them.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `agent_options_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_proxy_from_env(
+    options: *mut agent_options,
+    from_env: bool,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set(options, |o| o.proxy_from_env = Some(from_env)) }
+}
+
+/// Adds a name override, like one entry of curl's `CURLOPT_RESOLVE`:
+/// `host:port:address[,address...]` (IPv6 addresses plain or in brackets). Requests to
+/// that host and port connect to those addresses, in that order (with happy eyeballs),
+/// without a lookup. Checked by `agent_new_with_options`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `entry` is a NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_add_resolve(
+    options: *mut agent_options,
+    entry: *const c_char,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_str(options, entry, "entry", |o, s| o.resolve.push(s)) }
+}
+
+/// How long resolved addresses are reused (default 60000 ms, as curl; 0: every new
+/// connection looks its host up again). curl: `CURLOPT_DNS_CACHE_TIMEOUT`.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `agent_options_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_dns_cache_msecs(
+    options: *mut agent_options,
+    msecs: u32,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set(options, |o| o.dns_cache_msecs = Some(msecs)) }
+}
+
+/// RFC 8305's connection-attempt delay (default 250 ms): when a host has several
+/// addresses, the next one is tried after this long, or as soon as the previous attempt
+/// fails; the first to connect wins. curl: `CURLOPT_HAPPY_EYEBALLS_TIMEOUT_MS`.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `agent_options_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_happy_eyeballs_delay_msecs(
+    options: *mut agent_options,
+    msecs: u32,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set(options, |o| o.happy_eyeballs_delay_msecs = Some(msecs)) }
+}
+
+/// The client certificate chain for mutual TLS, as PEM bytes (copied); needs a key.
+/// Node: `cert`; curl: `CURLOPT_SSLCERT_BLOB`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `pem` points to `len` bytes (NULL when `len` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_client_cert_pem(
+    options: *mut agent_options,
+    pem: *const u8,
+    len: usize,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_bytes(options, pem, len, "pem", |o, b| o.client_cert_pem = Some(b)) }
+}
+
+/// The client certificate chain for mutual TLS, from a PEM file (read by
+/// `agent_new_with_options`). curl: `CURLOPT_SSLCERT`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `path` is a NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_client_cert_file(
+    options: *mut agent_options,
+    path: *const c_char,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_str(options, path, "path", |o, s| o.client_cert_file = Some(s)) }
+}
+
+/// The private key of the client certificate (PKCS#8, PKCS#1 or SEC1 PEM bytes, copied).
+/// Node: `key`; curl: `CURLOPT_SSLKEY_BLOB`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `pem` points to `len` bytes (NULL when `len` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_client_key_pem(
+    options: *mut agent_options,
+    pem: *const u8,
+    len: usize,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_bytes(options, pem, len, "pem", |o, b| o.client_key_pem = Some(b)) }
+}
+
+/// The private key of the client certificate, from a PEM file (read by
+/// `agent_new_with_options`). curl: `CURLOPT_SSLKEY`.
+///
+/// # Safety
+/// `options` is NULL or a live handle; `path` is a NUL-terminated UTF-8 string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_client_key_file(
+    options: *mut agent_options,
+    path: *const c_char,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set_str(options, path, "path", |o, s| o.client_key_file = Some(s)) }
+}
