@@ -17,6 +17,13 @@
 #                      GET /1g.bin -> 1 GiB (sparse) file; PUT /upload/NAME -> stored in /dev/shm
 #   NGINX_ADMIN_PORT   GET /status -> stub_status, on its own server block and port
 #   NGINX_CA_FILE      the CA that signed the leaf (SAN IP:127.0.0.1, IP:::1, DNS:localhost)
+#   NGINX_SELFSIGNED_PORT / _URL  TLS with the certificate `openssl req -x509` makes by
+#                      default (self-signed, CA:TRUE; SAN DNS:localhost, IP:127.0.0.1):
+#                      NGINX_SELFSIGNED_CERT is that certificate. GET / -> "hello, world\n"
+#   NGINX_MTLS_PORT / _URL  TLS with the leaf above and `ssl_verify_client on` (clients
+#                      signed by the test CA): GET / -> 200 "client <subject DN>\n", and
+#                      400 from nginx without a client certificate.
+#                      NGINX_CLIENT_CERT / NGINX_CLIENT_KEY: a client certificate for it.
 #   NGINX_HTTP_URL, NGINX_HTTPS_URL (both end with "/"), NGINX_STATUS_URL, NGINX_BIG_PATH
 #   NGINX_SLOW_PATH    (with --slow) see below
 #
@@ -49,12 +56,12 @@ nginx_bin() {
     die "nginx not found: run 'make deps' (Debian package nginx-light)"
 }
 
-# Three distinct free loopback ports (bound to port 0 together, then released).
+# Five distinct free loopback ports (bound to port 0 together, then released).
 free_ports() {
   python3 - <<'PY'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(5):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -85,7 +92,20 @@ authorityKeyIdentifier=keyid
 EXT
     openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -sha256 -days 3 \
       -extfile leaf.ext -out leaf.pem 2>/dev/null
-    rm -f leaf.csr ca.srl
+    # A client certificate for the mutual-TLS server.
+    openssl ecparam -name prime256v1 -genkey -noout -out client.key 2>/dev/null
+    openssl req -new -key client.key -sha256 -subj "/CN=keepalive-agent test client" \
+      -out client.csr 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
+      > client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -sha256 -days 3 \
+      -extfile client.ext -out client.pem 2>/dev/null
+    # What `openssl req -x509` makes by default (its v3_ca section: CA:TRUE), everyone's
+    # first TLS test.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3 \
+      -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -keyout selfsigned.key -out selfsigned.pem 2>/dev/null
+    rm -f leaf.csr client.csr ca.srl
   ) || die "openssl failed to make the certificates"
 }
 
@@ -124,6 +144,7 @@ PY
 
 write_config() {
   local d=$1 http=$2 https=$3 admin=$4 blackhole=${5:-} shm=${6:-/dev/shm/keepalive-nginx}
+  local selfsigned=${7:-} mtls=${8:-}
   local user_line="" affinity_line="" slow_block=""
   [ "$(id -u)" = 0 ] && user_line="user root;"
   if [ -n "${NGINX_CPU:-}" ]; then
@@ -205,6 +226,28 @@ http {
         }$slow_block
     }
 
+    server {
+        listen 127.0.0.1:$selfsigned ssl;
+        ssl_certificate $d/selfsigned.pem;
+        ssl_certificate_key $d/selfsigned.key;
+        location = / {
+            default_type text/plain;
+            return 200 "hello, world\n";
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$mtls ssl;
+        ssl_certificate $d/leaf.pem;
+        ssl_certificate_key $d/leaf.key;
+        ssl_client_certificate $d/ca.pem;
+        ssl_verify_client on;
+        location = / {
+            default_type text/plain;
+            return 200 "client \$ssl_client_s_dn\n";
+        }
+    }
+
     # Its own port, so reading the counters never touches a measured connection.
     server {
         listen 127.0.0.1:$admin;
@@ -259,10 +302,10 @@ cmd_start() {
   local blackhole=""
   if [ "$slow" = 1 ]; then blackhole=$(start_blackhole "$dir"); fi
 
-  local attempt http https admin started=0
+  local attempt http https admin selfsigned mtls started=0
   for attempt in 1 2 3 4 5; do
-    read -r http https admin < <(free_ports)
-    write_config "$dir" "$http" "$https" "$admin" "$blackhole" "$shm"
+    read -r http https admin selfsigned mtls < <(free_ports)
+    write_config "$dir" "$http" "$https" "$admin" "$blackhole" "$shm" "$selfsigned" "$mtls"
     # daemon mode: when this returns 0 the master has bound every listener.
     if "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g "pid $dir/nginx.pid;" \
          2>>"$dir/start.log"; then
@@ -297,6 +340,13 @@ cmd_start() {
     "NGINX_BIG_PATH=1m.bin"
     "NGINX_HUGE_PATH=1g.bin"
     "NGINX_UPLOAD_PATH=upload/put.bin"
+    "NGINX_SELFSIGNED_PORT=$selfsigned"
+    "NGINX_SELFSIGNED_URL=https://127.0.0.1:$selfsigned/"
+    "NGINX_SELFSIGNED_CERT=$dir/selfsigned.pem"
+    "NGINX_MTLS_PORT=$mtls"
+    "NGINX_MTLS_URL=https://127.0.0.1:$mtls/"
+    "NGINX_CLIENT_CERT=$dir/client.pem"
+    "NGINX_CLIENT_KEY=$dir/client.key"
   )
   if [ "$slow" = 1 ]; then kv+=("NGINX_SLOW_PATH=slow"); fi
   if [ "$json" = 1 ]; then

@@ -209,7 +209,12 @@ fn connect_error(what: &str, addr: SocketAddr, e: io::Error) -> Error {
         io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
         _ => ErrorKind::Connect,
     };
-    Error::new(kind, format!("connect to {what} ({addr}) failed: {e}"))
+    let shown = addr.to_string();
+    if what == shown {
+        Error::new(kind, format!("connect to {what} failed: {e}"))
+    } else {
+        Error::new(kind, format!("connect to {what} ({addr}) failed: {e}"))
+    }
 }
 
 /// How long one attempt may take: with more addresses to try, half of the connect
