@@ -40,6 +40,9 @@
 #   SQUID_USER         alice
 #   SQUID_PASSWORD     p@ss:w/rd   ('@', ':' and '/' must be percent-encoded in a URL)
 #   SQUID_AUTH_URL     http://alice:p%40ss%3Aw%2Frd@127.0.0.1:SQUID_AUTH_PORT
+#   SQUID_TLS_PORT     squid's https_port: a TLS forward proxy (no credentials needed)
+#   SQUID_TLS_URL      https://127.0.0.1:SQUID_TLS_PORT
+#   PROXY_CA_FILE      the CA that signed that port's certificate (SAN IP:127.0.0.1)
 #
 # squid: no cache at all (`cache deny all`, cache_mem 0, no cache_dir), `via off`,
 # `forwarded_for delete`, `shutdown_lifetime 0 seconds`; it still adds X-Cache/X-Cache-Lookup
@@ -140,7 +143,7 @@ CONF
 }
 
 write_squid_config() {
-  local d=$1 open=$2 auth=$3 helper=$4 user_lines=""
+  local d=$1 open=$2 auth=$3 helper=$4 tls=$5 user_lines=""
   [ "$(id -u)" = 0 ] && user_lines="cache_effective_user $RUN_AS
 cache_effective_group $RUN_AS"
   cat > "$d/squid.conf" <<CONF
@@ -148,6 +151,8 @@ cache_effective_group $RUN_AS"
 $user_lines
 http_port 127.0.0.1:$open name=open
 http_port 127.0.0.1:$auth name=auth
+# A TLS forward proxy (clients speak TLS to squid itself, then HTTP or CONNECT inside).
+https_port 127.0.0.1:$tls name=tls tls-cert=$d/proxy.pem tls-key=$d/proxy.key
 visible_hostname keepalive-agent-test-proxy
 httpd_suppress_version_string on
 
@@ -288,6 +293,20 @@ cmd_start() {
   local hash
   hash=$(openssl passwd -apr1 "$AUTH_PASSWORD") || fail "openssl passwd failed"
   printf '%s:%s\n' "$AUTH_USER" "$hash" > "$dir/passwd"
+  # The TLS port's certificate: a CA of its own and a leaf for 127.0.0.1.
+  (
+    cd "$dir"
+    openssl ecparam -name prime256v1 -genkey -noout -out proxy-ca.key 2>/dev/null
+    openssl req -x509 -new -key proxy-ca.key -sha256 -days 3 -subj "/CN=keepalive-agent test proxy CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+      -out proxy-ca.pem 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout -out proxy.key 2>/dev/null
+    openssl req -new -key proxy.key -subj "/CN=127.0.0.1" -out proxy.csr 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > proxy.ext
+    openssl x509 -req -in proxy.csr -CA proxy-ca.pem -CAkey proxy-ca.key -CAcreateserial -sha256 \
+      -days 3 -extfile proxy.ext -out proxy.pem 2>/dev/null
+    rm -f proxy.csr proxy-ca.srl
+  ) || fail "openssl failed to make the TLS proxy's certificates"
   if [ "$root" = 1 ]; then
     chown "$RUN_AS:$RUN_AS" "$dir"
     if command -v setpriv >/dev/null &&
@@ -304,11 +323,11 @@ cmd_start() {
   echo "$service" > "$dir/squid.service"
 
   local timeout=${PROXIES_START_TIMEOUT:-20}
-  local deadline=$((SECONDS + timeout)) attempt tp sq sqa tp_pid="" sq_pid="" ready=0 retry
+  local deadline=$((SECONDS + timeout)) attempt tp sq sqa sqt tp_pid="" sq_pid="" ready=0 retry
   for attempt in 1 2 3 4 5; do
-    read -r tp sq sqa < <(free_ports 3)
+    read -r tp sq sqa sqt < <(free_ports 4)
     write_tinyproxy_config "$dir" "$tp"
-    write_squid_config "$dir" "$sq" "$sqa" "$helper"
+    write_squid_config "$dir" "$sq" "$sqa" "$helper" "$sqt"
     rm -f "$dir"/{tinyproxy.log,tinyproxy.out,tinyproxy.pid,squid.out,cache.log,access.log,squid.pid}
     if [ "$root" = 1 ]; then chown -R "$RUN_AS:$RUN_AS" "$dir"; fi
     # In their own sessions (like daemons), so a ^C meant for the test does not reach them;
@@ -321,7 +340,7 @@ cmd_start() {
     retry=0
     while :; do
       if owns_listener "$tp_pid" "$tp" && owns_listener "$sq_pid" "$sq" &&
-         owns_listener "$sq_pid" "$sqa"; then
+         owns_listener "$sq_pid" "$sqa" && owns_listener "$sq_pid" "$sqt"; then
         ready=1; break
       fi
       # Another process may have taken a port between the probe and the bind: try again.
@@ -356,6 +375,9 @@ cmd_start() {
     "SQUID_USER=$AUTH_USER"
     "SQUID_PASSWORD=$AUTH_PASSWORD"
     "SQUID_AUTH_URL=http://$AUTH_USER:$AUTH_PASSWORD_URL@127.0.0.1:$sqa"
+    "SQUID_TLS_PORT=$sqt"
+    "SQUID_TLS_URL=https://127.0.0.1:$sqt"
+    "PROXY_CA_FILE=$dir/proxy-ca.pem"
   )
   if [ "$json" = 1 ]; then
     python3 -c '
