@@ -1074,8 +1074,11 @@ agent_code agent_options_set_dns_cache_msecs(agent_options *options,
 
 /**
  * RFC 8305's connection-attempt delay (default 250 ms): when a host has several
- * addresses, the next one is tried after this long, or as soon as the previous attempt
- * fails; the first to connect wins. curl: `CURLOPT_HAPPY_EYEBALLS_TIMEOUT_MS`.
+ * addresses (families interleaved, the system's preferred first), the next one is tried
+ * after this long, or as soon as the previous attempt fails; the first to connect wins
+ * and the others are closed. While more addresses remain, one attempt may take at most
+ * half the connect timeout (curl's rule), so the next starts by then whatever the delay.
+ * curl: `CURLOPT_HAPPY_EYEBALLS_TIMEOUT_MS`.
  *
  * # Safety
  * `options` is NULL or a live handle from `agent_options_new`.

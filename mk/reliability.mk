@@ -14,8 +14,8 @@ REL_BUILD       := $(BUILD)/reliability
 REL_SOAK_BIN    := $(REL_BUILD)/soak
 REL_FUZZ_DIR    := $(ROOT)/fuzz
 REL_FUZZ_CORPUS := $(REL_BUILD)/fuzz/corpus
-REL_FUZZ_TARGETS := url header options ffi_request ffi_options ffi_response
-# Seconds per target: the short run of make test (6 targets: 48 s in all) and make fuzz.
+REL_FUZZ_TARGETS := url header options ffi_request ffi_options ffi_response proxy
+# Seconds per target: the short run of make test (7 targets: 56 s in all) and make fuzz.
 REL_FUZZ_SHORT  ?= 8
 FUZZ_SECONDS    ?= 60
 # Threads and requests per thread of the blocking stress in test-reliability (cargo test's

@@ -6,7 +6,6 @@ use std::sync::{Arc, Condvar, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderValue;
 use rustls::ClientConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::oneshot;
@@ -47,7 +46,6 @@ struct Inner {
     extra_roots: Vec<CertificateDer<'static>>,
     identity: Option<ClientIdentity>,
     tls: OnceLock<Arc<ClientConfig>>,
-    user_agent: HeaderValue,
     calls: ForkMutex<Calls>,
     calls_done: Condvar,
 }
@@ -69,8 +67,6 @@ impl Agent {
     pub fn with_config(cfg: Config) -> Result<Agent> {
         let extra_roots = crate::tls::extra_roots(&cfg)?;
         let identity = crate::tls::client_identity(&cfg)?;
-        let user_agent = HeaderValue::from_str(&cfg.user_agent)
-            .map_err(|_| Error::invalid_option("user_agent is not a valid header value"))?;
         let tcp = TcpSettings {
             keepalive_idle: cfg
                 .keep_alive
@@ -93,7 +89,6 @@ impl Agent {
                 extra_roots,
                 identity,
                 tls: OnceLock::new(),
-                user_agent,
                 calls: ForkMutex::new(Calls::default()),
                 calls_done: Condvar::new(),
             }),
@@ -770,21 +765,11 @@ impl Inner {
             };
             conn.set_mode(mode);
             let before = conn.bytes_read();
-            let failure = match exchange::start(
-                &mut conn,
-                origin,
-                req,
-                &self.cfg,
-                &self.user_agent,
-                reused,
-                start,
-                t,
-            )
-            .await
-            {
-                Ok(head) => return Ok((conn, head, before)),
-                Err(f) => f,
-            };
+            let failure =
+                match exchange::start(&mut conn, origin, req, &self.cfg, reused, start, t).await {
+                    Ok(head) => return Ok((conn, head, before)),
+                    Err(f) => f,
+                };
             let discard = |e: &Error| {
                 if e.is_timeout() {
                     Discard::Timeout

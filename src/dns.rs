@@ -70,13 +70,16 @@ pub(crate) fn parse_override(entry: &str) -> Result<Override> {
     Ok(((host.to_ascii_lowercase(), port), ips))
 }
 
+/// Cached addresses by `(host, port)`, with the time they were looked up.
+type Cache = HashMap<(String, u16), (Arc<[SocketAddr]>, Instant)>;
+
 /// An agent's resolver: overrides, then the cache, then a lookup.
 #[derive(Debug)]
 pub(crate) struct Resolver {
     overrides: HashMap<(String, u16), Vec<IpAddr>>,
     /// `None`: nothing is cached.
     lifetime: Option<Duration>,
-    cache: Mutex<HashMap<(String, u16), (Arc<[SocketAddr]>, Instant)>>,
+    cache: Mutex<Cache>,
 }
 
 impl Resolver {

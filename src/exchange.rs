@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -51,7 +50,6 @@ pub(crate) async fn start(
     origin: &Origin,
     req: &Request,
     cfg: &Config,
-    user_agent: &HeaderValue,
     reused: bool,
     start: Instant,
     mut t: Timings,
@@ -60,7 +58,7 @@ pub(crate) async fn start(
     if !conn.adopt().await || !conn.is_open() {
         return Err(Failure::NotSent);
     }
-    let mut hreq = req.to_hyper(cfg.keep_alive, user_agent);
+    let mut hreq = req.to_hyper(cfg.keep_alive, &cfg.user_agent_value);
     if let (Scheme::Http, Some(p)) = (origin.scheme, origin.proxy.as_deref()) {
         forward_form(&mut hreq, origin, p).map_err(Failure::Failed)?;
     }
@@ -358,19 +356,8 @@ mod tests {
         cfg: &Config,
         reused: bool,
     ) -> Result<Exchanged, Failure> {
-        let ua = HeaderValue::from_static("t");
         let o = req.target.origin.clone();
-        let mut head = start(
-            c,
-            &o,
-            req,
-            cfg,
-            &ua,
-            reused,
-            Instant::now(),
-            Timings::default(),
-        )
-        .await?;
+        let mut head = start(c, &o, req, cfg, reused, Instant::now(), Timings::default()).await?;
         head.response.body = head.body.read_all(c).await.map_err(Failure::Failed)?;
         Ok(Exchanged {
             response: head.response,

@@ -109,6 +109,8 @@ pub struct Config {
     pub use_system_roots: bool,
     pub danger_accept_invalid_certs: bool,
     pub user_agent: String,
+    /// `user_agent` as the header value sent.
+    pub(crate) user_agent_value: http::HeaderValue,
     /// The proxies in effect (explicit options, else the environment unless switched off).
     pub proxies: Proxies,
     pub(crate) resolve: Vec<crate::dns::Override>,
@@ -317,6 +319,8 @@ impl Options {
             ca_file: self.ca_file.clone(),
             use_system_roots: self.use_system_roots.unwrap_or(true),
             danger_accept_invalid_certs: self.danger_accept_invalid_certs.unwrap_or(false),
+            user_agent_value: http::HeaderValue::from_str(&user_agent)
+                .map_err(|_| Error::invalid_option("user_agent is not a valid header value"))?,
             user_agent,
             proxies,
             resolve,

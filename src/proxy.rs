@@ -156,6 +156,7 @@ pub fn parse_proxy_url(url: &str, what: &str) -> Result<Proxy> {
             Some(v)
         }
     };
+    let bracketed = hostport.starts_with('[');
     let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
         let end = r
             .find(']')
@@ -180,9 +181,10 @@ pub fn parse_proxy_url(url: &str, what: &str) -> Result<Proxy> {
     if host.is_empty() {
         return Err(proxy_error(what, url, "no host"));
     }
-    if !host
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':'))
+    if !bracketed
+        && !host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
     {
         return Err(proxy_error(what, url, "bad character in the host"));
     }
@@ -293,9 +295,10 @@ impl NoProxy {
         self.entries.iter().any(|e| match e {
             Bypass::All => true,
             Bypass::Domain(d) => {
-                host.len() >= d.len()
-                    && host[host.len() - d.len()..].eq_ignore_ascii_case(d)
-                    && (host.len() == d.len() || host.as_bytes()[host.len() - d.len() - 1] == b'.')
+                let (h, d) = (host.as_bytes(), d.as_bytes());
+                h.len() >= d.len()
+                    && h[h.len() - d.len()..].eq_ignore_ascii_case(d)
+                    && (h.len() == d.len() || h[h.len() - d.len() - 1] == b'.')
             }
             Bypass::Net(net, bits) => ip.is_some_and(|ip| in_net(ip, *net, *bits)),
         })
@@ -478,6 +481,8 @@ mod tests {
             "http://[::1",
             "http://u:p%zz@host:1",
             "http://ho st:1",
+            "http:tp:84",
+            "http://::1:80",
         ] {
             let e = parse_proxy_url(bad, "proxy").unwrap_err();
             assert_eq!(e.kind(), crate::error::ErrorKind::InvalidOption, "{bad}");
@@ -521,6 +526,7 @@ mod tests {
         assert!(NoProxy::parse("0.0.0.0/0").matches("8.8.8.8"));
         assert!(NoProxy::parse("127.0.0.0/8").matches("::ffff:127.0.0.1"));
         assert!(NoProxy::parse("").is_empty());
+        assert!(!NoProxy::parse("ample").matches("exé̜ample"));
         assert!(NoProxy::parse("10.0.0.0/99, /, ^^").is_empty());
     }
 

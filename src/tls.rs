@@ -276,6 +276,19 @@ fn utc(secs: u64) -> String {
     )
 }
 
+/// rustls gives the certificate's names in their debug form (`DnsName("a.test")`,
+/// `IpAddress(127.0.0.1)`): the name itself.
+fn plain_name(n: &str) -> &str {
+    let inner = n
+        .strip_prefix("DnsName(")
+        .or_else(|| n.strip_prefix("IpAddress("))
+        .and_then(|r| r.strip_suffix(')'));
+    match inner {
+        Some(i) => i.trim_matches('"'),
+        None => n,
+    }
+}
+
 fn name_of(n: &ServerName<'_>) -> String {
     match n {
         ServerName::DnsName(d) => d.as_ref().to_string(),
@@ -290,7 +303,7 @@ pub fn describe(e: &rustls::Error) -> String {
     use CertificateError as C;
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => "the server's certificate is not signed by an authority this agent trusts (unknown issuer); give the CA that signed it with ca_file or ca_pem".into(),
+            C::UnknownIssuer => "the server's certificate is not signed by an authority this agent trusts (unknown issuer); give the agent the CA that signed it (ca_file or ca_pem; Node: ca)".into(),
             C::ExpiredContext { not_after, .. } => format!(
                 "the server's certificate expired on {}",
                 utc(not_after.as_secs())
@@ -307,7 +320,11 @@ pub fn describe(e: &rustls::Error) -> String {
                 if presented.is_empty() {
                     "no name at all".to_string()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|n| plain_name(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             C::NotValidForName => "the server's certificate is not valid for this host name".into(),
@@ -316,7 +333,7 @@ pub fn describe(e: &rustls::Error) -> String {
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "the server's certificate is not meant for TLS servers (extended key usage)".into()
             }
-            C::Other(_) if is_ca_used_as_end_entity(e) => "the server presented a CA certificate as its own (CA:TRUE, as `openssl req -x509` makes by default); to trust exactly this certificate, give it as ca_file or ca_pem, or make a leaf certificate with basicConstraints=CA:FALSE".into(),
+            C::Other(_) if is_ca_used_as_end_entity(e) => "the server presented a CA certificate as its own (CA:TRUE, as `openssl req -x509` makes by default); to trust exactly this certificate, give it to the agent as its CA (ca_file or ca_pem; Node: ca), or make a leaf certificate with basicConstraints=CA:FALSE".into(),
             other => format!("the server's certificate was refused: {other}"),
         },
         rustls::Error::AlertReceived(a) => match a {
@@ -426,7 +443,7 @@ mod tests {
         );
         let e = rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
             expected: ServerName::try_from("a.test").unwrap().to_owned(),
-            presented: vec!["b.test".into(), "127.0.0.1".into()],
+            presented: vec!["DnsName(\"b.test\")".into(), "IpAddress(127.0.0.1)".into()],
         });
         assert_eq!(
             describe(&e),
@@ -434,6 +451,7 @@ mod tests {
         );
         let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
         assert!(describe(&e).contains("ca_file"));
+        assert_eq!(plain_name("plain.test"), "plain.test");
     }
 
     #[test]
