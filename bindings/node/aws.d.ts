@@ -7,6 +7,13 @@ import type { Readable } from 'node:stream';
 import type { Agent, AgentOptions } from './index';
 
 export interface KeepAliveHttpHandlerOptions extends AgentOptions {
+  /**
+   * The proxy for every SDK call (see AgentOptions.proxy): `'http://host:port'`, with
+   * optional percent-encoded `user:password@`; `''` = none. Left out: the environment's
+   * proxy variables decide (`https_proxy`, `no_proxy`, ...) unless `proxyFromEnv` is false.
+   * `noProxy` and `proxyFromEnv` are passed to the Agent as well.
+   */
+  proxy?: string;
   /** Per-request deadline in ms (0 or absent = none); a handle() call's requestTimeout wins. */
   requestTimeout?: number;
   /** Alias of connectTimeout, the name @smithy/node-http-handler uses. */

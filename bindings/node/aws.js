@@ -5,10 +5,13 @@
 //   const { KeepAliveHttpHandler } = require('keepalive-agent/aws');
 //   const client = new DynamoDBClient({ requestHandler: new KeepAliveHttpHandler({ keepAlive: false }) });
 //
-// Options are the Agent's (keepAlive, maxSockets, connectTimeout, ca, ...) plus the names
-// @smithy/node-http-handler users already pass: requestTimeout (ms, per request; 0 = none)
-// and connectionTimeout (ms, an alias of connectTimeout). keepAlive left out: the
-// environment decides (AWS_NODEJS_CONNECTION_REUSE_ENABLED / KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED).
+// Options are the Agent's (keepAlive, maxSockets, connectTimeout, ca, proxy, noProxy,
+// proxyFromEnv, ...) plus the names @smithy/node-http-handler users already pass:
+// requestTimeout (ms, per request; 0 = none) and connectionTimeout (ms, an alias of
+// connectTimeout). keepAlive left out: the environment decides
+// (AWS_NODEJS_CONNECTION_REUSE_ENABLED / KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED). proxy
+// left out: the environment's proxy variables decide, as for the Agent (http_proxy,
+// https_proxy, no_proxy, ... as curl reads them); proxy: '' means none.
 //
 // Errors keep the Agent's `code` (ECONNRESET, ECONNREFUSED, ETIMEDOUT, EPIPE, ENOTFOUND,
 // ...); network and timeout errors are also named 'TimeoutError' like the SDK's own handler
@@ -47,6 +50,14 @@ const AGENT_OPTIONS = new Set([
   'useSystemRoots',
   'rejectUnauthorized',
   'userAgent',
+  'proxy',
+  'noProxy',
+  'proxyFromEnv',
+  'resolve',
+  'dnsCacheMsecs',
+  'happyEyeballsDelay',
+  'cert',
+  'key',
 ]);
 
 // Codes the SDK's node handler renames to TimeoutError (ECONNRESET, EPIPE, ETIMEDOUT).

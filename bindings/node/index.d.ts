@@ -52,6 +52,43 @@ export interface AgentOptions {
   rejectUnauthorized?: boolean;
   /** User-Agent sent when a request sets none (default `keepalive-agent/<version>`). */
   userAgent?: string;
+  /**
+   * The proxy for every request, overriding the environment: `http://host:port` or
+   * `https://host:port` (TLS to the proxy), with optional percent-encoded `user:password@`
+   * (Basic credentials, sent to the proxy only); port 1080 when left out. http:// URLs go
+   * to the proxy in absolute form, https:// ones through a `CONNECT` tunnel. `''` means no
+   * proxy at all, whatever the environment says.
+   */
+  proxy?: string;
+  /**
+   * Hosts that bypass the proxy, overriding `NO_PROXY`: names (each also matches the names
+   * under it; a leading `.` or `*.` is the same), IP addresses, CIDR blocks, or `'*'`. A
+   * string is a comma-separated list.
+   */
+  noProxy?: string | ReadonlyArray<string>;
+  /**
+   * Read the proxy variables as curl does (default true): `http_proxy` (lower case only)
+   * for http, `https_proxy`/`HTTPS_PROXY` for https, `all_proxy`/`ALL_PROXY` for both,
+   * `no_proxy`/`NO_PROXY`. Read once, when the agent is made; `proxy` and `noProxy` win.
+   */
+  proxyFromEnv?: boolean;
+  /**
+   * Name overrides, curl's `--resolve`: `'host:port:address[,address...]'` (IPv6 plain or
+   * in brackets). Requests to that host and port connect to those addresses, in order
+   * (happy eyeballs), without a lookup; TLS still checks the certificate against `host`.
+   */
+  resolve?: string | ReadonlyArray<string>;
+  /** How long resolved addresses are reused, ms (default 60000; 0 = look up for every new connection). */
+  dnsCacheMsecs?: number;
+  /**
+   * With several addresses, the next is tried after this many ms or as soon as the
+   * previous attempt fails; the first to connect wins (RFC 8305; default 250).
+   */
+  happyEyeballsDelay?: number;
+  /** Client certificate chain for mutual TLS (PEM), as Node's tls `cert`; needs `key`. */
+  cert?: string | Uint8Array;
+  /** Private key of `cert` (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted), as Node's tls `key`. */
+  key?: string | Uint8Array;
 }
 
 export type RequestHeaders =
@@ -175,6 +212,10 @@ export interface AgentStats {
   active: number;
   idle: number;
   queued: number;
+  /** Name lookups (getaddrinfo) made for connections that opened (IP literals and `resolve` entries are neither). */
+  dnsLookups: number;
+  /** Connections that opened with addresses from the agent's DNS cache. */
+  dnsCacheHits: number;
   /** The effective keep-alive setting (after the environment switch). */
   keepAlive: boolean;
   /** A statistic added to the library after these declarations. */
@@ -196,7 +237,8 @@ export interface Limits {
 /**
  * A failed request. `code` is Node's name where one fits — ECONNREFUSED, ECONNRESET
  * (reset, closed early, stale connection), ETIMEDOUT (every timeout), EPIPE, ENOTFOUND,
- * ERR_INVALID_URL, ERR_INVALID_ARG_VALUE — otherwise the library's code name, e.g.
+ * ERR_INVALID_URL, ERR_INVALID_ARG_VALUE, ERR_PROXY_TUNNEL (the proxy refused the `CONNECT`
+ * tunnel of an https:// request; the message has its status line, e.g. 407) — otherwise the library's code name, e.g.
  * 'AGENT_CODE_TLS', 'AGENT_CODE_PROTOCOL', 'AGENT_CODE_CANCELLED', 'AGENT_CODE_BODY_SOURCE'
  * (a streamed request body failed or had the wrong length; `cause` is the body's own
  * error when it threw).

@@ -142,6 +142,8 @@ const INTEGER_OPTIONS = [
   ['connectTimeout', 0, MSECS_MAX],
   ['headersTimeout', 0, MSECS_MAX],
   ['bodyTimeout', 0, MSECS_MAX],
+  ['dnsCacheMsecs', 0, MSECS_MAX],
+  ['happyEyeballsDelay', 0, MSECS_MAX],
 ];
 
 function toBuffer(value, name) {
@@ -194,7 +196,39 @@ function normalizeAgentOptions(options) {
     }
     out.userAgent = ua;
   }
+  // Proxies, name overrides and client certificates. Their values are checked by the
+  // library when the agent is made (ERR_INVALID_ARG_VALUE with its message).
+  if (options.proxy !== undefined && options.proxy !== null) {
+    out.proxy = validateString(options.proxy, 'options.proxy');
+  }
+  if (options.noProxy !== undefined && options.noProxy !== null) {
+    out.noProxy = stringList(options.noProxy, 'options.noProxy').join(',');
+  }
+  if (options.proxyFromEnv !== undefined) {
+    out.proxyFromEnv = validateBoolean(options.proxyFromEnv, 'options.proxyFromEnv');
+  }
+  if (options.resolve !== undefined && options.resolve !== null) {
+    out.resolve = stringList(options.resolve, 'options.resolve');
+  }
+  for (const key of ['cert', 'key']) {
+    if (options[key] !== undefined && options[key] !== null) out[key] = toBuffer(options[key], `options.${key}`);
+  }
+  if ((out.cert === undefined) !== (out.key === undefined)) {
+    const [given, missing] = out.cert !== undefined ? ['cert', 'key'] : ['key', 'cert'];
+    throw withCode(
+      new TypeError(`The property 'options.${given}' needs 'options.${missing}': a client certificate and its private key go together`),
+      'ERR_INVALID_ARG_VALUE',
+    );
+  }
   return out;
+}
+
+// A string, or an array of strings, as an array.
+function stringList(value, name) {
+  if (typeof value === 'string') return [value];
+  if (!Array.isArray(value)) throw invalidArgType(name, 'of type string or an array of strings', value);
+  value.forEach((v, i) => validateString(v, `${name}[${i}]`));
+  return value.slice();
 }
 
 // ----------------------------------------------------------------------------------------

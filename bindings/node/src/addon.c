@@ -327,6 +327,8 @@ static const char *error_code_for(agent_code code) {
       return "ERR_INVALID_ARG_VALUE";
     case AGENT_CODE_INVALID_URL:
       return "ERR_INVALID_URL";
+    case AGENT_CODE_PROXY:
+      return "ERR_PROXY_TUNNEL"; /* Node 24's code for a proxy tunnel that failed */
     default:
       return agent_code_name(code);
   }
@@ -1277,6 +1279,8 @@ static const struct {
     {"connectTimeout", agent_options_set_connect_timeout_msecs},
     {"headersTimeout", agent_options_set_headers_timeout_msecs},
     {"bodyTimeout", agent_options_set_body_timeout_msecs},
+    {"dnsCacheMsecs", agent_options_set_dns_cache_msecs},
+    {"happyEyeballsDelay", agent_options_set_happy_eyeballs_delay_msecs},
 };
 
 static const struct {
@@ -1287,6 +1291,31 @@ static const struct {
     {"retryStale", agent_options_set_retry_stale},
     {"useSystemRoots", agent_options_set_use_system_roots},
     {"dangerAcceptInvalidCerts", agent_options_set_danger_accept_invalid_certs},
+    {"proxyFromEnv", agent_options_set_proxy_from_env},
+};
+
+typedef agent_code (*str_setter)(agent_options *, const char *);
+typedef agent_code (*pem_setter)(agent_options *, const uint8_t *, size_t);
+
+/* String options: JS strings (index.js joins a noProxy list with commas). */
+static const struct {
+  const char *key;
+  const char *what; /* the name in a TypeError */
+  str_setter set;
+} STRING_OPTIONS[] = {
+    {"userAgent", "options.userAgent", agent_options_set_user_agent},
+    {"proxy", "options.proxy", agent_options_set_proxy},
+    {"noProxy", "options.noProxy", agent_options_set_no_proxy},
+};
+
+/* PEM options: Buffers (index.js turns strings into UTF-8 bytes). */
+static const struct {
+  const char *key;
+  pem_setter set;
+} PEM_OPTIONS[] = {
+    {"ca", agent_options_set_ca_pem},
+    {"cert", agent_options_set_client_cert_pem},
+    {"key", agent_options_set_client_key_pem},
 };
 
 /* Reads options.key: 1 = present (in *out), 0 = absent, -1 = N-API failure. */
@@ -1297,8 +1326,52 @@ static int get_opt(napi_env env, napi_value obj, const char *key, napi_value *ou
   return is_undefined(env, *out) ? 0 : 1;
 }
 
+/* The strings given to the options of one create(), freed once the agent is made. */
+typedef struct kept_strings {
+  char **items;
+  size_t len;
+  size_t cap;
+} kept_strings;
+
+/* Takes `s` (freed with the list, or here on failure). False with an exception pending. */
+static bool strings_keep(napi_env env, kept_strings *k, char *s) {
+  if (k->len == k->cap) {
+    size_t cap = k->cap == 0 ? 8 : k->cap * 2;
+    char **items = realloc(k->items, cap * sizeof *items);
+    if (items == NULL) {
+      free(s);
+      napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+      return false;
+    }
+    k->items = items;
+    k->cap = cap;
+  }
+  k->items[k->len++] = s;
+  return true;
+}
+
+static void strings_free(kept_strings *k) {
+  for (size_t i = 0; i < k->len; i++) {
+    free(k->items[i]);
+  }
+  free(k->items);
+  k->items = NULL;
+  k->len = k->cap = 0;
+}
+
+/* An option setter's result: false (with the library's error thrown) unless OK. Values
+ * are checked by agent_new_with_options; a setter refuses only what it cannot take. */
+static bool option_ok(napi_env env, agent_code code) {
+  if (code == AGENT_CODE_OK) {
+    return true;
+  }
+  throw_agent_error(env, code);
+  return false;
+}
+
 /* create(options): options were validated and normalized by index.js (numbers are
- * integers in range, scheduling is 0/1, ca is a Buffer, rejectUnauthorized is turned into
+ * integers in range, scheduling is 0/1, ca/cert/key are Buffers, noProxy is one
+ * comma-separated string, resolve an array of strings, rejectUnauthorized is turned into
  * dangerAcceptInvalidCerts). Keys left undefined keep the library's defaults; an
  * undefined keepAlive lets the environment switch decide. */
 static napi_value js_create(napi_env env, napi_callback_info info) {
@@ -1307,7 +1380,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   napi_value argv[1], v, ext;
   agent_options *o = NULL;
   agent_box *b = NULL;
-  char *ua = NULL;
+  kept_strings kept = {NULL, 0, 0};
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
   if (argc < 1) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "options required");
@@ -1356,28 +1429,61 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     NAPI_TRY_GOTO(env, napi_get_value_int64(env, v, &x), fail);
     agent_options_set_max_response_bytes(o, x < 0 ? 0 : (uint64_t)x);
   }
-  has = get_opt(env, argv[0], "ca", &v);
-  if (has < 0) {
-    ensure_exception(env, "ca");
-    goto fail;
-  }
-  if (has) {
-    void *data = NULL;
-    size_t len = 0;
-    NAPI_TRY_GOTO(env, napi_get_buffer_info(env, v, &data, &len), fail);
-    agent_options_set_ca_pem(o, data, len);
-  }
-  has = get_opt(env, argv[0], "userAgent", &v);
-  if (has < 0) {
-    ensure_exception(env, "userAgent");
-    goto fail;
-  }
-  if (has) {
-    ua = dup_js_string(env, v, "options.userAgent");
-    if (ua == NULL) {
+  for (size_t i = 0; i < sizeof PEM_OPTIONS / sizeof PEM_OPTIONS[0]; i++) {
+    has = get_opt(env, argv[0], PEM_OPTIONS[i].key, &v);
+    if (has < 0) {
+      ensure_exception(env, PEM_OPTIONS[i].key);
       goto fail;
     }
-    agent_options_set_user_agent(o, ua);
+    if (has) {
+      void *data = NULL;
+      size_t len = 0;
+      NAPI_TRY_GOTO(env, napi_get_buffer_info(env, v, &data, &len), fail);
+      if (!option_ok(env, PEM_OPTIONS[i].set(o, data, len))) {
+        goto fail;
+      }
+    }
+  }
+  /* Strings are kept until the agent is made (the library copies them, but only its
+   * documentation for some of them says so). */
+  for (size_t i = 0; i < sizeof STRING_OPTIONS / sizeof STRING_OPTIONS[0]; i++) {
+    has = get_opt(env, argv[0], STRING_OPTIONS[i].key, &v);
+    if (has < 0) {
+      ensure_exception(env, STRING_OPTIONS[i].key);
+      goto fail;
+    }
+    if (has) {
+      char *text = dup_js_string(env, v, STRING_OPTIONS[i].what);
+      if (text == NULL || !strings_keep(env, &kept, text)) {
+        goto fail;
+      }
+      if (!option_ok(env, STRING_OPTIONS[i].set(o, text))) {
+        goto fail;
+      }
+    }
+  }
+  /* resolve: an array of curl CURLOPT_RESOLVE entries, one agent_options_add_resolve each. */
+  has = get_opt(env, argv[0], "resolve", &v);
+  if (has < 0) {
+    ensure_exception(env, "resolve");
+    goto fail;
+  }
+  if (has) {
+    uint32_t n = 0;
+    NAPI_TRY_GOTO(env, napi_get_array_length(env, v, &n), fail);
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value item;
+      char what[48];
+      NAPI_TRY_GOTO(env, napi_get_element(env, v, i, &item), fail);
+      snprintf(what, sizeof what, "options.resolve[%u]", (unsigned)i);
+      char *entry = dup_js_string(env, item, what);
+      if (entry == NULL || !strings_keep(env, &kept, entry)) {
+        goto fail;
+      }
+      if (!option_ok(env, agent_options_add_resolve(o, entry))) {
+        goto fail;
+      }
+    }
   }
 
   b = calloc(1, sizeof *b);
@@ -1392,8 +1498,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   }
   agent_options_free(o);
   o = NULL;
-  free(ua);
-  ua = NULL;
+  strings_free(&kept);
   if (napi_create_external(env, b, box_finalize, NULL, &ext) != napi_ok) {
     ensure_exception(env, "napi_create_external");
     agent_free(b->handle);
@@ -1418,7 +1523,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
 
 fail:
   agent_options_free(o);
-  free(ua);
+  strings_free(&kept);
   free(b);
   return NULL;
 }

@@ -1,8 +1,9 @@
 'use strict';
 // Test helpers: the shared test server (target/release/keepalive-testserver), its admin
-// API, a free-port finder, and a child-process runner.
+// API, a free-port finder, a child-process runner, and the repository's scripts that start
+// nginx and the forward proxies.
 
-const { spawn } = require('node:child_process');
+const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
 const net = require('node:net');
 const http = require('node:http');
@@ -126,4 +127,34 @@ function cleanEnv() {
   };
 }
 
-module.exports = { ROOT, PKG, startServer, adminGet, closedPort, runNode, cleanEnv };
+/**
+ * Runs `scripts/<script> start --json --watch <this process>` (scripts/nginx.sh,
+ * scripts/proxies.sh) and resolves with the JSON object it prints. The script's watchdog
+ * stops what it started if this process dies before stopScript() is called.
+ */
+function startScript(script, timeoutMs = 60_000) {
+  const file = path.join(ROOT, 'scripts', script);
+  return new Promise((resolve, reject) => {
+    execFile('bash', [file, 'start', '--json', '--watch', String(process.pid)], { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err) return reject(new Error(`${script} start failed: ${err.message}\n${stderr}`));
+      try {
+        resolve(JSON.parse(stdout.trim().split('\n').pop()));
+      } catch (e) {
+        reject(new Error(`${script} start printed no JSON: ${stdout}\n${stderr}`));
+      }
+    });
+  });
+}
+
+/** `scripts/<script> stop DIR`. */
+function stopScript(script, dir, timeoutMs = 30_000) {
+  const file = path.join(ROOT, 'scripts', script);
+  return new Promise((resolve, reject) => {
+    execFile('bash', [file, 'stop', dir], { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${script} stop failed: ${err.message}\n${stderr}`));
+      else resolve();
+    });
+  });
+}
+
+module.exports = { ROOT, PKG, startServer, adminGet, closedPort, runNode, cleanEnv, startScript, stopScript };
