@@ -258,6 +258,9 @@ public:
     KEEPALIVE_HPP_SETTER(max_response_bytes, std::uint64_t)
     KEEPALIVE_HPP_SETTER(use_system_roots, bool)
     KEEPALIVE_HPP_SETTER(danger_accept_invalid_certs, bool)
+    KEEPALIVE_HPP_SETTER(proxy_from_env, bool)
+    KEEPALIVE_HPP_SETTER(dns_cache_msecs, std::uint32_t)
+    KEEPALIVE_HPP_SETTER(happy_eyeballs_delay_msecs, std::uint32_t)
 #undef KEEPALIVE_HPP_SETTER
 
     /* Extra trust anchors as PEM text (copied). */
@@ -274,6 +277,44 @@ public:
     Options &user_agent(std::string_view ua) {
         detail::check(
             agent_options_set_user_agent(o_.get(), detail::c_string(ua, "user_agent").c_str()));
+        return *this;
+    }
+    /* Proxy URL for every request ("" = none, whatever the environment says). */
+    Options &proxy(std::string_view url) {
+        detail::check(agent_options_set_proxy(o_.get(), detail::c_string(url, "proxy").c_str()));
+        return *this;
+    }
+    /* Hosts that bypass the proxy (NO_PROXY grammar). */
+    Options &no_proxy(std::string_view list) {
+        detail::check(
+            agent_options_set_no_proxy(o_.get(), detail::c_string(list, "no_proxy").c_str()));
+        return *this;
+    }
+    /* One curl-style resolve entry, host:port:addr[,addr...]; call once per entry. */
+    Options &resolve(std::string_view entry) {
+        detail::check(
+            agent_options_add_resolve(o_.get(), detail::c_string(entry, "resolve").c_str()));
+        return *this;
+    }
+    /* Mutual TLS: the client's certificate chain and key, PEM text (copied) or files. */
+    Options &client_cert_pem(std::string_view pem) {
+        detail::check(agent_options_set_client_cert_pem(
+            o_.get(), reinterpret_cast<const std::uint8_t *>(pem.data()), pem.size()));
+        return *this;
+    }
+    Options &client_key_pem(std::string_view pem) {
+        detail::check(agent_options_set_client_key_pem(
+            o_.get(), reinterpret_cast<const std::uint8_t *>(pem.data()), pem.size()));
+        return *this;
+    }
+    Options &client_cert_file(std::string_view path) {
+        detail::check(agent_options_set_client_cert_file(
+            o_.get(), detail::c_string(path, "client_cert_file").c_str()));
+        return *this;
+    }
+    Options &client_key_file(std::string_view path) {
+        detail::check(agent_options_set_client_key_file(
+            o_.get(), detail::c_string(path, "client_key_file").c_str()));
         return *this;
     }
 

@@ -93,6 +93,17 @@ void test_null_arguments(void) {
     CHECK_NULL_ARG(agent_options_set_ca_file(o, NULL), "path");
     CHECK_NULL_ARG(agent_options_set_user_agent(NULL, "ua"), "options");
     CHECK_NULL_ARG(agent_options_set_user_agent(o, NULL), "user_agent");
+    CHECK_NULL_ARG(agent_options_set_proxy(NULL, "http://127.0.0.1:1"), "options");
+    CHECK_NULL_ARG(agent_options_set_proxy(o, NULL), "url");
+    CHECK_NULL_ARG(agent_options_set_no_proxy(o, NULL), "list");
+    CHECK_NULL_ARG(agent_options_set_proxy_from_env(NULL, false), "options");
+    CHECK_NULL_ARG(agent_options_add_resolve(o, NULL), "entry");
+    CHECK_NULL_ARG(agent_options_set_dns_cache_msecs(NULL, 1), "options");
+    CHECK_NULL_ARG(agent_options_set_happy_eyeballs_delay_msecs(NULL, 1), "options");
+    CHECK_NULL_ARG(agent_options_set_client_cert_pem(o, NULL, 4), "pem");
+    CHECK_NULL_ARG(agent_options_set_client_key_pem(o, NULL, 4), "pem");
+    CHECK_NULL_ARG(agent_options_set_client_cert_file(o, NULL), "path");
+    CHECK_NULL_ARG(agent_options_set_client_key_file(NULL, "/k.pem"), "options");
 
     /* Blocking request. */
     h[0].name = "X-A";
@@ -438,6 +449,7 @@ void test_code_str(void) {
         {AGENT_CODE_CONNECT_REFUSED, "AGENT_CODE_CONNECT_REFUSED"},
         {AGENT_CODE_CONNECT_TIMEOUT, "AGENT_CODE_CONNECT_TIMEOUT"},
         {AGENT_CODE_CONNECT, "AGENT_CODE_CONNECT"},
+        {AGENT_CODE_PROXY, "AGENT_CODE_PROXY"},
         {AGENT_CODE_TLS, "AGENT_CODE_TLS"},
         {AGENT_CODE_HEADERS_TIMEOUT, "AGENT_CODE_HEADERS_TIMEOUT"},
         {AGENT_CODE_BODY_TIMEOUT, "AGENT_CODE_BODY_TIMEOUT"},
@@ -454,7 +466,7 @@ void test_code_str(void) {
         {AGENT_CODE_PANIC, "AGENT_CODE_PANIC"},
         {AGENT_CODE_INTERNAL, "AGENT_CODE_INTERNAL"},
     };
-    static const uint32_t unknown[] = {6, 9, 14, 47, 59, 62, 1000, 0xFFFFFFFFu};
+    static const uint32_t unknown[] = {6, 9, 15, 47, 59, 62, 1000, 0xFFFFFFFFu};
     size_t i;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         const char *s = agent_code_name(codes[i].code);

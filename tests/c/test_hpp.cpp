@@ -154,6 +154,8 @@ void test_hpp_errors() {
                       AGENT_CODE_INVALID_OPTION));
     CHECK(throws_code([&] { keepalive::Agent bad(true, 4000000000u); },
                       AGENT_CODE_INVALID_OPTION));
+    CHECK(throws_code([&] { keepalive::Agent bad(keepalive::Options().proxy("socks5://x:1")); },
+                      AGENT_CODE_INVALID_OPTION));
     ts_stats ss;
     CHECK(ts_admin_stats(&ts_srv, &ss) == 0);
     CHECK_EQ(ss.requests, 0); // nothing refused above reached the server
@@ -166,6 +168,15 @@ void test_hpp_tls() {
     CHECK(agent.get(u).reused());
     keepalive::Agent no_ca;
     CHECK(throws_code([&] { no_ca.get(u); }, AGENT_CODE_TLS));
+    // A name of our own through a resolve override; the certificate names 127.0.0.1 only.
+    std::string entry = "hpp.test:" + std::to_string(ts_srv.https_port) + ":127.0.0.1";
+    keepalive::Agent named(keepalive::Options().ca_file(ts_srv.ca_pem_path).resolve(entry)
+                               .proxy("").dns_cache_msecs(0).happy_eyeballs_delay_msecs(100));
+    std::string msg;
+    CHECK(throws_code(
+        [&] { named.get("https://hpp.test:" + std::to_string(ts_srv.https_port) + "/"); },
+        AGENT_CODE_TLS, &msg));
+    CHECK(msg.find("not valid for hpp.test") != std::string::npos);
 }
 
 void test_hpp_async() {
