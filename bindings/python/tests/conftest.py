@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -150,3 +150,107 @@ async def async_wait_until(pred: Callable[[], bool], timeout: float = 5.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------
+# Loopback forward proxies (tinyproxy, squid) and nginx from the repository's scripts, once
+# per session; each script's watchdog also stops them should this process die first.
+
+SCRIPTS = ROOT / "scripts"
+
+
+def _script_start(script: str) -> Dict[str, Any]:
+    cmd = [str(SCRIPTS / script), "start", "--json", "--watch", str(os.getpid())]
+    try:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{script} start took more than 60 s")
+    if out.returncode != 0:
+        pytest.fail(f"{script} start failed ({out.returncode}):\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _script_stop(script: str, directory: str) -> None:
+    subprocess.run([str(SCRIPTS / script), "stop", directory], timeout=60, check=False)
+
+
+class LogLine:
+    """One squid access-log line: TIME CLIENT_IP:PORT METHOD URL STATUS RESULT BYTES USER
+    SERVER_IP:PORT."""
+
+    def __init__(self, line: str) -> None:
+        f = line.split()
+        self.line = line
+        self.client, self.method, self.url, self.status, self.result, self.user = (
+            f[1], f[2], f[3], int(f[4]), f[5], f[7],
+        )
+
+    def __repr__(self) -> str:
+        return f"LogLine({self.line!r})"
+
+
+class Proxies:
+    """scripts/proxies.sh: URLs of tinyproxy and squid, and readers of their logs from a
+    mark (a byte offset taken with :meth:`mark`)."""
+
+    def __init__(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        self.tinyproxy_url = f"http://127.0.0.1:{info['TINYPROXY_PORT']}"
+        self.squid_url = f"http://127.0.0.1:{info['SQUID_PORT']}"
+        self.squid_auth_url = f"http://127.0.0.1:{info['SQUID_AUTH_PORT']}"  # no credentials
+        self.squid_auth_url_with_credentials = info["SQUID_AUTH_URL"]
+        self.squid_user = info["SQUID_USER"]
+        self.access_log = Path(info["SQUID_ACCESS_LOG"])
+        self.tinyproxy_log = Path(info["TINYPROXY_LOG"])
+
+    def mark(self) -> Dict[str, int]:
+        return {
+            "squid": self.access_log.stat().st_size if self.access_log.exists() else 0,
+            "tinyproxy": self.tinyproxy_log.stat().st_size,
+        }
+
+    @staticmethod
+    def _since(path: Path, offset: int) -> List[str]:
+        if not path.exists():
+            return []
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read().decode("utf-8", "replace")
+        return [line for line in data.splitlines() if line.strip()]
+
+    def squid_since(self, mark: Dict[str, int]) -> List[LogLine]:
+        """Access-log lines since ``mark``, without those of connections that sent nothing
+        (METHOD ``-``)."""
+        lines = [LogLine(s) for s in self._since(self.access_log, mark["squid"])]
+        return [x for x in lines if x.method != "-"]
+
+    def tinyproxy_connects_since(self, mark: Dict[str, int]) -> int:
+        """Client connections tinyproxy accepted since ``mark``."""
+        return sum("Connect (file descriptor" in s for s in self._since(self.tinyproxy_log, mark["tinyproxy"]))
+
+
+@pytest.fixture(scope="session")
+def proxies() -> Any:
+    info = _script_start("proxies.sh")
+    try:
+        yield Proxies(info)
+    finally:
+        _script_stop("proxies.sh", info["PROXY_DIR"])
+
+
+class Nginx:
+    """scripts/nginx.sh: the keys it prints, as attributes (``nginx.NGINX_HTTP_URL``)."""
+
+    def __init__(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        for k, v in info.items():
+            setattr(self, k, v)
+
+
+@pytest.fixture(scope="session")
+def nginx() -> Any:
+    info = _script_start("nginx.sh")
+    try:
+        yield Nginx(info)
+    finally:
+        _script_stop("nginx.sh", info["NGINX_DIR"])

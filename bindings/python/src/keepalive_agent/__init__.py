@@ -34,6 +34,7 @@ from .errors import (
     InvalidOptionError,
     InvalidURLError,
     ProtocolError,
+    ProxyError,
     ResponseTooLargeError,
     StaleConnectionError,
     TimeoutError,

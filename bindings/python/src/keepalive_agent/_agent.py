@@ -379,6 +379,43 @@ def _opt_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _opt_str(name: str, value: Any) -> bytes:
+    """A text option (C string): UTF-8, no NUL (C would cut it there)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, not {type(value).__name__}")
+    if "\x00" in value:
+        raise errors.InvalidOptionError(_native.INVALID_OPTION, f"{name} contains NUL")
+    return value.encode("utf-8")
+
+
+def _opt_str_list(name: str, value: Any) -> List[bytes]:
+    """A str, or a list/tuple of str: one encoded item each."""
+    if isinstance(value, str):
+        return [_opt_str(name, value)]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a str or a list of str, not {type(value).__name__}")
+    return [_opt_str(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _opt_pem(name: str, value: Any) -> bytes:
+    """PEM given in memory: bytes-like, or str (UTF-8)."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
+def _opt_path(name: str, value: Any) -> bytes:
+    """A file path: str or os.PathLike (one giving bytes is decoded as the file system does)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, not {type(value).__name__}")
+    path = os.fsdecode(os.fspath(value))
+    if "\x00" in path:
+        raise errors.InvalidOptionError(_native.INVALID_OPTION, f"{name} contains NUL")
+    return path.encode("utf-8", "surrogateescape")
+
+
 
 def _plain_args(method, url, body, timeout):
     """The C arguments of a request without headers and with bytes (or no) body."""
@@ -415,6 +452,25 @@ class Agent:
         use_system_roots=True         trust the platform's CA store
         danger_accept_invalid_certs=False   tests only: accept any certificate
         user_agent=None               default User-Agent (None = keepalive-agent/<version>)
+        proxy=None                    proxy URL for both schemes, "http://[user:pw@]host:port"
+                                      or "https://..." (TLS to the proxy; default port
+                                      1080); "" = no proxy; None = as the environment says
+        no_proxy=None                 hosts that bypass the proxy: "a.example,10.0.0.0/8,::1"
+                                      or a list of entries (names match their subdomains,
+                                      IPs, CIDRs, "*" = all); None = NO_PROXY/no_proxy
+        proxy_from_env=True           read http_proxy (lower case only), https_proxy,
+                                      HTTPS_PROXY, all_proxy, ALL_PROXY, no_proxy, NO_PROXY
+                                      once, now (as curl); proxy/no_proxy win over them
+        resolve=None                  name overrides as curl's --resolve: "host:port:addr"
+                                      or "host:port:addr1,addr2" (IPv6 plain or in []),
+                                      one str or a list of them
+        dns_cache_msecs=60000         how long looked-up addresses are reused (0 = never)
+        happy_eyeballs_delay_msecs=250  next address tried after this (RFC 8305)
+        client_cert_pem=None          client certificate chain for mutual TLS (PEM bytes/str)
+        client_cert_file=None         ... or from a PEM file
+        client_key_pem=None           its private key (PKCS#8, PKCS#1 or SEC1 PEM bytes/str)
+        client_key_file=None          ... or from a PEM file (a certificate needs a key and
+                                      the reverse)
 
     Bad values raise :class:`~keepalive_agent.errors.InvalidOptionError` (a ``ValueError``)
     or ``TypeError`` here, never at the first request.
@@ -449,8 +505,23 @@ class Agent:
         use_system_roots: bool = True,
         danger_accept_invalid_certs: bool = False,
         user_agent: Optional[str] = None,
+        proxy: Optional[str] = None,
+        no_proxy: Union[str, List[str], Tuple[str, ...], None] = None,
+        proxy_from_env: bool = True,
+        resolve: Union[str, List[str], Tuple[str, ...], None] = None,
+        dns_cache_msecs: int = 60000,
+        happy_eyeballs_delay_msecs: int = 250,
+        client_cert_pem: Union[bytes, str, None] = None,
+        client_cert_file: Union[str, "os.PathLike[str]", None] = None,
+        client_key_pem: Union[bytes, str, None] = None,
+        client_key_file: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
+        # The keywords as given (before anything else is a local): what another agent with
+        # the same options is made from (the requests adapter's one agent per proxy).
+        options = dict(locals())
+        del options["self"]
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
+        self._options: Dict[str, Any] = options
         self._cond = threading.Condition(threading.Lock())
         # One item per native call in progress. list.append and list.pop are atomic under
         # the GIL, so a request takes no lock: a call appends, then reads the handle; close()
@@ -475,6 +546,8 @@ class Agent:
             ("connect_timeout_msecs", connect_timeout_msecs, _MAX_MSECS),
             ("headers_timeout_msecs", headers_timeout_msecs, _MAX_MSECS),
             ("body_timeout_msecs", body_timeout_msecs, _MAX_MSECS),
+            ("dns_cache_msecs", dns_cache_msecs, _MAX_MSECS),
+            ("happy_eyeballs_delay_msecs", happy_eyeballs_delay_msecs, _MAX_MSECS),
         ]
         for name, value, limit in u32_options:
             _opt_int(name, value, limit)
@@ -484,6 +557,7 @@ class Agent:
         _opt_bool("retry_stale", retry_stale)
         _opt_bool("use_system_roots", use_system_roots)
         _opt_bool("danger_accept_invalid_certs", danger_accept_invalid_certs)
+        _opt_bool("proxy_from_env", proxy_from_env)
         if not isinstance(scheduling, str):
             raise TypeError(f"scheduling must be 'lifo' or 'fifo', not {type(scheduling).__name__}")
         sched = _native.SCHEDULING.get(scheduling.lower())
@@ -491,22 +565,16 @@ class Agent:
             raise errors.InvalidOptionError(
                 _native.INVALID_OPTION, f"scheduling = {scheduling!r}: expected 'lifo' or 'fifo'"
             )
-        pem: Optional[bytes] = None
-        if ca_pem is not None:
-            if isinstance(ca_pem, str):
-                pem = ca_pem.encode("utf-8")
-            elif isinstance(ca_pem, (bytes, bytearray, memoryview)):
-                pem = bytes(ca_pem)
-            else:
-                raise TypeError(f"ca_pem must be bytes or str, not {type(ca_pem).__name__}")
-        ca_path: Optional[bytes] = None
-        if ca_file is not None:
-            if not isinstance(ca_file, (str, os.PathLike)):
-                raise TypeError(f"ca_file must be a path, not {type(ca_file).__name__}")
-            path = os.fsdecode(os.fspath(ca_file))
-            if "\x00" in path:
-                raise errors.InvalidOptionError(_native.INVALID_OPTION, "ca_file contains NUL")
-            ca_path = path.encode("utf-8", "surrogateescape")
+        pem = None if ca_pem is None else _opt_pem("ca_pem", ca_pem)
+        ca_path = None if ca_file is None else _opt_path("ca_file", ca_file)
+        # PEM blobs and files of mutual TLS, by the name of their setter.
+        pems = [(n, _opt_pem(n, v)) for n, v in (("client_cert_pem", client_cert_pem),
+                                                  ("client_key_pem", client_key_pem)) if v is not None]
+        paths = [(n, _opt_path(n, v)) for n, v in (("client_cert_file", client_cert_file),
+                                                    ("client_key_file", client_key_file)) if v is not None]
+        proxy_b = None if proxy is None else _opt_str("proxy", proxy)
+        no_proxy_b = None if no_proxy is None else b",".join(_opt_str_list("no_proxy", no_proxy))
+        resolve_b = [] if resolve is None else _opt_str_list("resolve", resolve)
         ua: Optional[bytes] = None
         if user_agent is not None:
             if not isinstance(user_agent, str):
@@ -534,6 +602,17 @@ class Agent:
             lib.agent_options_set_danger_accept_invalid_certs(opts, danger_accept_invalid_certs)
             if ua is not None:
                 lib.agent_options_set_user_agent(opts, ua)
+            if proxy_b is not None:
+                lib.agent_options_set_proxy(opts, proxy_b)
+            if no_proxy_b is not None:
+                lib.agent_options_set_no_proxy(opts, no_proxy_b)
+            lib.agent_options_set_proxy_from_env(opts, proxy_from_env)
+            for entry in resolve_b:
+                lib.agent_options_add_resolve(opts, entry)
+            for name, blob in pems:
+                getattr(lib, "agent_options_set_" + name)(opts, blob, len(blob))
+            for name, path_b in paths:
+                getattr(lib, "agent_options_set_" + name)(opts, path_b)
             out = c_void_p()
             lib.agent_new_with_options(opts, byref(out))
         finally:

@@ -353,6 +353,29 @@ _declare("agent_options_set_use_system_roots", agent_code, [agent_options_p, c_b
 _declare("agent_options_set_danger_accept_invalid_certs", agent_code, [agent_options_p, c_bool], _check)
 # agent_code agent_options_set_user_agent(agent_options *options, const char *user_agent);
 _declare("agent_options_set_user_agent", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_proxy(agent_options *options, const char *url);
+_declare("agent_options_set_proxy", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_no_proxy(agent_options *options, const char *list);
+_declare("agent_options_set_no_proxy", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_proxy_from_env(agent_options *options, bool from_env);
+_declare("agent_options_set_proxy_from_env", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_add_resolve(agent_options *options, const char *entry);
+_declare("agent_options_add_resolve", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_dns_cache_msecs(agent_options *options, uint32_t msecs);
+_declare("agent_options_set_dns_cache_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_happy_eyeballs_delay_msecs(agent_options *options,
+#     uint32_t msecs);
+_declare("agent_options_set_happy_eyeballs_delay_msecs", agent_code, [agent_options_p, c_uint32], _check)
+# agent_code agent_options_set_client_cert_pem(agent_options *options, const uint8_t *pem,
+#     size_t len);
+_declare("agent_options_set_client_cert_pem", agent_code, [agent_options_p, c_char_p, c_size_t], _check)
+# agent_code agent_options_set_client_cert_file(agent_options *options, const char *path);
+_declare("agent_options_set_client_cert_file", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_client_key_pem(agent_options *options, const uint8_t *pem,
+#     size_t len);
+_declare("agent_options_set_client_key_pem", agent_code, [agent_options_p, c_char_p, c_size_t], _check)
+# agent_code agent_options_set_client_key_file(agent_options *options, const char *path);
+_declare("agent_options_set_client_key_file", agent_code, [agent_options_p, c_char_p], _check)
 
 # void agent_response_free(agent_response *response);
 _declare("agent_response_free", None, [agent_response_p])
@@ -537,6 +560,7 @@ _ERROR_CLASS_BY_NAME = {
     "DNS": errors.ConnectError,
     "CONNECT_REFUSED": errors.ConnectError,
     "CONNECT": errors.ConnectError,
+    "PROXY": errors.ProxyError,
     "CONNECT_TIMEOUT": errors.TimeoutError,
     "HEADERS_TIMEOUT": errors.TimeoutError,
     "BODY_TIMEOUT": errors.TimeoutError,

@@ -9,6 +9,7 @@ Every failure reported by the library is an :class:`AgentError` carrying the C c
     │   ├── InvalidURLError                       INVALID_URL
     │   └── InvalidOptionError                    INVALID_OPTION
     ├── ConnectError                              DNS, CONNECT_REFUSED, CONNECT
+    │   └── ProxyError                            PROXY
     ├── TimeoutError (also builtins.TimeoutError) CONNECT_TIMEOUT, TIMEOUT,
     │                                             HEADERS_TIMEOUT, BODY_TIMEOUT
     ├── TLSError                                  TLS
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidURLError",
     "InvalidOptionError",
     "ConnectError",
+    "ProxyError",
     "TimeoutError",
     "TLSError",
     "ProtocolError",
@@ -91,6 +93,13 @@ class InvalidOptionError(InvalidArgumentError):
 
 class ConnectError(AgentError):
     """The connection could not be made: DNS, refused, unreachable."""
+
+
+class ProxyError(ConnectError):
+    """The proxy refused or broke the ``CONNECT`` tunnel to the origin (an ``https://``
+    request through a proxy); the message has the proxy's status line, e.g. ``407 Proxy
+    Authentication Required`` when it wants credentials or refused those given. (A plain
+    ``http://`` request through a proxy gets the proxy's answer as a response instead.)"""
 
 
 class TimeoutError(AgentError, builtins.TimeoutError):  # noqa: A001 - deliberate shadow

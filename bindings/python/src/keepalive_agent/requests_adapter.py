@@ -24,9 +24,22 @@ What maps to what:
 - TLS trust comes from the agent (``ca_file``, ``ca_pem``, ``use_system_roots``,
   ``danger_accept_invalid_certs``). ``verify`` is not applied per request: a CA path
   (e.g. from ``REQUESTS_CA_BUNDLE``) adds nothing and ``verify=False`` disables nothing,
-  so the adapter never checks less than its agent; configure the agent instead. Client
-  certificates (``cert``) raise ``ValueError``. Proxies are not supported: a proxy chosen
-  for the URL raises ``requests.exceptions.ProxyError``.
+  so the adapter never checks less than its agent; configure the agent instead. A
+  per-request client certificate (``cert``) raises ``ValueError``: give
+  ``client_cert_file``/``client_key_file`` (or ``_pem``) to the adapter's agent instead.
+- Proxies are requests' own decision: the proxy is chosen as ``HTTPAdapter`` chooses it
+  (``select_proxy`` on the ``proxies`` requests passes, which already hold the
+  environment's ``http_proxy``/``https_proxy``/``all_proxy`` unless ``no_proxy`` says
+  otherwise, when ``trust_env`` is on). The adapter keeps one engine agent per proxy URL
+  (as urllib3 keeps one ``ProxyManager`` per proxy), made with the options of its agent
+  plus ``proxy=URL`` and ``proxy_from_env=False``; requests that go direct use the
+  adapter's agent, which (when the adapter made it) has ``proxy=""``, so the engine never
+  reads the proxy environment itself and ``trust_env=False`` means direct. A proxy URL
+  the engine refuses (``socks5://``, no host) raises ``InvalidProxyURL``; a refused
+  ``CONNECT`` tunnel (``keepalive_agent.ProxyError``, e.g. 407) and a failed connection
+  to the proxy raise ``requests.exceptions.ProxyError``; for plain ``http://`` the
+  proxy's own answer (e.g. 407) is the response, as with requests. :meth:`close` frees
+  every proxy agent.
 - Response bodies: without ``stream=True`` the body is read whole (gzip and deflate
   decoded, as requests does; ``Accept-Encoding`` is requests' default). With
   ``stream=True`` nothing but the head has been read when ``send`` returns:
@@ -54,8 +67,9 @@ from __future__ import annotations
 import datetime
 import http.client
 import io
+import threading
 import zlib
-from typing import Any, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter
@@ -65,6 +79,7 @@ from requests.exceptions import (
     ConnectionError,
     ConnectTimeout,
     ContentDecodingError,
+    InvalidProxyURL,
     InvalidURL,
     ProxyError,
     ReadTimeout,
@@ -72,7 +87,7 @@ from requests.exceptions import (
     SSLError,
 )
 from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers, select_proxy
+from requests.utils import get_encoding_from_headers, prepend_scheme_if_needed, select_proxy
 
 from . import _native, errors
 from ._agent import Agent
@@ -81,6 +96,9 @@ from ._stream import StreamResponse
 __all__ = ["KeepAliveAdapter"]
 
 TimeoutArg = Union[None, float, int, Tuple[Optional[float], Optional[float]]]
+
+# Agent options the adapter sets itself on its agents: the proxy is requests' decision.
+_PROXY_OPTIONS = ("proxy", "no_proxy", "proxy_from_env")
 
 # Headers the library computes from the body we pass (its length, or chunked for a body
 # source of unknown length).
@@ -395,6 +413,15 @@ class KeepAliveAdapter(BaseAdapter):
     ``KeepAliveAdapter(agent)`` uses the given agent (closing the adapter leaves it open);
     ``KeepAliveAdapter(**agent_kwargs)`` creates its own agent with those options and
     closes it in :meth:`close` (``Session.close()`` calls that).
+
+    Requests that requests sends through a proxy go through one more agent per proxy URL,
+    made on first use with the options of :attr:`agent` plus ``proxy=URL`` and
+    ``proxy_from_env=False``, and freed by :meth:`close`. The adapter's own agent is made
+    with ``proxy=""`` (direct, whatever the environment says), so the agent options
+    ``proxy``, ``no_proxy`` and ``proxy_from_env`` are refused here: set proxies in
+    requests (``proxies=``, ``session.proxies``, the environment with ``trust_env``). A
+    given agent is used as it is for the requests that go direct (make it with
+    ``proxy=""`` for requests' decision to be the only one).
     """
 
     def __init__(self, agent: Optional[Agent] = None, **agent_kwargs: Any) -> None:
@@ -403,8 +430,36 @@ class KeepAliveAdapter(BaseAdapter):
             raise TypeError("give an agent or agent options, not both")
         if agent is not None and not isinstance(agent, Agent):
             raise TypeError(f"agent must be a keepalive_agent.Agent, not {type(agent).__name__}")
+        for name in _PROXY_OPTIONS:
+            if name in agent_kwargs:
+                raise TypeError(
+                    f"KeepAliveAdapter: {name} is requests' setting here: use proxies=,"
+                    " session.proxies or the environment (trust_env)"
+                )
         self._owns_agent = agent is None
-        self.agent: Agent = agent if agent is not None else Agent(**agent_kwargs)
+        self.agent: Agent = (
+            agent if agent is not None else Agent(**agent_kwargs, proxy="", proxy_from_env=False)
+        )
+        # One agent per proxy URL (as requests' proxy_manager), made on first use.
+        self._proxy_agents: Dict[str, Agent] = {}
+        self._proxy_lock = threading.Lock()
+        self._closed = False
+
+    def _agent_for_proxy(self, proxy: str, request: requests.PreparedRequest) -> Agent:
+        """The agent for requests through ``proxy`` (made on first use)."""
+        with self._proxy_lock:
+            if self._closed:
+                raise errors.CancelledError(_native.CANCELLED, "the adapter is closed")
+            agent = self._proxy_agents.get(proxy)
+            if agent is None:
+                options = dict(self.agent._options)
+                options.update(proxy=proxy, no_proxy=None, proxy_from_env=False)
+                try:
+                    agent = Agent(**options)
+                except errors.InvalidOptionError as e:  # socks5://, no host, ...
+                    raise InvalidProxyURL(e, request=request) from e
+                self._proxy_agents[proxy] = agent
+            return agent
 
     def send(
         self,
@@ -418,10 +473,21 @@ class KeepAliveAdapter(BaseAdapter):
         # TLS trust is the agent's (ca_file/ca_pem/use_system_roots). `verify` cannot change
         # it per request and is not applied: never less checking than the agent's.
         if cert is not None:
-            raise ValueError("KeepAliveAdapter: client certificates are not supported")
+            raise ValueError(
+                "KeepAliveAdapter: per-request client certificates are not supported; give"
+                " client_cert_file and client_key_file to the adapter's agent"
+            )
         url = request.url or ""
-        if proxies and select_proxy(url, proxies):
-            raise ProxyError("KeepAliveAdapter does not support proxies", request=request)
+        # The proxy as requests' HTTPAdapter chooses it (the environment is in `proxies`
+        # already when trust_env is on).
+        proxy = select_proxy(url, proxies) if proxies else None
+        agent = self.agent
+        if proxy:
+            proxy = prepend_scheme_if_needed(proxy, "http")
+            try:
+                agent = self._agent_for_proxy(proxy, request)
+            except errors.AgentError as e:  # the adapter is closed
+                raise RequestException(e, request=request) from e
 
         headers: List[Tuple[Any, Any]] = [
             (k, v) for k, v in request.headers.items() if _lower(k) not in _FRAMING
@@ -432,9 +498,11 @@ class KeepAliveAdapter(BaseAdapter):
         try:
             deadline = _overall_timeout(timeout)
             if stream:
-                sresp = self.agent.stream(method, url, headers, body, deadline)
+                sresp = agent.stream(method, url, headers, body, deadline)
                 return self.build_stream_response(request, sresp)
-            resp = self.agent.request(method, url, headers, body, deadline)
+            resp = agent.request(method, url, headers, body, deadline)
+        except errors.ProxyError as e:  # the proxy refused the CONNECT tunnel (e.g. 407)
+            raise ProxyError(e, request=request) from e
         except errors.TimeoutError as e:
             if e.code == _native.CONNECT_TIMEOUT:
                 raise ConnectTimeout(e, request=request) from e
@@ -443,7 +511,11 @@ class KeepAliveAdapter(BaseAdapter):
             raise SSLError(e, request=request) from e
         except errors.InvalidURLError as e:
             raise InvalidURL(e, request=request) from e
-        except (errors.ConnectError, errors.ProtocolError, errors.StaleConnectionError) as e:
+        except errors.ConnectError as e:
+            if proxy:  # through a proxy, the only connection made is the one to the proxy
+                raise ProxyError(e, request=request) from e
+            raise ConnectionError(e, request=request) from e
+        except (errors.ProtocolError, errors.StaleConnectionError) as e:
             raise ConnectionError(e, request=request) from e
         except errors.AgentError as e:
             raise RequestException(e, request=request) from e
@@ -499,5 +571,13 @@ class KeepAliveAdapter(BaseAdapter):
         return r
 
     def close(self) -> None:
+        """Closes the agents of the proxies (and the adapter's own agent, when it made
+        it); a proxied request afterwards raises ``RequestException``."""
+        with self._proxy_lock:
+            self._closed = True
+            proxy_agents = list(self._proxy_agents.values())
+            self._proxy_agents.clear()
+        for agent in proxy_agents:
+            agent.close()
         if self._owns_agent:
             self.agent.close()
