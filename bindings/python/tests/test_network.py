@@ -589,8 +589,6 @@ def test_wrong_host_message(nginx) -> None:
     assert "not valid for wrong.test" in m and "localhost" in m and "127.0.0.1" in m
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the names are printed with Rust's Debug format,"
-                   ' "it is valid for DnsName(\\"localhost\\"), IpAddress(127.0.0.1)"')
 def test_wrong_host_message_lists_the_names_plainly(nginx) -> None:
     port = nginx.NGINX_SELFSIGNED_PORT
     with Agent(ca_file=nginx.NGINX_SELFSIGNED_CERT, resolve=[f"wrong.test:{port}:127.0.0.1"]) as a:
