@@ -43,6 +43,29 @@
 #define AGENT_SCHEDULING_FIFO 1
 
 /**
+ * `agent_options_set_http_version`: over TLS, offer h2 then http/1.1 by ALPN and let the
+ * server choose; plain http stays HTTP/1.1.
+ */
+#define AGENT_HTTP_VERSION_AUTO 0
+
+/**
+ * `agent_options_set_http_version`: HTTP/1.1 only.
+ */
+#define AGENT_HTTP_VERSION_HTTP1 1
+
+/**
+ * `agent_options_set_http_version`: HTTP/2 over TLS only (a server that does not choose
+ * h2 fails with `AGENT_CODE_PROTOCOL`); plain http stays HTTP/1.1.
+ */
+#define AGENT_HTTP_VERSION_HTTP2 2
+
+/**
+ * `agent_options_set_http_version`: HTTP/2 also on plain http, without an upgrade
+ * (curl's `--http2-prior-knowledge`); h2 by ALPN over TLS.
+ */
+#define AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE 3
+
+/**
  * What a body source's `read` returns when no data is ready yet, after taking a waker with
  * `agent_body_source_waker()`. The value is arbitrary (a tag, like libcurl's
  * `CURL_READFUNC_PAUSE`), chosen not to collide with the usual error returns 1 and -1.
@@ -150,6 +173,11 @@ enum agent_code
    * the length it announced; nothing more was sent and the connection was closed.
    */
   AGENT_CODE_BODY_SOURCE = 46,
+  /**
+   * The server reset the request's HTTP/2 stream (`RST_STREAM`, its reason in the
+   * message); the connection's other requests go on.
+   */
+  AGENT_CODE_STREAM_RESET = 47,
   /**
    * The request was cancelled, or its agent was freed while it was in flight.
    */
@@ -371,6 +399,14 @@ typedef struct {
    * Connections that opened with addresses from the agent's DNS cache.
    */
   uint64_t dns_cache_hits;
+  /**
+   * Requests sent as HTTP/2 streams (also counted in `requests`).
+   */
+  uint64_t h2_streams;
+  /**
+   * HTTP/2 connections opened (also counted in `connections_opened`).
+   */
+  uint64_t h2_connections;
 } agent_pool_stats;
 
 /**
@@ -1127,6 +1163,19 @@ agent_code agent_options_set_client_key_pem(agent_options *options,
  */
 agent_code agent_options_set_client_key_file(agent_options *options,
                                              const char *path);
+
+/**
+ * Which HTTP versions the agent speaks: `AGENT_HTTP_VERSION_AUTO`, `_HTTP1`, `_HTTP2` or
+ * `_H2C_PRIOR_KNOWLEDGE` (see their definitions). Other values are refused by
+ * `agent_new_with_options`. With HTTP/2, requests to one origin share one connection, as
+ * many at once as the server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), then another
+ * within `max_sockets`. Node: `httpVersion`; curl: `CURLOPT_HTTP_VERSION`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle from `agent_options_new`.
+ */
+agent_code agent_options_set_http_version(agent_options *options,
+                                          uint32_t version);
 
 /**
  * Creates an event queue. On success `*out` receives it (free with `agent_queue_free`).

@@ -17,6 +17,9 @@
 #                      GET /1g.bin -> 1 GiB (sparse) file; PUT /upload/NAME -> stored in /dev/shm
 #   NGINX_ADMIN_PORT   GET /status -> stub_status, on its own server block and port
 #   NGINX_CA_FILE      the CA that signed the leaf (SAN IP:127.0.0.1, IP:::1, DNS:localhost)
+#   NGINX_H2_PORT / NGINX_H2_URL    the same server over TLS with HTTP/2 offered by ALPN
+#                      (h2, then http/1.1), same certificate and files as NGINX_HTTPS_URL
+#   NGINX_H2C_PORT / NGINX_H2C_URL  the same server, HTTP/2 without TLS (prior knowledge)
 #   NGINX_SELFSIGNED_PORT / _URL  TLS with the certificate `openssl req -x509` makes by
 #                      default (self-signed, CA:TRUE; SAN DNS:localhost, IP:127.0.0.1):
 #                      NGINX_SELFSIGNED_CERT is that certificate. GET / -> "hello, world\n"
@@ -56,12 +59,12 @@ nginx_bin() {
     die "nginx not found: run 'make deps' (Debian package nginx-light)"
 }
 
-# Five distinct free loopback ports (bound to port 0 together, then released).
+# Seven distinct free loopback ports (bound to port 0 together, then released).
 free_ports() {
   python3 - <<'PY'
 import socket
 socks = []
-for _ in range(5):
+for _ in range(7):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -144,7 +147,7 @@ PY
 
 write_config() {
   local d=$1 http=$2 https=$3 admin=$4 blackhole=${5:-} shm=${6:-/dev/shm/keepalive-nginx}
-  local selfsigned=${7:-} mtls=${8:-}
+  local selfsigned=${7:-} mtls=${8:-} h2=${9:-} h2c=${10:-}
   local user_line="" affinity_line="" slow_block=""
   [ "$(id -u)" = 0 ] && user_line="user root;"
   if [ -n "${NGINX_CPU:-}" ]; then
@@ -197,6 +200,8 @@ http {
     server {
         listen 127.0.0.1:$http;
         listen 127.0.0.1:$https ssl;
+        listen 127.0.0.1:$h2 ssl http2;
+        listen 127.0.0.1:$h2c http2;
         ssl_certificate $d/leaf.pem;
         ssl_certificate_key $d/leaf.key;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -302,10 +307,11 @@ cmd_start() {
   local blackhole=""
   if [ "$slow" = 1 ]; then blackhole=$(start_blackhole "$dir"); fi
 
-  local attempt http https admin selfsigned mtls started=0
+  local attempt http https admin selfsigned mtls h2 h2c started=0
   for attempt in 1 2 3 4 5; do
-    read -r http https admin selfsigned mtls < <(free_ports)
-    write_config "$dir" "$http" "$https" "$admin" "$blackhole" "$shm" "$selfsigned" "$mtls"
+    read -r http https admin selfsigned mtls h2 h2c < <(free_ports)
+    write_config "$dir" "$http" "$https" "$admin" "$blackhole" "$shm" "$selfsigned" "$mtls" \
+      "$h2" "$h2c"
     # daemon mode: when this returns 0 the master has bound every listener.
     if "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g "pid $dir/nginx.pid;" \
          2>>"$dir/start.log"; then
@@ -347,6 +353,10 @@ cmd_start() {
     "NGINX_MTLS_URL=https://127.0.0.1:$mtls/"
     "NGINX_CLIENT_CERT=$dir/client.pem"
     "NGINX_CLIENT_KEY=$dir/client.key"
+    "NGINX_H2_PORT=$h2"
+    "NGINX_H2_URL=https://127.0.0.1:$h2/"
+    "NGINX_H2C_PORT=$h2c"
+    "NGINX_H2C_URL=http://127.0.0.1:$h2c/"
   )
   if [ "$slow" = 1 ]; then kv+=("NGINX_SLOW_PATH=slow"); fi
   if [ "$json" = 1 ]; then

@@ -15,10 +15,11 @@ use crate::connect::{Connector, TcpSettings};
 use crate::direct::{self, Mode};
 use crate::dns::{Resolver, Source};
 use crate::error::{Error, ErrorKind, Result};
-use crate::exchange::{self, BodyReader, Failure, Head};
+use crate::exchange::{self, BodyReader, Drive, Failure, Head};
+use crate::h2::{Pick, Sessions, StreamLease};
 use crate::http::{Origin, Request, Response, ReuseHint, Scheme, Timings, micros};
 use crate::idmap::IdMap;
-use crate::options::{Config, Options};
+use crate::options::{Config, HttpVersion, Options};
 use crate::pool::{Checkout, Discard, Pool, SlotGuard};
 use crate::queue::Task;
 use crate::runtime::{self, ForkMutex};
@@ -42,6 +43,7 @@ struct Calls {
 struct Inner {
     cfg: Arc<Config>,
     pool: Arc<Pool<Conn>>,
+    h2: Arc<Sessions>,
     connector: Connector,
     extra_roots: Vec<CertificateDer<'static>>,
     identity: Option<ClientIdentity>,
@@ -84,6 +86,7 @@ impl Agent {
         Ok(Agent {
             inner: Arc::new(Inner {
                 pool: Pool::new(cfg.clone()),
+                h2: Sessions::new(cfg.clone()),
                 cfg,
                 connector,
                 extra_roots,
@@ -299,6 +302,7 @@ impl Agent {
                 };
             }
         }
+        self.inner.h2.close();
         self.inner
             .pool
             .close(deadline.saturating_duration_since(Instant::now()));
@@ -309,6 +313,47 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// How many times an HTTP/2 request is sent again after the server refused its stream or
+/// went away before processing it.
+const MAX_REFUSED: u32 = 3;
+
+/// What holds a response while its body is read: an HTTP/1.1 connection lent by the pool,
+/// or a stream of an HTTP/2 session.
+enum Lease {
+    H1(Conn),
+    H2(StreamLease),
+}
+
+impl Lease {
+    fn bytes_read(&self) -> u64 {
+        match self {
+            Lease::H1(c) => c.bytes_read(),
+            Lease::H2(_) => 0,
+        }
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        if let Lease::H1(c) = self {
+            c.set_mode(mode);
+        }
+    }
+}
+
+impl Drive for Lease {
+    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> Option<T> {
+        match self {
+            Lease::H1(c) => c.drive(fut).await,
+            Lease::H2(_) => Some(fut.await),
+        }
+    }
+}
+
+/// A connection just opened: HTTP/1.1 for this request, or a new HTTP/2 session.
+enum Opened {
+    H1(Conn),
+    H2,
 }
 
 /// Calls the completion callback exactly once: with the result, or — if the task is
@@ -425,7 +470,7 @@ pub struct ResponseStream {
     head: Response,
     hint: ReuseHint,
     /// The connection and the body's reader, until the end or a failure.
-    open: Option<(Conn, BodyReader)>,
+    open: Option<(Lease, BodyReader)>,
     /// Socket bytes read before the request was sent (see [`ResponseStream::buffered`]).
     bytes_before: u64,
     start: Instant,
@@ -624,10 +669,25 @@ impl ResponseStream {
 
     /// The body is complete: the connection goes back to the pool if it may be reused.
     async fn finish(&mut self) {
-        let Some((mut conn, _)) = self.open.take() else {
+        let Some((lease, _)) = self.open.take() else {
             return;
         };
         let pool = &self.inner.pool;
+        let mut conn = match lease {
+            Lease::H1(c) => c,
+            Lease::H2(stream) => {
+                drop(stream);
+                let reused = self.head.reused;
+                pool.record(&self.origin, |s| {
+                    s.requests += 1;
+                    s.reused_requests += u64::from(reused);
+                    s.h2_streams += 1;
+                });
+                self.tally.done = true;
+                self.head.timings.total_us = micros(self.start.elapsed());
+                return;
+            }
+        };
         let mut keep = pool.idle_timeout(&conn, self.hint);
         if keep.is_some() && !conn.ready_for_next().await {
             keep = None;
@@ -643,7 +703,19 @@ impl ResponseStream {
     }
 
     fn fail(&mut self, e: Error) {
-        if let Some((conn, _)) = self.open.take() {
+        if let Some((lease, _)) = self.open.take() {
+            let conn = match lease {
+                Lease::H1(c) => c,
+                Lease::H2(stream) => {
+                    // Dropped before its end, the stream is reset (RST_STREAM CANCEL); the
+                    // session and its other streams go on.
+                    drop(stream);
+                    self.inner.pool.record(&self.origin, |s| s.h2_streams += 1);
+                    self.tally.failed(&e);
+                    self.failed = Some(e);
+                    return;
+                }
+            };
             let why = match e.kind() {
                 // The request's own deadline: the connection is closed, as when the deadline
                 // passes before the head, but not counted against the connection.
@@ -736,24 +808,77 @@ impl Inner {
         Ok(self.tls.get_or_init(|| c).clone())
     }
 
-    /// Takes a connection, sends the request and reads the response head; once more on a
-    /// new connection when a reused one turned out stale and the request may be repeated.
-    /// Returns the connection, the head (with the body's reader), and the socket bytes read
-    /// on that connection before this request.
+    /// Whether requests to `origin` may go as HTTP/2 streams: over TLS unless HTTP/1.1 is
+    /// asked for, on plain http only with prior knowledge, never in the absolute form
+    /// through a plain-http proxy.
+    fn h2_possible(&self, origin: &Origin) -> bool {
+        match (self.cfg.http_version, origin.scheme) {
+            (HttpVersion::Http1, _) => false,
+            (_, Scheme::Https) => true,
+            (HttpVersion::H2cPriorKnowledge, Scheme::Http) => origin.proxy.is_none(),
+            (_, Scheme::Http) => false,
+        }
+    }
+
+    /// Takes a connection (or an HTTP/2 stream), sends the request and reads the response
+    /// head; once more on a new connection when a reused one turned out stale and the
+    /// request may be repeated, and again (up to [`MAX_REFUSED`] times) when an HTTP/2
+    /// server refused the stream or went away before processing it. Returns what holds
+    /// the response, the head (with the body's reader), and the socket bytes read on that
+    /// connection before this request.
     async fn attempts(
         &self,
         req: &Request,
         origin: &Arc<Origin>,
         start: Instant,
         mode: Mode,
-    ) -> Result<(Conn, Head, u64)> {
+    ) -> Result<(Lease, Head, u64)> {
         let mut fresh = false;
+        let mut refused = 0;
         let affinity = match mode {
             Mode::Direct => direct::thread_token(),
             Mode::Reactor => 0,
         };
+        let h2 = self.h2_possible(origin);
+        // The connect phases of a connection this request opened, for its timings.
+        let mut opened = Timings::default();
         loop {
             let queue_start = Instant::now();
+            let mut connecting = None;
+            if h2 {
+                let changed = self.h2.changed();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                match self.h2.pick(origin)? {
+                    Pick::Stream(mut lease) => {
+                        let t = Timings {
+                            queued_us: micros(queue_start.elapsed()),
+                            ..opened
+                        };
+                        match exchange::start_h2(&mut lease, origin, req, &self.cfg, start, t).await
+                        {
+                            Ok(head) => return Ok((Lease::H2(lease), head, 0)),
+                            Err(Failure::Refused(e)) => {
+                                lease.retire();
+                                drop(lease);
+                                if refused < MAX_REFUSED && req.body.rewind() {
+                                    refused += 1;
+                                    self.pool.record(origin, |s| s.retries += 1);
+                                    continue;
+                                }
+                                return Err(e);
+                            }
+                            Err(Failure::NotSent) => continue,
+                            Err(Failure::Failed(e) | Failure::Stale(e)) => return Err(e),
+                        }
+                    }
+                    Pick::Wait => {
+                        changed.await;
+                        continue;
+                    }
+                    Pick::Open(c) => connecting = c,
+                }
+            }
             let checkout = self.pool.acquire(origin, fresh, affinity).await?;
             let mut t = Timings {
                 queued_us: micros(queue_start.elapsed()),
@@ -761,13 +886,27 @@ impl Inner {
             };
             let (mut conn, reused) = match checkout {
                 Checkout::Reused(c) => (c, true),
-                Checkout::Connect(slot) => (self.open(slot, &mut t, mode).await?, false),
+                Checkout::Connect(slot) => {
+                    match self.open(slot, &mut t, mode, connecting.is_some()).await? {
+                        Opened::H1(c) => {
+                            if connecting.is_some() {
+                                self.h2.http1_only(origin);
+                            }
+                            (c, false)
+                        }
+                        Opened::H2 => {
+                            opened = t;
+                            continue;
+                        }
+                    }
+                }
             };
+            drop(connecting);
             conn.set_mode(mode);
             let before = conn.bytes_read();
             let failure =
                 match exchange::start(&mut conn, origin, req, &self.cfg, reused, start, t).await {
-                    Ok(head) => return Ok((conn, head, before)),
+                    Ok(head) => return Ok((Lease::H1(conn), head, before)),
                     Err(f) => f,
                 };
             let discard = |e: &Error| {
@@ -782,7 +921,7 @@ impl Inner {
                     drop(conn);
                     continue;
                 }
-                Failure::Failed(e) => {
+                Failure::Failed(e) | Failure::Refused(e) => {
                     self.pool.discard(origin, conn, discard(&e));
                     return Err(e);
                 }
@@ -813,14 +952,22 @@ impl Inner {
         }
     }
 
-    /// Opens a connection with a slot from the pool and registers it there.
-    async fn open(&self, slot: SlotGuard<Conn>, t: &mut Timings, mode: Mode) -> Result<Conn> {
+    /// Opens a connection with a slot from the pool: an HTTP/2 session when `may_h2` and
+    /// TLS chose `h2` (or with prior knowledge), which keeps the slot until it ends;
+    /// otherwise an HTTP/1.1 connection registered in the pool.
+    async fn open(
+        &self,
+        slot: SlotGuard<Conn>,
+        t: &mut Timings,
+        mode: Mode,
+        may_h2: bool,
+    ) -> Result<Opened> {
         let origin: Arc<Origin> = slot.origin().clone();
         let tls = match (origin.scheme, origin.proxy.as_ref().map(|p| p.scheme)) {
             (Scheme::Https, _) | (_, Some(Scheme::Https)) => Some(self.tls_config()?),
             _ => None,
         };
-        let (conn, ct) = Conn::open(&origin, &self.connector, tls, mode).await?;
+        let (stream, ct) = Conn::connect(&origin, &self.connector, tls, mode).await?;
         match ct.dns_source {
             Some(Source::Lookup) => self.pool.record(&origin, |s| s.dns_lookups += 1),
             Some(Source::Cache) => self.pool.record(&origin, |s| s.dns_cache_hits += 1),
@@ -829,6 +976,31 @@ impl Inner {
         t.dns_us = micros(ct.dns);
         t.connect_us = micros(ct.tcp);
         t.tls_us = micros(ct.tls);
-        self.pool.register(slot, conn)
+        let prior_knowledge = self.cfg.http_version == HttpVersion::H2cPriorKnowledge
+            && origin.scheme == Scheme::Http;
+        if may_h2 && (stream.is_h2() || prior_knowledge) {
+            let pool = self.pool.clone();
+            let o = origin.clone();
+            self.h2
+                .add(&origin, stream, slot, move || {
+                    pool.record(&o, |s| s.connections_closed += 1)
+                })
+                .await?;
+            self.pool.record(&origin, |s| {
+                s.connections_opened += 1;
+                s.h2_connections += 1;
+            });
+            return Ok(Opened::H2);
+        }
+        if self.cfg.http_version == HttpVersion::Http2 && origin.scheme == Scheme::Https {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{origin} did not choose HTTP/2 by ALPN (http_version = http2)"),
+            ));
+        }
+        let conn = Conn::handshake(stream, mode)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Connect, crate::error::chain_message(&e)))?;
+        Ok(Opened::H1(self.pool.register(slot, conn)?))
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::connect::{ConnectTimings, Connector, IoProbe, Stream, connect};
 use crate::direct::Mode;
-use crate::error::{Error, ErrorKind, Result, chain_message};
+use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, ReqBody};
 
 pub(crate) type Sender = http1::SendRequest<ReqBody>;
@@ -223,29 +223,24 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects to `origin` (within `timeout`) and performs hyper's handshake. The
-    /// connection is not yet attached to an owner.
-    pub(crate) async fn open(
+    /// Connects to `origin` within the connect timeout (DNS, TCP, proxy, TLS), before any
+    /// HTTP: the caller chooses HTTP/1.1 ([`Conn::handshake`]) or HTTP/2 by what TLS chose.
+    pub(crate) async fn connect(
         origin: &Origin,
         connector: &Connector,
         tls: Option<Arc<rustls::ClientConfig>>,
         mode: Mode,
-    ) -> Result<(Conn, ConnectTimings)> {
-        let timeout = connector.timeout;
+    ) -> Result<(Stream, ConnectTimings)> {
         let fut = connect(origin, connector, tls, mode);
-        let (stream, timings) = match timeout {
+        match connector.timeout {
             Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
                 Error::new(
                     ErrorKind::ConnectTimeout,
                     format!("connect to {origin} timed out after {} ms", d.as_millis()),
                 )
-            })??,
-            None => fut.await?,
-        };
-        let conn = Conn::handshake(stream, mode)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Connect, chain_message(&e)))?;
-        Ok((conn, timings))
+            })?,
+            None => fut.await,
+        }
     }
 
     /// hyper's HTTP/1 handshake over a connected stream. Not yet attached to an owner.

@@ -74,6 +74,16 @@ impl Stream {
         self.probe.clone()
     }
 
+    /// Whether the TLS handshake with the origin chose HTTP/2 (ALPN `h2`).
+    pub(crate) fn is_h2(&self) -> bool {
+        let alpn = match &self.transport {
+            Transport::Tcp(_) => None,
+            Transport::Tls(s) => s.get_ref().1.alpn_protocol(),
+            Transport::Tunnel(s) => s.get_ref().1.alpn_protocol(),
+        };
+        alpn == Some(b"h2")
+    }
+
     /// Ready when the socket underneath has something to read (data, EOF or an error):
     /// for an idle connection, that means it is over. Registers with the reactor.
     pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -420,6 +430,17 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The configuration for TLS to a proxy: the proxy speaks HTTP/1.1 (`CONNECT` or the
+/// absolute form), whatever the agent offers origins.
+fn http1_only(config: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    if config.alpn_protocols.len() == 1 && config.alpn_protocols[0] == b"http/1.1" {
+        return config;
+    }
+    let mut c = (*config).clone();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
 fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_string()).map_err(|e| {
         Error::new(
@@ -499,7 +520,7 @@ pub(crate) async fn connect(
             Scheme::Http => Transport::Tcp(sock),
             Scheme::Https => {
                 let tls_start = Instant::now();
-                let s = handshake(&config()?, &p.host, &what, sock).await?;
+                let s = handshake(&http1_only(config()?), &p.host, &what, sock).await?;
                 t.tls = tls_start.elapsed();
                 Transport::Tls(Box::new(s))
             }
@@ -516,7 +537,7 @@ pub(crate) async fn connect(
                     ))
                 }
                 Scheme::Https => {
-                    let mut outer = handshake(&config()?, &p.host, &what, sock).await?;
+                    let mut outer = handshake(&http1_only(config()?), &p.host, &what, sock).await?;
                     tunnel(&mut outer, origin, p).await?;
                     Transport::Tunnel(Box::new(
                         handshake(&config()?, &origin.host, &peer, outer).await?,

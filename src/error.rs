@@ -41,6 +41,9 @@ pub enum ErrorKind {
     BrokenPipe,
     /// A reused connection failed before the first response byte and the request was not retryable.
     StaleConnection,
+    /// The server reset the request's HTTP/2 stream (`RST_STREAM`); its reason is in the
+    /// message. The connection and its other streams go on.
+    StreamReset,
     /// The response violated HTTP/1.1 (malformed status line, headers, framing).
     Protocol,
     /// The response body exceeded `max_response_bytes`.

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::conn::Conn;
 use crate::error::{Error, ErrorKind, chain_message, find_io_error};
+use crate::h2::StreamLease;
 use crate::http::{
     Origin, Request, Response, ReuseHint, Scheme, SourceFailed, Timings, micros, reuse_hint,
 };
@@ -29,8 +30,32 @@ pub(crate) enum Failure {
     /// Failed on a reused connection before any response byte (reset, EOF, broken pipe):
     /// the request may be retried on a new connection when it is safe to.
     Stale(Error),
+    /// HTTP/2: the server refused the stream (`REFUSED_STREAM`) or went away
+    /// (`GOAWAY`) before processing it: safe to retry on another connection for any
+    /// method, when the body can be sent again.
+    Refused(Error),
     /// Any other failure.
     Failed(Error),
+}
+
+/// What a response body is read through: polling it makes progress on the connection.
+/// An HTTP/1.1 connection is driven inline by the request that holds it
+/// ([`Conn::drive`]); an HTTP/2 stream's connection runs on its own task.
+pub(crate) trait Drive {
+    /// Polls `fut` (and the connection); `None` if the connection ended first.
+    fn drive<T>(&mut self, fut: impl Future<Output = T>) -> impl Future<Output = Option<T>>;
+}
+
+impl Drive for Conn {
+    fn drive<T>(&mut self, fut: impl Future<Output = T>) -> impl Future<Output = Option<T>> {
+        Conn::drive(self, fut)
+    }
+}
+
+impl Drive for StreamLease {
+    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> Option<T> {
+        Some(fut.await)
+    }
 }
 
 /// A response head, and the reader of its body.
@@ -89,6 +114,18 @@ pub(crate) async fn start(
         }
     };
     t.ttfb_us = micros(start.elapsed());
+    into_head(resp, cfg, reused, t, overall).map_err(Failure::Failed)
+}
+
+/// The response head, with the reader of its body.
+fn into_head(
+    resp: http::Response<Incoming>,
+    cfg: &Config,
+    reused: bool,
+    t: Timings,
+    overall: Option<Instant>,
+) -> Result<Head, Error> {
+    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
     let (parts, body) = resp.into_parts();
     let declared = parts
         .headers
@@ -104,7 +141,7 @@ pub(crate) async fn start(
     };
     if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
         if n > max {
-            return Err(Failure::Failed(body.too_large(n)));
+            return Err(body.too_large(n));
         }
     }
     let hint = reuse_hint(parts.version, &parts.headers);
@@ -120,6 +157,97 @@ pub(crate) async fn start(
         hint,
         body,
     })
+}
+
+/// Sends `req` as a stream of an HTTP/2 session and reads the response head: the target
+/// in absolute form (`:scheme`, `:authority`, `:path`), no `Host` and no
+/// connection-specific headers (RFC 9113 §8.2.2).
+pub(crate) async fn start_h2(
+    lease: &mut StreamLease,
+    origin: &Origin,
+    req: &Request,
+    cfg: &Config,
+    start: Instant,
+    mut t: Timings,
+) -> Result<Head, Failure> {
+    let mut hreq = req.to_hyper(true, &cfg.user_agent_value);
+    let scheme = match origin.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let pq = hreq.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("{scheme}://{}{pq}", origin.authority())
+        .parse()
+        .map_err(|e| {
+            Failure::Failed(Error::new(
+                ErrorKind::InvalidUrl,
+                format!("the URL as an HTTP/2 target: {e}"),
+            ))
+        })?;
+    *hreq.uri_mut() = uri;
+    *hreq.version_mut() = http::Version::HTTP_2;
+    let h = hreq.headers_mut();
+    h.remove(http::header::HOST);
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(name);
+    }
+    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(http::header::TE);
+    }
+    t.sent_us = micros(start.elapsed());
+    let overall = req.timeout.map(|d| start + d);
+    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
+    let fut = lease.sender.send_request(hreq);
+    let head = match cfg.headers_timeout.filter(needed) {
+        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
+            Failure::Failed(Error::new(
+                ErrorKind::HeadersTimeout,
+                format!("no complete response head within {} ms", d.as_millis()),
+            ))
+        })?,
+        None => fut.await,
+    };
+    let resp = match head {
+        Ok(r) => r,
+        Err(e) => {
+            let err = map_hyper_error(&e);
+            return Err(if refused(&e) {
+                Failure::Refused(err)
+            } else {
+                Failure::Failed(err)
+            });
+        }
+    };
+    t.ttfb_us = micros(start.elapsed());
+    into_head(resp, cfg, lease.reused, t, overall).map_err(Failure::Failed)
+}
+
+/// The HTTP/2 error inside a hyper error, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<h2::Error>() {
+            return Some(h);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Whether the server did not process the stream: it refused it, its GOAWAY's last
+/// stream id was below it (RFC 9113 §8.7), or the connection was gone before the request
+/// left (hyper hands it back cancelled).
+fn refused(e: &hyper::Error) -> bool {
+    e.is_canceled()
+        || h2_error(e).is_some_and(|h| {
+            h.reason() == Some(h2::Reason::REFUSED_STREAM) || (h.is_go_away() && h.is_remote())
+        })
 }
 
 /// A request to a plain-http origin through a proxy: the absolute form of the target
@@ -195,7 +323,7 @@ impl BodyReader {
     }
 
     /// The next piece of the body, or `None` at its end.
-    pub(crate) async fn next(&mut self, conn: &mut Conn) -> Result<Option<Bytes>, Error> {
+    pub(crate) async fn next(&mut self, conn: &mut impl Drive) -> Result<Option<Bytes>, Error> {
         loop {
             let next = conn.drive(self.body.frame());
             let frame = match self.gap {
@@ -232,7 +360,7 @@ impl BodyReader {
     }
 
     /// Reads the rest of the body into one buffer, sized from `Content-Length`.
-    pub(crate) async fn read_all(&mut self, conn: &mut Conn) -> Result<Bytes, Error> {
+    pub(crate) async fn read_all(&mut self, conn: &mut impl Drive) -> Result<Bytes, Error> {
         let Some(first) = self.next(conn).await? else {
             return Ok(Bytes::new());
         };
@@ -255,6 +383,22 @@ impl BodyReader {
 /// Maps a hyper error to our kinds by what happened on the wire.
 fn map_hyper_error(e: &hyper::Error) -> Error {
     let msg = chain_message(e);
+    if let Some(h) = h2_error(e) {
+        if h.is_reset() && h.is_remote() {
+            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
+            return Error::new(
+                ErrorKind::StreamReset,
+                format!("the server reset the HTTP/2 stream (RST_STREAM {reason})"),
+            );
+        }
+        if h.is_go_away() {
+            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
+            return Error::new(
+                ErrorKind::ConnectionClosed,
+                format!("the server closed the HTTP/2 connection (GOAWAY {reason})"),
+            );
+        }
+    }
     if let Some(io) = find_io_error(e) {
         if io.get_ref().is_some_and(|i| i.is::<SourceFailed>()) {
             return Error::new(ErrorKind::BodySource, msg);

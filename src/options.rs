@@ -18,6 +18,44 @@ pub enum Scheduling {
     Fifo,
 }
 
+/// Which HTTP versions an agent speaks (SPEC §8 `http_version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// Over TLS, ALPN offers h2 then http/1.1 and the server chooses; plain http is 1.1.
+    Auto,
+    /// HTTP/1.1 only.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS only (ALPN offers h2 alone); plain http stays 1.1.
+    Http2,
+    /// HTTP/2 without TLS on plain http (no upgrade), h2 by ALPN over TLS.
+    H2cPriorKnowledge,
+}
+
+impl HttpVersion {
+    /// The C values (`AGENT_HTTP_VERSION_*`).
+    pub fn from_raw(v: u32) -> Option<HttpVersion> {
+        Some(match v {
+            0 => HttpVersion::Auto,
+            1 => HttpVersion::Http1,
+            2 => HttpVersion::Http2,
+            3 => HttpVersion::H2cPriorKnowledge,
+            _ => return None,
+        })
+    }
+
+    /// The ALPN protocols a TLS connection offers.
+    pub(crate) fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+            HttpVersion::Http2 => vec![b"h2".to_vec()],
+            HttpVersion::Auto | HttpVersion::H2cPriorKnowledge => {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            }
+        }
+    }
+}
+
 /// The two environment variables of SPEC §3, in lookup order.
 pub(crate) const ENV_REUSE: &str = "KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED";
 pub(crate) const ENV_REUSE_AWS: &str = "AWS_NODEJS_CONNECTION_REUSE_ENABLED";
@@ -82,6 +120,8 @@ pub struct Options {
     pub client_cert_file: Option<String>,
     pub client_key_pem: Option<Vec<u8>>,
     pub client_key_file: Option<String>,
+    /// Raw value from C (`AGENT_HTTP_VERSION_*`); anything else is refused at creation.
+    pub http_version: Option<u32>,
 }
 
 /// Validated options with defaults applied. Durations of `None` mean "no limit".
@@ -121,6 +161,7 @@ pub struct Config {
     pub client_cert_file: Option<String>,
     pub client_key_pem: Option<Vec<u8>>,
     pub client_key_file: Option<String>,
+    pub http_version: HttpVersion,
 }
 
 pub(crate) const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
@@ -338,6 +379,14 @@ impl Options {
             client_cert_file: self.client_cert_file.clone(),
             client_key_pem: self.client_key_pem.clone(),
             client_key_file: self.client_key_file.clone(),
+            http_version: match self.http_version {
+                None => HttpVersion::default(),
+                Some(v) => HttpVersion::from_raw(v).ok_or_else(|| {
+                    Error::invalid_option(format!(
+                        "http_version = {v} is unknown (0 = auto, 1 = http1, 2 = http2, 3 = h2c-prior-knowledge)"
+                    ))
+                })?,
+            },
         })
     }
 }

@@ -45,7 +45,8 @@ stats! {
     requests,
     /// Successful requests sent on a connection that had served an earlier request.
     reused_requests,
-    /// Transparent retries after a stale reused connection.
+    /// Transparent retries after a stale reused connection, or of an HTTP/2 stream the
+    /// server refused or went away before processing.
     retries,
     /// Requests that failed with a timeout code.
     timeouts,
@@ -61,6 +62,10 @@ stats! {
     dns_lookups,
     /// Connections that opened with addresses from the agent's DNS cache.
     dns_cache_hits,
+    /// Requests sent as HTTP/2 streams (also counted in `requests`).
+    h2_streams,
+    /// HTTP/2 connections opened (also counted in `connections_opened`).
+    h2_connections,
 }
 
 #[cfg(test)]
@@ -71,14 +76,14 @@ mod tests {
     fn names_and_values_line_up() {
         let s = Stats {
             connections_opened: 1,
-            dns_cache_hits: 12,
+            h2_connections: 12,
             ..Stats::default()
         };
         let v = s.values();
         assert_eq!(v.len(), Stats::FIELDS.len());
         assert_eq!(Stats::FIELDS[0], "connections_opened");
         assert_eq!(v[0], 1);
-        assert_eq!(Stats::FIELDS[Stats::FIELDS.len() - 1], "dns_cache_hits");
+        assert_eq!(Stats::FIELDS[Stats::FIELDS.len() - 1], "h2_connections");
         assert_eq!(v[v.len() - 1], 12);
     }
 

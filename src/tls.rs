@@ -181,7 +181,7 @@ pub fn client_config(
             })?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = cfg.http_version.alpn();
     Ok(Arc::new(config))
 }
 

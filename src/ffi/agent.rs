@@ -78,6 +78,10 @@ pub struct agent_pool_stats {
     pub dns_lookups: u64,
     /// Connections that opened with addresses from the agent's DNS cache.
     pub dns_cache_hits: u64,
+    /// Requests sent as HTTP/2 streams (also counted in `requests`).
+    pub h2_streams: u64,
+    /// HTTP/2 connections opened (also counted in `connections_opened`).
+    pub h2_connections: u64,
 }
 
 /// Completion callback of `agent_request_async`. Called exactly once per started request,
@@ -369,6 +373,8 @@ fn to_c(s: Stats, keep_alive: bool) -> agent_pool_stats {
         keep_alive,
         dns_lookups: s.dns_lookups,
         dns_cache_hits: s.dns_cache_hits,
+        h2_streams: s.h2_streams,
+        h2_connections: s.h2_connections,
     }
 }
 

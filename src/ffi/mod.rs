@@ -74,6 +74,9 @@ pub enum agent_code {
     /// The request body source (`agent_body_source`) reported an error, or ended before
     /// the length it announced; nothing more was sent and the connection was closed.
     AGENT_CODE_BODY_SOURCE = 46,
+    /// The server reset the request's HTTP/2 stream (`RST_STREAM`, its reason in the
+    /// message); the connection's other requests go on.
+    AGENT_CODE_STREAM_RESET = 47,
     /// The request was cancelled, or its agent was freed while it was in flight.
     AGENT_CODE_CANCELLED = 50,
     /// The agent's state was locked by another thread when the process forked.
@@ -110,6 +113,7 @@ impl agent_code {
             ErrorKind::Protocol => AGENT_CODE_PROTOCOL,
             ErrorKind::ResponseTooLarge => AGENT_CODE_RESPONSE_TOO_LARGE,
             ErrorKind::BodySource => AGENT_CODE_BODY_SOURCE,
+            ErrorKind::StreamReset => AGENT_CODE_STREAM_RESET,
             ErrorKind::Cancelled => AGENT_CODE_CANCELLED,
             ErrorKind::Forked => AGENT_CODE_FORKED,
             ErrorKind::Panic => AGENT_CODE_PANIC,
@@ -407,6 +411,7 @@ mod tests {
             Protocol,
             ResponseTooLarge,
             BodySource,
+            StreamReset,
             Cancelled,
             WouldBlock,
             Forked,

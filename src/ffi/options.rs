@@ -11,6 +11,18 @@ pub const AGENT_SCHEDULING_LIFO: u32 = 0;
 /// `agent_options_set_scheduling`: reuse the least recently released connection first.
 pub const AGENT_SCHEDULING_FIFO: u32 = 1;
 
+/// `agent_options_set_http_version`: over TLS, offer h2 then http/1.1 by ALPN and let the
+/// server choose; plain http stays HTTP/1.1.
+pub const AGENT_HTTP_VERSION_AUTO: u32 = 0;
+/// `agent_options_set_http_version`: HTTP/1.1 only.
+pub const AGENT_HTTP_VERSION_HTTP1: u32 = 1;
+/// `agent_options_set_http_version`: HTTP/2 over TLS only (a server that does not choose
+/// h2 fails with `AGENT_CODE_PROTOCOL`); plain http stays HTTP/1.1.
+pub const AGENT_HTTP_VERSION_HTTP2: u32 = 2;
+/// `agent_options_set_http_version`: HTTP/2 also on plain http, without an upgrade
+/// (curl's `--http2-prior-knowledge`); h2 by ALPN over TLS.
+pub const AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE: u32 = 3;
+
 /// Options for `agent_new_with_options`. Create with `agent_options_new`, set what you need
 /// with `agent_options_set_*` (each returns `AGENT_CODE_INVALID_ARGUMENT` only for a NULL
 /// handle or unreadable argument), pass to `agent_new_with_options` (which validates
@@ -588,4 +600,21 @@ pub unsafe extern "C" fn agent_options_set_client_key_file(
 ) -> agent_code {
     // SAFETY: forwarded contract.
     unsafe { set_str(options, path, "path", |o, s| o.client_key_file = Some(s)) }
+}
+
+/// Which HTTP versions the agent speaks: `AGENT_HTTP_VERSION_AUTO`, `_HTTP1`, `_HTTP2` or
+/// `_H2C_PRIOR_KNOWLEDGE` (see their definitions). Other values are refused by
+/// `agent_new_with_options`. With HTTP/2, requests to one origin share one connection, as
+/// many at once as the server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), then another
+/// within `max_sockets`. Node: `httpVersion`; curl: `CURLOPT_HTTP_VERSION`.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `agent_options_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_http_version(
+    options: *mut agent_options,
+    version: u32,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set(options, |o| o.http_version = Some(version)) }
 }

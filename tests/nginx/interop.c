@@ -10,12 +10,18 @@
  * is also fetched a few times on the pooled connection and compared byte for byte with
  * nginx's copy.
  *
+ * HTTP/2: 64 threads x 20 requests at once over nginx's h2 port (ALPN) and its h2c port (prior
+ * knowledge) -> one connection each, every response HTTP/2; 100 sequential and the 1 MiB file
+ * over h2; keep-alive off -> one connection per request; against the HTTP/1.1-only port, auto
+ * falls back to HTTP/1.1 and http2 alone is refused.
+ *
  * Environment (from scripts/nginx.sh start): NGINX_HTTP_URL, NGINX_HTTPS_URL, NGINX_CA_FILE,
- * NGINX_ADMIN_PORT, NGINX_DIR.
+ * NGINX_ADMIN_PORT, NGINX_DIR, NGINX_H2_URL, NGINX_H2C_URL.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -216,6 +222,120 @@ static void run_big(agent *a, const char *label, const char *base_url, const uns
            conns);
 }
 
+/* HTTP/2: H2_THREADS threads, H2_EACH requests each, all at once on one agent. */
+#define H2_THREADS 64
+#define H2_EACH 20
+
+struct h2_job {
+    agent *a;
+    const char *url;
+    int ok, v2, reused;
+};
+
+static void *h2_worker(void *arg) {
+    struct h2_job *j = arg;
+    for (int i = 0; i < H2_EACH; i++) {
+        agent_response *resp = NULL;
+        if (agent_request(j->a, "GET", j->url, NULL, 0, NULL, 0, TIMEOUT_MS, &resp) !=
+            AGENT_CODE_OK) {
+            continue;
+        }
+        const uint8_t *body = NULL;
+        size_t len = 0;
+        agent_response_body(resp, &body, &len);
+        if (agent_response_status(resp) == 200 && len == sizeof HELLO - 1 &&
+            memcmp(body, HELLO, len) == 0) {
+            j->ok++;
+        }
+        j->v2 += agent_response_version(resp) == 20;
+        j->reused += agent_response_reused(resp);
+        agent_response_free(resp);
+    }
+    return NULL;
+}
+
+static agent *make_h2_agent(uint32_t version, const char *ca_file, bool keep_alive) {
+    agent_options *opts = agent_options_new();
+    agent *a = NULL;
+    if (opts == NULL || agent_options_set_http_version(opts, version) != AGENT_CODE_OK ||
+        agent_options_set_keep_alive(opts, keep_alive) != AGENT_CODE_OK ||
+        agent_options_set_ca_file(opts, ca_file) != AGENT_CODE_OK ||
+        agent_new_with_options(opts, &a) != AGENT_CODE_OK) {
+        fprintf(stderr, "agent creation failed: %s\n", last_error());
+        exit(2);
+    }
+    agent_options_free(opts);
+    return a;
+}
+
+/* 64 threads x 20 requests at once: one connection (nginx's count), every response HTTP/2. */
+static void run_h2_concurrent(const char *label, uint32_t version, const char *url,
+                              const char *ca_file) {
+    agent *a = make_h2_agent(version, ca_file, true);
+    long long before = nginx_accepts();
+    struct h2_job jobs[H2_THREADS];
+    pthread_t threads[H2_THREADS];
+    for (int i = 0; i < H2_THREADS; i++) {
+        jobs[i] = (struct h2_job){.a = a, .url = url};
+        pthread_create(&threads[i], NULL, h2_worker, &jobs[i]);
+    }
+    int ok = 0, v2 = 0, reused = 0;
+    for (int i = 0; i < H2_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        ok += jobs[i].ok;
+        v2 += jobs[i].v2;
+        reused += jobs[i].reused;
+    }
+    long long conns = nginx_accepts() - before;
+    agent_pool_stats st;
+    agent_stats(a, &st);
+    const int n = H2_THREADS * H2_EACH;
+    if (ok != n || v2 != n || conns != 1 || st.h2_connections != 1 || st.h2_streams != (uint64_t)n ||
+        reused != n - 1) {
+        fail("%s: %d/%d OK, %d over HTTP/2, %d reused, nginx accepted %lld connection(s), "
+             "agent: %llu HTTP/2 connections, %llu streams",
+             label, ok, n, v2, reused, conns, (unsigned long long)st.h2_connections,
+             (unsigned long long)st.h2_streams);
+    }
+    printf("%-28s %d requests from %d threads at once: %d over HTTP/2, nginx accepted %lld "
+           "connection(s)\n",
+           label, ok, H2_THREADS, v2, conns);
+    agent_free(a);
+}
+
+/* ALPN: auto against a server without h2 speaks HTTP/1.1; http2 alone is refused. */
+static void run_h2_fallback(const char *https_url, const char *ca_file) {
+    agent *a = make_h2_agent(AGENT_HTTP_VERSION_AUTO, ca_file, true);
+    for (int i = 0; i < 3; i++) {
+        agent_response *resp = NULL;
+        agent_code c = agent_request(a, "GET", https_url, NULL, 0, NULL, 0, TIMEOUT_MS, &resp);
+        if (c != AGENT_CODE_OK || agent_response_version(resp) != 11) {
+            fail("auto against an HTTP/1.1-only server: %s, version %u", agent_code_str(c),
+                 resp ? agent_response_version(resp) : 0);
+        }
+        agent_response_free(resp);
+    }
+    agent_pool_stats st;
+    agent_stats(a, &st);
+    if (st.connections_opened != 1 || st.h2_connections != 0) {
+        fail("auto fallback: %llu connections, %llu HTTP/2", (unsigned long long)st.connections_opened,
+             (unsigned long long)st.h2_connections);
+    }
+    agent_free(a);
+    agent *strict = make_h2_agent(AGENT_HTTP_VERSION_HTTP2, ca_file, true);
+    agent_response *resp = NULL;
+    agent_code c = agent_request(strict, "GET", https_url, NULL, 0, NULL, 0, TIMEOUT_MS, &resp);
+    if (c == AGENT_CODE_OK) {
+        fail("http2 alone against an HTTP/1.1-only server succeeded (version %u)",
+             agent_response_version(resp));
+        agent_response_free(resp);
+    } else {
+        printf("%-28s auto: HTTP/1.1 by ALPN; http2 alone: %s (%s)\n", "https ALPN fallback",
+               agent_code_str(c), last_error());
+    }
+    agent_free(strict);
+}
+
 int main(void) {
     const char *http_url = env("NGINX_HTTP_URL");
     const char *https_url = env("NGINX_HTTPS_URL");
@@ -272,6 +392,24 @@ int main(void) {
 
     agent_free(on);
     agent_free(off);
+
+    /* HTTP/2: nginx's h2 port (ALPN) and its h2c port (prior knowledge). */
+    const char *h2_url = env("NGINX_H2_URL");
+    const char *h2c_url = env("NGINX_H2C_URL");
+    run_h2_concurrent("h2 (auto, ALPN)", AGENT_HTTP_VERSION_AUTO, h2_url, ca_file);
+    run_h2_concurrent("h2c (prior knowledge)", AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE, h2c_url,
+                      ca_file);
+    agent *h2 = make_h2_agent(AGENT_HTTP_VERSION_HTTP2, ca_file, true);
+    run_hello(h2, "h2 sequential", h2_url, true);
+    run_big(h2, "h2 1 MiB", h2_url, big);
+    agent_free(h2);
+    agent *h2_off = make_h2_agent(AGENT_HTTP_VERSION_HTTP2, ca_file, false);
+    long long c_off = run_hello(h2_off, "h2 keep-alive off", h2_url, false);
+    if (c_off != REQUESTS) {
+        fail("h2 keep-alive off: nginx accepted %lld connections, expected %d", c_off, REQUESTS);
+    }
+    agent_free(h2_off);
+    run_h2_fallback(https_url, ca_file);
     free(big);
     if (failures) {
         printf("nginx interop: %d failure(s)\n", failures);

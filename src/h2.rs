@@ -1,0 +1,374 @@
+//! HTTP/2 sessions of one agent: one connection per origin carries many requests at once,
+//! each a stream. The second kind of connection next to [`crate::conn`]: where an
+//! HTTP/1.1 connection is lent to one request at a time by the pool, a session is shared,
+//! and a request takes a [`StreamLease`] on it while it runs.
+//!
+//! A session is made from a connection whose TLS handshake chose `h2` by ALPN (or, with
+//! prior knowledge, a plain one). It keeps the pool slot it was opened with, so
+//! `max_sockets` and `max_total_sockets` count it like any connection. hyper's HTTP/2
+//! state machine runs on a runtime task (the session's monitor), which also sends PINGs
+//! while the connection is idle (`keep_alive_msecs`), retires it when they go unanswered,
+//! closes it after the free-socket timeout with no stream, and stops handing it out after
+//! its lifetime or a GOAWAY. Knows nothing of requests or HTTP semantics beyond streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::connect::Stream;
+use crate::error::{Error, ErrorKind, Result, chain_message};
+use crate::http::{Origin, ReqBody};
+use crate::options::Config;
+
+pub(crate) type Sender = http2::SendRequest<ReqBody>;
+type H2Connection = http2::Connection<TokioIo<Stream>, ReqBody, TokioExecutor>;
+
+/// A PING that gets no answer within this long (at least) retires the connection.
+const MIN_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a request gets from [`Sessions::pick`].
+pub(crate) enum Pick {
+    /// A stream on a session with room for it.
+    Stream(StreamLease),
+    /// Every session of the origin is full and no other may be opened, or a connection
+    /// that may turn out to speak HTTP/2 is being opened: wait for [`Sessions::changed`]
+    /// and pick again.
+    Wait,
+    /// Open a connection. With a guard, this request is the one connecting to an origin
+    /// that may speak HTTP/2: others wait for it rather than open their own.
+    Open(Option<Connecting>),
+}
+
+/// Per-origin state.
+#[derive(Default)]
+struct OriginState {
+    sessions: Vec<Arc<Session>>,
+    /// Connections being opened that may turn out to speak HTTP/2.
+    connecting: usize,
+    /// The server answered ALPN without `h2`: requests go to the HTTP/1.1 pool at once.
+    http1_only: bool,
+}
+
+struct State {
+    origins: HashMap<Arc<Origin>, OriginState>,
+    closed: bool,
+}
+
+/// The HTTP/2 sessions of one agent, by origin.
+pub(crate) struct Sessions {
+    cfg: Arc<Config>,
+    state: Mutex<State>,
+    /// Signalled when a stream ends, a session comes or goes, or a connect finishes.
+    changed: Notify,
+}
+
+/// One HTTP/2 connection.
+pub(crate) struct Session {
+    origin: Arc<Origin>,
+    /// The master handle; `None` once the session is retired (no new streams).
+    sender: Mutex<Option<Sender>>,
+    in_flight: Mutex<usize>,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as last seen by the monitor.
+    max_streams: std::sync::atomic::AtomicUsize,
+    /// Streams started on it so far (a stream after the first is "reused").
+    started: AtomicU64,
+    created: Instant,
+    /// Wakes the monitor (a stream ended: maybe the idle timer starts).
+    wake: Notify,
+    /// One stream only (keep-alive off): retired as soon as that stream is handed out.
+    single_use: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A request's hold on one stream of a session. Dropped, the stream's place is free again.
+pub(crate) struct StreamLease {
+    session: Arc<Session>,
+    sessions: Arc<Sessions>,
+    pub(crate) sender: Sender,
+    /// Whether the session carried a stream before this one.
+    pub(crate) reused: bool,
+}
+
+impl StreamLease {
+    /// No new stream goes to this session (after a GOAWAY or a refused stream).
+    pub(crate) fn retire(&self) {
+        self.session.retire();
+        self.sessions.changed.notify_waiters();
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        let left = {
+            let mut n = lock(&self.session.in_flight);
+            *n -= 1;
+            *n
+        };
+        if left == 0 {
+            self.session.wake.notify_one();
+        }
+        self.sessions.changed.notify_waiters();
+    }
+}
+
+/// Held by the request that opens a connection to an origin that may speak HTTP/2.
+pub(crate) struct Connecting {
+    sessions: Arc<Sessions>,
+    origin: Arc<Origin>,
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        {
+            let mut st = lock(&self.sessions.state);
+            if let Some(o) = st.origins.get_mut(&self.origin) {
+                o.connecting -= 1;
+            }
+        }
+        self.sessions.changed.notify_waiters();
+    }
+}
+
+impl Session {
+    fn retire(&self) {
+        lock(&self.sender).take();
+    }
+
+    /// Retires the session when it has no stream in flight, or anyway with `always`. The
+    /// check and the retirement happen under the sender's lock, which [`Sessions::pick`]
+    /// holds while it counts a new stream: no stream can start in between.
+    fn retire_if(&self, always: bool) -> bool {
+        let mut sender = lock(&self.sender);
+        if always || *lock(&self.in_flight) == 0 {
+            sender.take();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn usable(&self) -> bool {
+        lock(&self.sender).as_ref().is_some_and(|s| !s.is_closed())
+    }
+}
+
+impl Sessions {
+    pub(crate) fn new(cfg: Arc<Config>) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            cfg,
+            state: Mutex::new(State {
+                origins: HashMap::new(),
+                closed: false,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    /// A future that completes at the next change (create it before [`Sessions::pick`],
+    /// so that no change between the two is missed).
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// A stream for `origin`, or what to do instead.
+    pub(crate) fn pick(self: &Arc<Self>, origin: &Arc<Origin>) -> Result<Pick> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::new(ErrorKind::Cancelled, "the agent was closed"));
+        }
+        let max_sockets = self.cfg.max_sockets;
+        let o = st.origins.entry(origin.clone()).or_default();
+        if o.http1_only {
+            return Ok(Pick::Open(None));
+        }
+        o.sessions.retain(|s| s.usable());
+        for s in &o.sessions {
+            let guard = lock(&s.sender);
+            let Some(sender) = guard.as_ref() else {
+                continue;
+            };
+            let mut n = lock(&s.in_flight);
+            let room = s.max_streams.load(Ordering::Relaxed).max(1);
+            if *n < room {
+                *n += 1;
+                let reused = s.started.fetch_add(1, Ordering::Relaxed) > 0;
+                let lease = StreamLease {
+                    session: s.clone(),
+                    sessions: self.clone(),
+                    sender: sender.clone(),
+                    reused,
+                };
+                drop(n);
+                drop(guard);
+                if s.single_use {
+                    s.retire();
+                }
+                return Ok(Pick::Stream(lease));
+            }
+        }
+        if o.connecting > 0 {
+            return Ok(Pick::Wait);
+        }
+        if max_sockets.is_some_and(|m| o.sessions.len() >= m) {
+            return Ok(Pick::Wait);
+        }
+        o.connecting += 1;
+        Ok(Pick::Open(Some(Connecting {
+            sessions: self.clone(),
+            origin: origin.clone(),
+        })))
+    }
+
+    /// The server of `origin` chose HTTP/1.1: its requests go to the pool from now on.
+    pub(crate) fn http1_only(&self, origin: &Arc<Origin>) {
+        lock(&self.state)
+            .origins
+            .entry(origin.clone())
+            .or_default()
+            .http1_only = true;
+    }
+
+    /// Makes a session of a connection whose TLS chose `h2` (or that has prior
+    /// knowledge): hyper's handshake, then the monitor task, which owns `keep` (the pool
+    /// slot, given back when the connection ends) and calls `ended` once then.
+    pub(crate) async fn add(
+        self: &Arc<Self>,
+        origin: &Arc<Origin>,
+        stream: Stream,
+        keep: impl Send + 'static,
+        ended: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        if self.cfg.keep_alive {
+            let every = Duration::from_millis(u64::from(self.cfg.keep_alive_msecs));
+            b.keep_alive_interval(every)
+                .keep_alive_timeout((every * 2).max(MIN_PING_TIMEOUT))
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = b
+            .handshake::<_, ReqBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("HTTP/2 handshake: {}", chain_message(&e)),
+                )
+            })?;
+        let session = Arc::new(Session {
+            origin: origin.clone(),
+            sender: Mutex::new(Some(sender)),
+            in_flight: Mutex::new(0),
+            max_streams: std::sync::atomic::AtomicUsize::new(conn.current_max_send_streams()),
+            started: AtomicU64::new(0),
+            created: Instant::now(),
+            wake: Notify::new(),
+            single_use: !self.cfg.keep_alive,
+        });
+        {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(Error::new(ErrorKind::Cancelled, "the agent was closed"));
+            }
+            st.origins
+                .entry(origin.clone())
+                .or_default()
+                .sessions
+                .push(session.clone());
+        }
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let _keep = keep;
+            sessions.monitor(&session, conn).await;
+            sessions.remove(&session);
+            ended();
+        });
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Drives the connection until it ends; retires it when it has been idle for the
+    /// free-socket timeout or has lived its lifetime (then it ends once its last stream
+    /// does: hyper closes a connection that has no stream and no handle left).
+    async fn monitor(&self, s: &Arc<Session>, conn: H2Connection) {
+        let mut conn = std::pin::pin!(conn);
+        // hyper's dispatch task, polled here; the server's stream limit is read after
+        // each poll (it is polled whenever a request is handed to it).
+        let conn = std::future::poll_fn(move |cx| {
+            let r = conn.as_mut().poll(cx);
+            s.max_streams.store(
+                conn.as_ref().get_ref().current_max_send_streams(),
+                Ordering::Relaxed,
+            );
+            r
+        });
+        let mut conn = std::pin::pin!(conn);
+        let idle_limit = self.cfg.free_socket_timeout;
+        let lifetime = self.cfg.max_socket_lifetime.map(|d| s.created + d);
+        let mut retired = false;
+        loop {
+            let deadline = if retired {
+                None
+            } else {
+                let idle = *lock(&s.in_flight) == 0;
+                [
+                    idle_limit.filter(|_| idle).map(|d| Instant::now() + d),
+                    lifetime,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+            };
+            let woken = s.wake.notified();
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = woken => continue,
+                _ = sleep_until(deadline) => {
+                    let expired = lifetime.is_some_and(|l| Instant::now() >= l);
+                    if s.retire_if(expired) {
+                        retired = true;
+                        self.changed.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&self, s: &Arc<Session>) {
+        s.retire();
+        if let Some(o) = lock(&self.state).origins.get_mut(&s.origin) {
+            o.sessions.retain(|x| !Arc::ptr_eq(x, s));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Retires every session (agent free): in-flight streams finish or fail on their own.
+    pub(crate) fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        for o in st.origins.values() {
+            for s in &o.sessions {
+                s.retire();
+                s.wake.notify_one();
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
