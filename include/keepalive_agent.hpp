@@ -261,6 +261,7 @@ public:
     KEEPALIVE_HPP_SETTER(proxy_from_env, bool)
     KEEPALIVE_HPP_SETTER(dns_cache_msecs, std::uint32_t)
     KEEPALIVE_HPP_SETTER(happy_eyeballs_delay_msecs, std::uint32_t)
+    KEEPALIVE_HPP_SETTER(http_version, std::uint32_t)
 #undef KEEPALIVE_HPP_SETTER
 
     /* Extra trust anchors as PEM text (copied). */

@@ -100,6 +100,7 @@ void test_null_arguments(void) {
     CHECK_NULL_ARG(agent_options_add_resolve(o, NULL), "entry");
     CHECK_NULL_ARG(agent_options_set_dns_cache_msecs(NULL, 1), "options");
     CHECK_NULL_ARG(agent_options_set_happy_eyeballs_delay_msecs(NULL, 1), "options");
+    CHECK_NULL_ARG(agent_options_set_http_version(NULL, AGENT_HTTP_VERSION_AUTO), "options");
     CHECK_NULL_ARG(agent_options_set_client_cert_pem(o, NULL, 4), "pem");
     CHECK_NULL_ARG(agent_options_set_client_key_pem(o, NULL, 4), "pem");
     CHECK_NULL_ARG(agent_options_set_client_cert_file(o, NULL), "path");
@@ -461,12 +462,13 @@ void test_code_str(void) {
         {AGENT_CODE_PROTOCOL, "AGENT_CODE_PROTOCOL"},
         {AGENT_CODE_RESPONSE_TOO_LARGE, "AGENT_CODE_RESPONSE_TOO_LARGE"},
         {AGENT_CODE_BODY_SOURCE, "AGENT_CODE_BODY_SOURCE"},
+        {AGENT_CODE_STREAM_RESET, "AGENT_CODE_STREAM_RESET"},
         {AGENT_CODE_CANCELLED, "AGENT_CODE_CANCELLED"},
         {AGENT_CODE_FORKED, "AGENT_CODE_FORKED"},
         {AGENT_CODE_PANIC, "AGENT_CODE_PANIC"},
         {AGENT_CODE_INTERNAL, "AGENT_CODE_INTERNAL"},
     };
-    static const uint32_t unknown[] = {6, 9, 15, 47, 59, 62, 1000, 0xFFFFFFFFu};
+    static const uint32_t unknown[] = {6, 9, 15, 48, 59, 62, 1000, 0xFFFFFFFFu};
     size_t i;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         const char *s = agent_code_name(codes[i].code);
