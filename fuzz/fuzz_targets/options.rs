@@ -43,6 +43,8 @@ struct Input {
     use_system_roots: Option<bool>,
     danger_accept_invalid_certs: Option<bool>,
     user_agent: Option<String>,
+    dns_cache_msecs: Option<u32>,
+    happy_eyeballs_delay_msecs: Option<u32>,
     env_reuse: Option<String>,
     env_reuse_aws: Option<String>,
 }
@@ -100,6 +102,11 @@ fuzz_target!(|i: Input| {
         use_system_roots: i.use_system_roots,
         danger_accept_invalid_certs: i.danger_accept_invalid_certs,
         user_agent: i.user_agent.clone(),
+        dns_cache_msecs: i.dns_cache_msecs,
+        happy_eyeballs_delay_msecs: i.happy_eyeballs_delay_msecs,
+        // Proxies, resolve entries and client certificates have fuzz targets of their own
+        // (proxy) or need files.
+        ..Default::default()
     };
     let env = |name: &str| {
         if name == ENV_REUSE {
@@ -128,6 +135,8 @@ fuzz_target!(|i: Input| {
             i.connect_timeout_msecs,
             i.headers_timeout_msecs,
             i.body_timeout_msecs,
+            i.dns_cache_msecs,
+            i.happy_eyeballs_delay_msecs,
         ]
         .iter()
         .all(|&v| in_range(v, MAX_MSECS))
@@ -182,6 +191,11 @@ fuzz_target!(|i: Input| {
     assert_eq!(c.connect_timeout, or(i.connect_timeout_msecs, 10_000));
     assert_eq!(c.headers_timeout, or(i.headers_timeout_msecs, 300_000));
     assert_eq!(c.body_timeout, or(i.body_timeout_msecs, 300_000));
+    assert_eq!(c.dns_cache, or(i.dns_cache_msecs, 60_000));
+    assert_eq!(
+        c.happy_eyeballs_delay,
+        Duration::from_millis(u64::from(i.happy_eyeballs_delay_msecs.unwrap_or(250)))
+    );
     assert_eq!(c.max_socket_lifetime, ms(i.max_socket_lifetime_msecs));
     assert_eq!(
         c.keep_alive_timeout_buffer,
