@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use keepalive_agent::{ErrorKind, Options, Scheduling};
+use keepalive_agent::{ErrorKind, HttpVersion, Options, Scheduling};
 use libfuzzer_sys::fuzz_target;
 
 // SPEC §2 and §3, read independently of the library (which serves them from `limit`).
@@ -45,6 +45,7 @@ struct Input {
     user_agent: Option<String>,
     dns_cache_msecs: Option<u32>,
     happy_eyeballs_delay_msecs: Option<u32>,
+    http_version: Option<u32>,
     env_reuse: Option<String>,
     env_reuse_aws: Option<String>,
 }
@@ -104,6 +105,7 @@ fuzz_target!(|i: Input| {
         user_agent: i.user_agent.clone(),
         dns_cache_msecs: i.dns_cache_msecs,
         happy_eyeballs_delay_msecs: i.happy_eyeballs_delay_msecs,
+        http_version: i.http_version,
         // Proxies, resolve entries and client certificates have fuzz targets of their own
         // (proxy) or need files.
         ..Default::default()
@@ -127,6 +129,7 @@ fuzz_target!(|i: Input| {
         && in_range(i.max_total_sockets, MAX_SOCKETS_LIMIT)
         && in_range(i.max_free_sockets, MAX_SOCKETS_LIMIT)
         && in_range(i.scheduling, 1)
+        && in_range(i.http_version, 3)
         && [
             i.free_socket_timeout_msecs,
             i.keep_alive_timeout_buffer_msecs,
@@ -192,6 +195,15 @@ fuzz_target!(|i: Input| {
     assert_eq!(c.headers_timeout, or(i.headers_timeout_msecs, 300_000));
     assert_eq!(c.body_timeout, or(i.body_timeout_msecs, 300_000));
     assert_eq!(c.dns_cache, or(i.dns_cache_msecs, 60_000));
+    assert_eq!(
+        c.http_version,
+        match i.http_version {
+            Some(0) => HttpVersion::Auto,
+            None | Some(1) => HttpVersion::Http1,
+            Some(2) => HttpVersion::Http2,
+            _ => HttpVersion::H2cPriorKnowledge,
+        }
+    );
     assert_eq!(
         c.happy_eyeballs_delay,
         Duration::from_millis(u64::from(i.happy_eyeballs_delay_msecs.unwrap_or(250)))
