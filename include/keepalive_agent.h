@@ -54,8 +54,10 @@
 #define AGENT_HTTP_VERSION_HTTP1 1
 
 /**
- * `agent_options_set_http_version`: HTTP/2 over TLS only (a server that does not choose
- * h2 fails with `AGENT_CODE_PROTOCOL`); plain http stays HTTP/1.1.
+ * `agent_options_set_http_version`: HTTP/2 over TLS only (ALPN offers `h2` alone; a server
+ * without it fails the request: `AGENT_CODE_TLS` when it ends the handshake with a
+ * `no_application_protocol` alert, as nginx does, `AGENT_CODE_PROTOCOL` when it completes
+ * the handshake without choosing); plain http stays HTTP/1.1.
  */
 #define AGENT_HTTP_VERSION_HTTP2 2
 
@@ -400,7 +402,8 @@ typedef struct {
    */
   uint64_t dns_cache_hits;
   /**
-   * Requests sent as HTTP/2 streams (also counted in `requests`).
+   * HTTP/2 streams started (a request is counted once in `requests`, and once here per
+   * stream it took: a refused stream sent again counts twice).
    */
   uint64_t h2_streams;
   /**
@@ -535,7 +538,7 @@ typedef struct {
    */
   uint16_t status;
   /**
-   * 10 for HTTP/1.0, 11 for HTTP/1.1.
+   * 10 for HTTP/1.0, 11 for HTTP/1.1, 20 for HTTP/2.
    */
   uint32_t version;
   /**
@@ -1327,7 +1330,7 @@ void agent_response_free(agent_response *response);
 uint16_t agent_response_status(const agent_response *response);
 
 /**
- * The HTTP version as a number: 10 for HTTP/1.0, 11 for HTTP/1.1; 0 for NULL.
+ * The HTTP version as a number: 10 for HTTP/1.0, 11 for HTTP/1.1, 20 for HTTP/2; 0 for NULL.
  *
  * # Safety
  * `response` is NULL or a live response.
@@ -1381,6 +1384,20 @@ agent_code agent_response_header(const agent_response *response,
                                  const char *name,
                                  const char **value,
                                  size_t *value_len);
+
+/**
+ * The first value of trailer field `name` (case-insensitive), sent after the body (HTTP/2,
+ * or a chunked HTTP/1.1 body). Not NUL-terminated; valid until the response is freed.
+ * `AGENT_CODE_NOT_FOUND` when the response has no such trailer.
+ *
+ * # Safety
+ * `response` is NULL or a live response; `name` is a NUL-terminated string; out pointers
+ * must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
+ */
+agent_code agent_response_trailer(const agent_response *response,
+                                  const char *name,
+                                  const char **value,
+                                  size_t *value_len);
 
 /**
  * The whole body as pointer + length (valid until the response is freed; the pointer may
@@ -1484,6 +1501,22 @@ agent_code agent_request_stream_async(const agent *agent,
  */
 agent_code agent_stream_head(const agent_stream *stream,
                              agent_response_parts *out);
+
+/**
+ * The first value of trailer field `name` (case-insensitive) that followed the body:
+ * available once a read has returned the end of the body (0 bytes); valid until the next
+ * call on this stream or its free. `AGENT_CODE_NOT_FOUND` when there is no such trailer
+ * (or the body has not ended yet); `AGENT_CODE_WOULD_BLOCK` while an async read is in
+ * flight.
+ *
+ * # Safety
+ * `stream` is NULL or live; `name` is a NUL-terminated string; out pointers must be
+ * writable.
+ */
+agent_code agent_stream_trailer(const agent_stream *stream,
+                                const char *name,
+                                const char **value,
+                                size_t *value_len);
 
 /**
  * Reads the next bytes of the body into `buf` (at most `cap`, which must be > 0), blocking

@@ -541,6 +541,12 @@ impl ResponseStream {
         &self.head
     }
 
+    /// The trailer fields that followed the body (empty until the body has been read to
+    /// its end, and when there are none).
+    pub fn trailers(&self) -> &http::HeaderMap {
+        &self.head.trailers
+    }
+
     /// Whether the whole body has been read (or the stream failed).
     pub fn is_finished(&self) -> bool {
         self.open.is_none()
@@ -669,9 +675,12 @@ impl ResponseStream {
 
     /// The body is complete: the connection goes back to the pool if it may be reused.
     async fn finish(&mut self) {
-        let Some((lease, _)) = self.open.take() else {
+        let Some((lease, mut reader)) = self.open.take() else {
             return;
         };
+        if let Some(t) = reader.trailers.take() {
+            self.head.trailers = t;
+        }
         let pool = &self.inner.pool;
         let mut conn = match lease {
             Lease::H1(c) => c,
@@ -681,7 +690,6 @@ impl ResponseStream {
                 pool.record(&self.origin, |s| {
                     s.requests += 1;
                     s.reused_requests += u64::from(reused);
-                    s.h2_streams += 1;
                 });
                 self.tally.done = true;
                 self.head.timings.total_us = micros(self.start.elapsed());
@@ -710,7 +718,6 @@ impl ResponseStream {
                     // Dropped before its end, the stream is reset (RST_STREAM CANCEL); the
                     // session and its other streams go on.
                     drop(stream);
-                    self.inner.pool.record(&self.origin, |s| s.h2_streams += 1);
                     self.tally.failed(&e);
                     self.failed = Some(e);
                     return;
@@ -749,6 +756,7 @@ fn empty_response() -> Response {
         body: Bytes::new(),
         reused: false,
         timings: Timings::default(),
+        trailers: http::HeaderMap::new(),
     }
 }
 
@@ -851,6 +859,7 @@ impl Inner {
                 changed.as_mut().enable();
                 match self.h2.pick(origin)? {
                     Pick::Stream(mut lease) => {
+                        self.pool.record(origin, |s| s.h2_streams += 1);
                         let t = Timings {
                             queued_us: micros(queue_start.elapsed()),
                             ..opened
@@ -858,8 +867,10 @@ impl Inner {
                         match exchange::start_h2(&mut lease, origin, req, &self.cfg, start, t).await
                         {
                             Ok(head) => return Ok((Lease::H2(lease), head, 0)),
-                            Err(Failure::Refused(e)) => {
-                                lease.retire();
+                            Err(Failure::Refused(e, gone)) => {
+                                if gone.0 {
+                                    lease.retire();
+                                }
                                 drop(lease);
                                 if refused < MAX_REFUSED && req.body.rewind() {
                                     refused += 1;
@@ -921,7 +932,7 @@ impl Inner {
                     drop(conn);
                     continue;
                 }
-                Failure::Failed(e) | Failure::Refused(e) => {
+                Failure::Failed(e) | Failure::Refused(e, _) => {
                     self.pool.discard(origin, conn, discard(&e));
                     return Err(e);
                 }

@@ -33,10 +33,15 @@ pub(crate) enum Failure {
     /// HTTP/2: the server refused the stream (`REFUSED_STREAM`) or went away
     /// (`GOAWAY`) before processing it: safe to retry on another connection for any
     /// method, when the body can be sent again.
-    Refused(Error),
+    Refused(Error, GoneAway),
     /// Any other failure.
     Failed(Error),
 }
+
+/// Whether a refused HTTP/2 stream's connection takes no more streams (GOAWAY, or the
+/// connection is gone) or was only at its limit (REFUSED_STREAM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GoneAway(pub(crate) bool);
 
 /// What a response body is read through: polling it makes progress on the connection.
 /// An HTTP/1.1 connection is driven inline by the request that holds it
@@ -114,12 +119,13 @@ pub(crate) async fn start(
         }
     };
     t.ttfb_us = micros(start.elapsed());
-    into_head(resp, cfg, reused, t, overall).map_err(Failure::Failed)
+    into_head(resp, req, cfg, reused, t, overall).map_err(Failure::Failed)
 }
 
 /// The response head, with the reader of its body.
 fn into_head(
     resp: http::Response<Incoming>,
+    req: &Request,
     cfg: &Config,
     reused: bool,
     t: Timings,
@@ -132,12 +138,20 @@ fn into_head(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A body that must have exactly `Content-Length` bytes (not the answer to HEAD, nor a
+    // 1xx, 204 or 304): ending short of it is an error even when the transport says the
+    // body is over (HTTP/2 lets a server end a stream with RST_STREAM NO_ERROR).
+    let status = parts.status.as_u16();
+    let bodiless =
+        req.method == http::Method::HEAD || status < 200 || status == 204 || status == 304;
     let body = BodyReader {
         body,
         declared,
+        expected: declared.filter(|_| !bodiless),
         total: 0,
         max: cfg.max_response_bytes,
         gap: cfg.body_timeout.filter(needed),
+        trailers: None,
     };
     if let (Some(n), Some(max)) = (declared, cfg.max_response_bytes) {
         if n > max {
@@ -153,6 +167,7 @@ fn into_head(
             body: Bytes::new(),
             reused,
             timings: t,
+            trailers: http::HeaderMap::new(),
         },
         hint,
         body,
@@ -176,14 +191,17 @@ pub(crate) async fn start_h2(
         Scheme::Https => "https",
     };
     let pq = hreq.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri: http::Uri = format!("{scheme}://{}{pq}", origin.authority())
-        .parse()
-        .map_err(|e| {
-            Failure::Failed(Error::new(
-                ErrorKind::InvalidUrl,
-                format!("the URL as an HTTP/2 target: {e}"),
-            ))
-        })?;
+    // A caller's own Host header becomes :authority, as curl does.
+    let authority = match req.headers.get(http::header::HOST).map(|v| v.to_str()) {
+        Some(Ok(h)) => h.to_string(),
+        _ => origin.authority(),
+    };
+    let uri: http::Uri = format!("{scheme}://{authority}{pq}").parse().map_err(|e| {
+        Failure::Failed(Error::new(
+            ErrorKind::InvalidUrl,
+            format!("the URL as an HTTP/2 target: {e}"),
+        ))
+    })?;
     *hreq.uri_mut() = uri;
     *hreq.version_mut() = http::Version::HTTP_2;
     let h = hreq.headers_mut();
@@ -217,15 +235,14 @@ pub(crate) async fn start_h2(
         Ok(r) => r,
         Err(e) => {
             let err = map_hyper_error(&e);
-            return Err(if refused(&e) {
-                Failure::Refused(err)
-            } else {
-                Failure::Failed(err)
+            return Err(match refused(&e) {
+                Some(gone) => Failure::Refused(err, gone),
+                None => Failure::Failed(err),
             });
         }
     };
     t.ttfb_us = micros(start.elapsed());
-    into_head(resp, cfg, lease.reused, t, overall).map_err(Failure::Failed)
+    into_head(resp, req, cfg, lease.reused, t, overall).map_err(Failure::Failed)
 }
 
 /// The HTTP/2 error inside a hyper error, if any.
@@ -240,14 +257,21 @@ fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     None
 }
 
-/// Whether the server did not process the stream: it refused it, its GOAWAY's last
-/// stream id was below it (RFC 9113 §8.7), or the connection was gone before the request
-/// left (hyper hands it back cancelled).
-fn refused(e: &hyper::Error) -> bool {
-    e.is_canceled()
-        || h2_error(e).is_some_and(|h| {
-            h.reason() == Some(h2::Reason::REFUSED_STREAM) || (h.is_go_away() && h.is_remote())
-        })
+/// Whether the server did not process the stream: it refused it (`Some(GoneAway(false))`:
+/// the connection goes on), its GOAWAY's last stream id was below it (RFC 9113 §8.7), or
+/// the connection was gone before the request left (hyper hands it back cancelled).
+fn refused(e: &hyper::Error) -> Option<GoneAway> {
+    if e.is_canceled() {
+        return Some(GoneAway(true));
+    }
+    let h = h2_error(e)?;
+    if h.is_go_away() && h.is_remote() {
+        Some(GoneAway(true))
+    } else if h.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(GoneAway(false))
+    } else {
+        None
+    }
 }
 
 /// A request to a plain-http origin through a proxy: the absolute form of the target
@@ -299,11 +323,15 @@ pub(crate) struct BodyReader {
     body: Incoming,
     /// The `Content-Length`, when the response has one.
     declared: Option<u64>,
+    /// The body length the response promises (`declared`, unless it has no body at all).
+    expected: Option<u64>,
     /// Body bytes read so far.
     total: u64,
     max: Option<u64>,
     /// The longest wait for the next piece (`body_timeout`).
     gap: Option<Duration>,
+    /// Trailer fields, once the body has ended with them.
+    pub(crate) trailers: Option<http::HeaderMap>,
 }
 
 impl BodyReader {
@@ -342,11 +370,27 @@ impl BodyReader {
                 ));
             };
             let data = match frame {
-                None => return Ok(None),
+                None => {
+                    if let Some(n) = self.expected.filter(|&n| self.total < n) {
+                        return Err(Error::new(
+                            ErrorKind::ConnectionClosed,
+                            format!(
+                                "the response body ended after {} of its {n} bytes (Content-Length)",
+                                self.total
+                            ),
+                        ));
+                    }
+                    return Ok(None);
+                }
                 Some(Err(e)) => return Err(map_hyper_error(&e)),
                 Some(Ok(f)) => match f.into_data() {
                     Ok(d) => d,
-                    Err(_) => continue, // trailers
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            self.trailers = Some(t);
+                        }
+                        continue;
+                    }
                 },
             };
             self.total += data.len() as u64;

@@ -62,7 +62,8 @@ stats! {
     dns_lookups,
     /// Connections that opened with addresses from the agent's DNS cache.
     dns_cache_hits,
-    /// Requests sent as HTTP/2 streams (also counted in `requests`).
+    /// HTTP/2 streams started (a request is counted once in `requests`, and once here per
+    /// stream it took: a refused stream sent again counts twice).
     h2_streams,
     /// HTTP/2 connections opened (also counted in `connections_opened`).
     h2_connections,

@@ -78,7 +78,8 @@ pub struct agent_pool_stats {
     pub dns_lookups: u64,
     /// Connections that opened with addresses from the agent's DNS cache.
     pub dns_cache_hits: u64,
-    /// Requests sent as HTTP/2 streams (also counted in `requests`).
+    /// HTTP/2 streams started (a request is counted once in `requests`, and once here per
+    /// stream it took: a refused stream sent again counts twice).
     pub h2_streams: u64,
     /// HTTP/2 connections opened (also counted in `connections_opened`).
     pub h2_connections: u64,

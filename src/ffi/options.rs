@@ -16,8 +16,10 @@ pub const AGENT_SCHEDULING_FIFO: u32 = 1;
 pub const AGENT_HTTP_VERSION_AUTO: u32 = 0;
 /// `agent_options_set_http_version`: HTTP/1.1 only.
 pub const AGENT_HTTP_VERSION_HTTP1: u32 = 1;
-/// `agent_options_set_http_version`: HTTP/2 over TLS only (a server that does not choose
-/// h2 fails with `AGENT_CODE_PROTOCOL`); plain http stays HTTP/1.1.
+/// `agent_options_set_http_version`: HTTP/2 over TLS only (ALPN offers `h2` alone; a server
+/// without it fails the request: `AGENT_CODE_TLS` when it ends the handshake with a
+/// `no_application_protocol` alert, as nginx does, `AGENT_CODE_PROTOCOL` when it completes
+/// the handshake without choosing); plain http stays HTTP/1.1.
 pub const AGENT_HTTP_VERSION_HTTP2: u32 = 2;
 /// `agent_options_set_http_version`: HTTP/2 also on plain http, without an upgrade
 /// (curl's `--http2-prior-knowledge`); h2 by ALPN over TLS.

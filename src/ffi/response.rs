@@ -51,7 +51,7 @@ pub(crate) fn header_block(h: &http::HeaderMap) -> Box<[u8]> {
 pub struct agent_response_parts {
     /// The status code.
     pub status: u16,
-    /// 10 for HTTP/1.0, 11 for HTTP/1.1.
+    /// 10 for HTTP/1.0, 11 for HTTP/1.1, 20 for HTTP/2.
     pub version: u32,
     /// Whether the connection had served an earlier request.
     pub reused: bool,
@@ -171,7 +171,7 @@ pub unsafe extern "C" fn agent_response_status(response: *const agent_response) 
     guard_value(0, || unsafe { resp(response) }.map_or(0, |r| r.status))
 }
 
-/// The HTTP version as a number: 10 for HTTP/1.0, 11 for HTTP/1.1; 0 for NULL.
+/// The HTTP version as a number: 10 for HTTP/1.0, 11 for HTTP/1.1, 20 for HTTP/2; 0 for NULL.
 ///
 /// # Safety
 /// `response` is NULL or a live response.
@@ -276,6 +276,40 @@ pub unsafe extern "C" fn agent_response_header(
             None => Err(Error::new(
                 ErrorKind::NotFound,
                 format!("no header {name:?} in the response"),
+            )),
+        }
+    })
+}
+
+/// The first value of trailer field `name` (case-insensitive), sent after the body (HTTP/2,
+/// or a chunked HTTP/1.1 body). Not NUL-terminated; valid until the response is freed.
+/// `AGENT_CODE_NOT_FOUND` when the response has no such trailer.
+///
+/// # Safety
+/// `response` is NULL or a live response; `name` is a NUL-terminated string; out pointers
+/// must be writable (NULL is refused with `AGENT_CODE_INVALID_ARGUMENT`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_trailer(
+    response: *const agent_response,
+    name: *const c_char,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        // SAFETY: forwarded contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+        match r.trailers.get(name) {
+            Some(v) => {
+                value.write(v.as_bytes().as_ptr().cast());
+                value_len.write(v.as_bytes().len());
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no trailer {name:?} after the response body"),
             )),
         }
     })

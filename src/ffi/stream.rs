@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::agent::{Userdata, agent, agent_header, build_request};
 use super::response::{agent_response_parts, header_block, timings};
 use super::{
-    agent_code, borrow, fail, guard, guard_value, null, out_ptr, outcome, write_if_wanted,
+    agent_code, borrow, c_str, fail, guard, guard_value, null, out_ptr, outcome, write_if_wanted,
 };
 use crate::agent::ResponseStream;
 use crate::error::{Error, ErrorKind, Result};
@@ -505,6 +505,49 @@ pub unsafe extern "C" fn agent_stream_head(
             timings: t,
         });
         Ok(())
+    })
+}
+
+/// The first value of trailer field `name` (case-insensitive) that followed the body:
+/// available once a read has returned the end of the body (0 bytes); valid until the next
+/// call on this stream or its free. `AGENT_CODE_NOT_FOUND` when there is no such trailer
+/// (or the body has not ended yet); `AGENT_CODE_WOULD_BLOCK` while an async read is in
+/// flight.
+///
+/// # Safety
+/// `stream` is NULL or live; `name` is a NUL-terminated string; out pointers must be
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stream_trailer(
+    stream: *const agent_stream,
+    name: *const c_char,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let s = unsafe { borrow(stream, "stream") }?;
+        // SAFETY: forwarded contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+        let st = s.shared.lock();
+        let State::Idle { stream, .. } = &*st else {
+            return Err(Error::new(
+                ErrorKind::WouldBlock,
+                "an async read is in flight on this stream",
+            ));
+        };
+        match stream.trailers().get(name) {
+            Some(v) => {
+                value.write(v.as_bytes().as_ptr().cast());
+                value_len.write(v.as_bytes().len());
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no trailer {name:?} (trailers come after the end of the body)"),
+            )),
+        }
     })
 }
 
