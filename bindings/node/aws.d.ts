@@ -18,6 +18,13 @@ export interface KeepAliveHttpHandlerOptions extends AgentOptions {
   requestTimeout?: number;
   /** Alias of connectTimeout, the name @smithy/node-http-handler uses. */
   connectionTimeout?: number;
+  /**
+   * The Agent's `httpVersion` (default `'http1'`): `'auto'` lets a TLS endpoint that offers
+   * h2 (ALPN) serve the SDK's calls over HTTP/2, many at once on one connection. `metadata`
+   * stays `'http/1.1'` either way: the SDK builds HTTP/1.1-style requests and the engine
+   * turns them into HTTP/2 ones.
+   */
+  httpVersion?: AgentOptions['httpVersion'];
 }
 
 /** The subset of @smithy/protocol-http's HttpRequest the handler reads. */

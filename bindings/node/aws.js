@@ -6,7 +6,7 @@
 //   const client = new DynamoDBClient({ requestHandler: new KeepAliveHttpHandler({ keepAlive: false }) });
 //
 // Options are the Agent's (keepAlive, maxSockets, connectTimeout, ca, proxy, noProxy,
-// proxyFromEnv, ...) plus the names @smithy/node-http-handler users already pass:
+// proxyFromEnv, httpVersion, ...) plus the names @smithy/node-http-handler users already pass:
 // requestTimeout (ms, per request; 0 = none) and connectionTimeout (ms, an alias of
 // connectTimeout). keepAlive left out: the environment decides
 // (AWS_NODEJS_CONNECTION_REUSE_ENABLED / KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED). proxy
@@ -58,6 +58,7 @@ const AGENT_OPTIONS = new Set([
   'happyEyeballsDelay',
   'cert',
   'key',
+  'httpVersion',
 ]);
 
 // Codes the SDK's node handler renames to TimeoutError (ECONNRESET, EPIPE, ETIMEDOUT).
@@ -137,7 +138,14 @@ async function requestBody(body) {
 }
 
 class KeepAliveHttpHandler {
-  /** @type {{handlerProtocol: string}} */
+  /**
+   * 'http/1.1' whatever httpVersion says: the SDK then sends HTTP/1.1-style requests (a
+   * `host` header; on an HTTP/2 connection the engine drops it and sends the URL's host as
+   * `:authority`, the same value the SDK signed). With
+   * 'h2' it would add an `:authority` header itself and build h2-only clients (STS), which
+   * an `httpVersion: 'auto'` origin that answers HTTP/1.1 could not serve.
+   * @type {{handlerProtocol: string}}
+   */
   metadata = { handlerProtocol: 'http/1.1' };
 
   #config;

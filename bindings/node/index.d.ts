@@ -89,6 +89,23 @@ export interface AgentOptions {
   cert?: string | Uint8Array;
   /** Private key of `cert` (PKCS#8, PKCS#1 or SEC1 PEM, unencrypted), as Node's tls `key`. */
   key?: string | Uint8Array;
+  /**
+   * Which HTTP versions to speak (default `'http1'`, the library's):
+   * - `'http1'`: HTTP/1.1 only.
+   * - `'auto'`: over TLS, offer h2 then http/1.1 by ALPN and let the server choose; plain
+   *   http stays HTTP/1.1.
+   * - `'http2'`: HTTP/2 over TLS only (a server that does not choose h2 fails the request:
+   *   nginx ends the handshake with an alert, `AGENT_CODE_TLS` "... NoApplicationProtocol");
+   *   plain http stays HTTP/1.1.
+   * - `'h2c-prior-knowledge'`: HTTP/2 on plain http too, without an upgrade (curl's
+   *   `--http2-prior-knowledge`); h2 by ALPN over TLS.
+   *
+   * Requests to an HTTP/2 origin share one connection, as many at once as the server allows,
+   * then another within `maxSockets`; with `keepAlive: false`, one request per connection.
+   * HTTP/2 costs about 2.5× the CPU of HTTP/1.1 per request one at a time; it pays when many
+   * requests run at once to one origin.
+   */
+  httpVersion?: 'auto' | 'http1' | 'http2' | 'h2c-prior-knowledge';
 }
 
 export type RequestHeaders =
@@ -156,8 +173,12 @@ export interface Response {
   statusCode: number;
   /** Standard reason phrase for the status (http.STATUS_CODES), '' if none. */
   statusMessage: string;
-  /** '1.1' or '1.0'. */
+  /** '1.1', '1.0' or '2.0' (HTTP/2), as Node's IncomingMessage. */
   httpVersion: string;
+  /** 1 or 2. */
+  httpVersionMajor: number;
+  /** 1 or 0 (0 for HTTP/2). */
+  httpVersionMinor: number;
   /**
    * Lowercase names, like Node's IncomingMessage.headers: set-cookie is always an array;
    * duplicates of single-valued fields (content-type, content-length, ...) keep the first;
@@ -167,7 +188,10 @@ export interface Response {
   /** Every header line as [name, value, name, value, ...] (names lowercase). */
   rawHeaders: string[];
   body: Buffer;
-  /** Whether the request went out on a connection that had served an earlier request. */
+  /**
+   * Whether the request went out on a connection that had served an earlier request (over
+   * HTTP/2: every stream after the first on its connection).
+   */
   reusedSocket: boolean;
   timings: Timings;
 }
@@ -216,6 +240,10 @@ export interface AgentStats {
   dnsLookups: number;
   /** Connections that opened with addresses from the agent's DNS cache. */
   dnsCacheHits: number;
+  /** Requests sent as HTTP/2 streams (also counted in `requests`). */
+  h2Streams: number;
+  /** HTTP/2 connections opened (also counted in `connectionsOpened`). */
+  h2Connections: number;
   /** The effective keep-alive setting (after the environment switch). */
   keepAlive: boolean;
   /** A statistic added to the library after these declarations. */
@@ -238,7 +266,9 @@ export interface Limits {
  * A failed request. `code` is Node's name where one fits — ECONNREFUSED, ECONNRESET
  * (reset, closed early, stale connection), ETIMEDOUT (every timeout), EPIPE, ENOTFOUND,
  * ERR_INVALID_URL, ERR_INVALID_ARG_VALUE, ERR_PROXY_TUNNEL (the proxy refused the `CONNECT`
- * tunnel of an https:// request; the message has its status line, e.g. 407) — otherwise the library's code name, e.g.
+ * tunnel of an https:// request; the message has its status line, e.g. 407),
+ * ERR_HTTP2_STREAM_ERROR (the server reset the request's HTTP/2 stream, `RST_STREAM` with
+ * its reason in the message; the connection's other requests go on) — otherwise the library's code name, e.g.
  * 'AGENT_CODE_TLS', 'AGENT_CODE_PROTOCOL', 'AGENT_CODE_CANCELLED', 'AGENT_CODE_BODY_SOURCE'
  * (a streamed request body failed or had the wrong length; `cause` is the body's own
  * error when it threw).

@@ -1,6 +1,7 @@
 'use strict';
-// keepalive-agent for Node: an HTTP/1.1 client with a keep-alive connection pool, running
-// on the native engine (libkeepalive_agent) through an N-API addon (src/addon.c).
+// keepalive-agent for Node: an HTTP/1.1 (and, on request, HTTP/2) client with a keep-alive
+// connection pool, running on the native engine (libkeepalive_agent) through an N-API addon
+// (src/addon.c).
 //
 // Everything is validated here, with Node's error codes, before the addon is called. The
 // addon submits requests to the engine's event queue (one per thread: main or worker) and
@@ -146,6 +147,12 @@ const INTEGER_OPTIONS = [
   ['happyEyeballsDelay', 0, MSECS_MAX],
 ];
 
+// httpVersion's names and the library's values for them (AGENT_HTTP_VERSION_*).
+const HTTP_VERSIONS = native.httpVersions;
+const HTTP_VERSION_NAMES = Object.keys(HTTP_VERSIONS)
+  .map((n) => `'${n}'`)
+  .join(', ');
+
 function toBuffer(value, name) {
   if (typeof value === 'string') return Buffer.from(value, 'utf8');
   if (ArrayBuffer.isView(value)) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
@@ -167,6 +174,14 @@ function normalizeAgentOptions(options) {
       throw invalidArgValue('options.scheduling', s, "must be one of: 'fifo', 'lifo'");
     }
     out.scheduling = s === 'fifo' ? 1 : 0;
+  }
+  if (options.httpVersion !== undefined) {
+    const v = options.httpVersion;
+    if (typeof v !== 'string') throw invalidArgType('options.httpVersion', 'of type string', v);
+    if (!Object.prototype.hasOwnProperty.call(HTTP_VERSIONS, v)) {
+      throw invalidArgValue('options.httpVersion', v, `must be one of: ${HTTP_VERSION_NAMES}`);
+    }
+    out.httpVersion = HTTP_VERSIONS[v];
   }
   if (options.retryStale !== undefined) out.retryStale = validateBoolean(options.retryStale, 'options.retryStale');
   if (options.maxResponseSize !== undefined) {
@@ -423,6 +438,8 @@ function finishResponse(raw) {
     statusCode: raw.statusCode,
     statusMessage: STATUS_CODES[raw.statusCode] || '',
     httpVersion: raw.httpVersion,
+    httpVersionMajor: raw.httpVersionMajor,
+    httpVersionMinor: raw.httpVersionMinor,
     headers: headersObject(raw.rawHeaders),
     rawHeaders: raw.rawHeaders,
     body: raw.body,
@@ -449,8 +466,9 @@ function splitHeaderBlock(block) {
   return raw;
 }
 
+// The engine's version number (10, 11, 20) as Node's IncomingMessage spells it.
 function httpVersion(v) {
-  return v === 11 ? '1.1' : v === 10 ? '1.0' : `${Math.floor(v / 10)}.${v % 10}`;
+  return v === 11 ? '1.1' : v === 20 ? '2.0' : v === 10 ? '1.0' : `${Math.floor(v / 10)}.${v % 10}`;
 }
 
 // The addon calls these once per response (timings in microseconds): the object a whole
@@ -461,6 +479,8 @@ function makeResponse(status, version, block, reused, body, queued, dns, connect
     statusCode: status,
     statusMessage: STATUS_CODES[status] || '',
     httpVersion: httpVersion(version),
+    httpVersionMajor: Math.floor(version / 10),
+    httpVersionMinor: version % 10,
     headers: headersObject(rawHeaders),
     rawHeaders,
     body,
@@ -486,6 +506,8 @@ function makeHead(status, version, block, reused, stream, queued, dns, connect, 
   return {
     statusCode: status,
     httpVersion: httpVersion(version),
+    httpVersionMajor: Math.floor(version / 10),
+    httpVersionMinor: version % 10,
     rawHeaders: splitHeaderBlock(block),
     reusedSocket: reused,
     timings: timingsObject(queued, dns, connect, tls, sent, ttfb, total),

@@ -20,6 +20,8 @@
  *   stats(handle, origin?), keepAlive(handle), destroy(handle), version(), codeName(code)
  *   makeError(code, message)                 -> the Error a library failure becomes
  *   limits                                   -> {maxMsecs, ...}, from agent_limit
+ *   httpVersions                             -> {auto, http1, http2, 'h2c-prior-knowledge'}:
+ *                                               the library's AGENT_HTTP_VERSION_* values
  *   statsFields                              -> the library's statistics field names
  *   testPanic()                              -> throws AGENT_CODE_PANIC (test-hooks builds)
  *
@@ -329,6 +331,8 @@ static const char *error_code_for(agent_code code) {
       return "ERR_INVALID_URL";
     case AGENT_CODE_PROXY:
       return "ERR_PROXY_TUNNEL"; /* Node 24's code for a proxy tunnel that failed */
+    case AGENT_CODE_STREAM_RESET:
+      return "ERR_HTTP2_STREAM_ERROR"; /* node:http2's code for a stream the peer reset */
     default:
       return agent_code_name(code);
   }
@@ -594,7 +598,7 @@ static void free_response_finalizer(napi_env env, void *data, void *hint) {
   agent_response_free(hint);
 }
 
-/* Arguments shared by the two factories: status, version (10/11), the header block as one
+/* Arguments shared by the two factories: status, version (10/11/20), the header block as one
  * latin1 string ("name: value\r\n" lines, split in JS), reused, then (after the body or
  * stream slot) the seven timings in microseconds. */
 #define FACTORY_ARGS 12
@@ -1281,6 +1285,7 @@ static const struct {
     {"bodyTimeout", agent_options_set_body_timeout_msecs},
     {"dnsCacheMsecs", agent_options_set_dns_cache_msecs},
     {"happyEyeballsDelay", agent_options_set_happy_eyeballs_delay_msecs},
+    {"httpVersion", agent_options_set_http_version},
 };
 
 static const struct {
@@ -1372,8 +1377,9 @@ static bool option_ok(napi_env env, agent_code code) {
 /* create(options): options were validated and normalized by index.js (numbers are
  * integers in range, scheduling is 0/1, ca/cert/key are Buffers, noProxy is one
  * comma-separated string, resolve an array of strings, rejectUnauthorized is turned into
- * dangerAcceptInvalidCerts). Keys left undefined keep the library's defaults; an
- * undefined keepAlive lets the environment switch decide. */
+ * dangerAcceptInvalidCerts, httpVersion is one of httpVersions' values). Keys left
+ * undefined keep the library's defaults; an undefined keepAlive lets the environment
+ * switch decide. */
 static napi_value js_create(napi_env env, napi_callback_info info) {
   env_state *st = NULL;
   size_t argc = 1;
@@ -2503,6 +2509,27 @@ static napi_value limits_object(napi_env env) {
   return obj;
 }
 
+/* httpVersions: the option's names (Node's spelling) and the library's values for them. */
+static napi_value http_versions_object(napi_env env) {
+  static const struct {
+    const char *name;
+    uint32_t value;
+  } VERSIONS[] = {
+      {"auto", AGENT_HTTP_VERSION_AUTO},
+      {"http1", AGENT_HTTP_VERSION_HTTP1},
+      {"http2", AGENT_HTTP_VERSION_HTTP2},
+      {"h2c-prior-knowledge", AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE},
+  };
+  napi_value obj, v;
+  NAPI_TRY(env, napi_create_object(env, &obj));
+  for (size_t i = 0; i < sizeof VERSIONS / sizeof VERSIONS[0]; i++) {
+    NAPI_TRY(env, napi_create_uint32(env, VERSIONS[i].value, &v));
+    NAPI_TRY(env, napi_set_named_property(env, obj, VERSIONS[i].name, v));
+  }
+  NAPI_TRY(env, napi_object_freeze(env, obj));
+  return obj;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Environment lifetime                                                                  */
 
@@ -2669,9 +2696,10 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   st->env = env;
   st->pending.prev = st->pending.next = &st->pending;
 
-  napi_value name, resource, limits, stats_fields;
+  napi_value name, resource, limits, stats_fields, http_versions;
   if (!load_stats_fields(env, st) || (limits = limits_object(env)) == NULL ||
       (stats_fields = stats_fields_array(env)) == NULL ||
+      (http_versions = http_versions_object(env)) == NULL ||
       napi_create_object(env, &resource) != napi_ok ||
       napi_create_string_utf8(env, "keepalive-agent", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_async_init(env, resource, name, &st->async_ctx) != napi_ok) {
@@ -2718,6 +2746,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"testPanic", NULL, js_test_panic, NULL, NULL, NULL, napi_default, st},
       {"limits", NULL, NULL, NULL, NULL, limits, napi_enumerable, st},
       {"statsFields", NULL, NULL, NULL, NULL, stats_fields, napi_enumerable, st},
+      {"httpVersions", NULL, NULL, NULL, NULL, http_versions, napi_enumerable, st},
   };
   NAPI_TRY(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;
