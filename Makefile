@@ -19,7 +19,8 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
 # Debian packages the tests, demo and benchmarks use. Installed only when missing.
 APT_PACKAGES := nginx-light valgrind clang libclang-rt-14-dev cmake pkg-config wrk curl \
-                libcurl4-openssl-dev openssl iproute2 python3-venv tinyproxy squid
+                libcurl4-openssl-dev openssl iproute2 python3-venv tinyproxy squid \
+                nghttp2-client
 
 .PHONY: all lib testserver test-hooks-lib deps deps-apt test test-rust fmt-check clippy header-check \
         cargo-test demo bench clean

@@ -2,13 +2,17 @@
 real nginx that nobody here wrote, side by side in one run.
 
     build/bench-venv/bin/python bench/run.py [--seconds 0.8] [--warmup 0.2] [--reps 5] [--pin]
+                                             [--workloads W3,W9] [--only C,Node]
 
-Workloads (SPEC section 7, issue 6):
+Workloads (SPEC section 7, issue 6; W9 and W3's ours-h2: the HTTP/2 issue):
     W1 HTTP  c=1  keep-alive        W2 HTTP  c=1  reuse off (Connection: close)
     W3 HTTPS c=1  keep-alive        W4 HTTPS c=1  reuse off
     W5 HTTP  c=64 keep-alive        W6 HTTP  c=1  keep-alive, 1 MiB body (MB/s)
     W7 HTTP  c=1  1 GiB streamed download (MB/s, RSS growth)
     W8 HTTP  c=1  256 MiB streamed upload, PUT (MB/s, RSS growth)
+    W9 HTTPS, HTTP/2, 64 requests in flight on nginx's h2 port (NGINX_H2_URL), GET / (13 bytes)
+    W3 also runs ours-h2: keepalive-agent with http_version auto on nginx's h2 port (so HTTP/2,
+       one request at a time) beside ours at its default (HTTP/1.1); the report gives the ratio.
 Clients:
     C       wrk (the ceiling), libcurl (easy handle reused; multi at c=64),
             keepalive-agent (agent_request; agent_request_async at c=64)      bench/c/bench.c
@@ -16,6 +20,20 @@ Clients:
             c=64, and asyncio)                                                 bench/python/runner.py
     Node    http.Agent({keepAlive}), undici Pool, undici request(), keepalive-agent
                                                                                bench/node/runner.js
+W9 (HTTP/2) clients, every one on one connection:
+    C       keepalive-agent with AGENT_HTTP_VERSION_AUTO: the event queue keeping 64 requests
+            submitted (as in W5), and 64 threads calling agent_request on one agent;
+            libcurl multi, 64 easy handles (CURL_HTTP_VERSION_2TLS, CURLOPT_PIPEWAIT,
+            CURLPIPE_MULTIPLEX); h2load -c1 -m64 -t1 (the ceiling; run here as a subprocess,
+            Debian package nghttp2-client).
+    Node    keepalive-agent new Agent({ httpVersion: 'auto' }) (a binding without the option
+            skips the cell, with a note); undici Pool({ allowH2: true, connections: 1,
+            pipelining: 64 }); node:http2, one session with 64 streams.
+    Python  not in W9 (the Python binding has no HTTP/2 option yet).
+--workloads picks workloads (W9 alone runs in seconds); the memory test and the instruction
+counts run only in a full run, or with MEM / PROFILE in the list (--workloads W9,MEM).
+KEEPALIVE_AGENT_NODE_BINDING=<dir> makes the Node runner load the binding from <dir> instead
+of bindings/node (a binding built in another work tree).
 Every repetition runs every workload once with its clients in a shuffled order (a language's
 clients back to back), so slow drifts of a shared machine hit all clients alike. A cell warms
 up on the same client, then measures for --seconds (or a request cap). Connections are
@@ -43,6 +61,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -63,6 +82,9 @@ WORKLOADS = [
          path="1g.bin", size=1 << 30, stream=True, upload=0),
     dict(id="W8", title="HTTP, c=1, 256 MiB streamed upload (PUT)", scheme="http", conc=1,
          keep_alive=True, path="upload/put.bin", size=256 << 20, stream=True, upload=256 << 20),
+    # HTTP/2: nginx's h2 port (ALPN h2, then http/1.1), 64 streams on one connection.
+    dict(id="W9", title="HTTPS, HTTP/2, 64 in flight", scheme="h2", conc=64, keep_alive=True,
+         path="", size=13, h2=True),
     # The AWS SDK for JavaScript v3, DynamoDB GetItem over TLS against a canned answer: the
     # SDK is the same, only the request handler differs (size = the Item's attributes).
     dict(id="A1", title="AWS SDK v3 DynamoDB GetItem over HTTPS, 1 in flight", scheme="https",
@@ -76,15 +98,20 @@ STREAMED = {w["id"] for w in WORKLOADS if w.get("stream")}
 STREAM_CLIENTS = {("C", "ours"), ("C", "curl"), ("Python", "ours"), ("Python", "pycurl"),
                   ("Python", "urllib3"), ("Node", "ours"), ("Node", "undici-pool"),
                   ("Node", "http-agent")}
+# The clients that run the HTTP/2 workload (W9).
+H2_CLIENTS = {("C", "ours"), ("C", "ours-threads"), ("C", "curl"), ("C", "h2load"),
+              ("Node", "ours"), ("Node", "undici-pool"), ("Node", "node-http2")}
 
 # (language, client key, runner, label); "ours" first in each language.
 CLIENTS = [
     ("C", "ours", "c", "keepalive-agent (agent_request; the event queue at c=64)"),
     ("C", "ours-threads", "c", "keepalive-agent, 64 threads calling agent_request"),
     ("C", "ours-callback", "c", "keepalive-agent agent_request_async (callbacks)"),
+    ("C", "ours-h2", "c", "keepalive-agent, http_version auto on the h2 port (HTTP/2)"),
     ("C", "curl", "c", "libcurl (easy handle reused; multi at c=64)"),
     ("C", "curl-threads", "c", "libcurl, 64 threads with an easy handle each"),
     ("C", "wrk", "wrk", "wrk (the ceiling)"),
+    ("C", "h2load", "h2load", "h2load (the HTTP/2 ceiling)"),
     ("Python", "ours", "py", "keepalive_agent.Agent (threads at c=64)"),
     ("Python", "ours-asyncio", "py", "keepalive_agent request_async (asyncio)"),
     ("Python", "urllib3", "py", "urllib3 PoolManager"),
@@ -94,18 +121,25 @@ CLIENTS = [
     ("Python", "pycurl-multi", "py", "pycurl CurlMulti (one thread)"),
     ("Python", "aiohttp", "py", "aiohttp ClientSession (asyncio)"),
     ("Node", "ours", "node", "keepalive-agent Agent"),
+    ("Node", "ours-h2", "node", "keepalive-agent Agent, httpVersion 'auto' on the h2 port (HTTP/2)"),
     ("Node", "http-agent", "node", "http.Agent({keepAlive})"),
     ("Node", "undici-pool", "node", "undici Pool"),
     ("Node", "undici-request", "node", "undici request()"),
+    ("Node", "node-http2", "node", "node:http2 (one session)"),
     ("Node", "aws-ours", "node", "AWS SDK v3 + KeepAliveHttpHandler"),
     ("Node", "aws-node", "node", "AWS SDK v3 + NodeHttpHandler (keep-alive https.Agent)"),
 ]
 LABEL = {(lang, key): label for lang, key, _, label in CLIENTS}
-OURS_KEYS = ("ours", "ours-asyncio", "ours-threads", "ours-callback", "aws-ours")
+OURS_KEYS = ("ours", "ours-asyncio", "ours-threads", "ours-callback", "ours-h2", "aws-ours")
 # The concurrency forms run at c=64 only (c=1 is the blocking API's story).
 ONLY_IN = {k: {"W5"} for k in ("ours-asyncio", "ours-threads", "ours-callback", "curl-threads",
                                "pycurl-multi", "aiohttp")}
+ONLY_IN["ours-threads"] = {"W5", "W9"}
 ONLY_IN.update({k: {"A1", "A16"} for k in ("aws-ours", "aws-node")})
+ONLY_IN.update({"h2load": {"W9"}, "node-http2": {"W9"}, "ours-h2": {"W3"}})
+# Client keys that are another key of the same runner with HTTP/2 on (the runner is told
+# "ours" plus "h2"), and speak to nginx's h2 port.
+H2_VARIANT = {"ours-h2": "ours"}
 
 # Goals of issue 13 (the c=1 and streaming goals of earlier issues stay as "no regression"
 # checks): (language, workload, ours key, peer key, minimum ratio).
@@ -135,6 +169,16 @@ GOALS = [
     ("Node", "W8", "ours", "undici-pool", 1.0),
     ("Node", "A1", "aws-ours", "aws-node", 1.1),
     ("Node", "A16", "aws-ours", "aws-node", 1.5),
+]
+# Goals of the HTTP/2 issue; a goal of None is a ratio the report shows without a target:
+# HTTP/2 one request at a time (W3 over the h2 port) against ours at its default, HTTP/1.1,
+# expected below 1 (why http1 stays the default).
+H2_GOALS = [
+    ("C", "W9", "ours", "h2load", 0.8),
+    ("C", "W9", "ours", "curl", 1.5),
+    ("Node", "W9", "ours", "undici-pool", 2.0),
+    ("C", "W3", "ours-h2", "ours", None),
+    ("Node", "W3", "ours-h2", "ours", None),
 ]
 KEEPALIVE_SPEEDUP_GOAL = 10.0  # W3 / W4
 MEM_GOAL_KIB = {"http": 10.0, "https": 20.0}
@@ -181,7 +225,9 @@ class Nginx:
         self.reads = 0
 
     def url(self, scheme, path=""):
-        return self.info["NGINX_HTTP_URL" if scheme == "http" else "NGINX_HTTPS_URL"] + path
+        """scheme: http, https (HTTP/1.1 only) or h2 (TLS, ALPN h2 then http/1.1)."""
+        key = {"http": "NGINX_HTTP_URL", "https": "NGINX_HTTPS_URL", "h2": "NGINX_H2_URL"}[scheme]
+        return self.info[key] + path
 
     @property
     def ca_file(self):
@@ -284,6 +330,8 @@ def encode_c(cmd):
     )
     if cmd.get("stream"):
         line += " 1 {}".format(cmd.get("upload", 0))
+    elif cmd.get("h2"):
+        line += " 0 0 1"
     return line
 
 
@@ -334,6 +382,94 @@ def run_wrk(cmd, pin):
         "cpu_s": ru.ru_utime + ru.ru_stime,
         "bytes": int(size),
         "error": "" if errors == 0 else out.strip().splitlines()[-3][:200],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# h2load (nghttp2-client): the HTTP/2 ceiling
+
+
+def proc_cpu_s(pid):
+    """user + system seconds of a live process (every thread), from /proc (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_h2load(cmd, pin):
+    """h2load -c1 -m<conc> -t1: one connection, conc streams in flight, for --warmup (not
+    counted) then exactly --seconds (-D); its own "finished in ..., R req/s" is over the
+    measured part only. CPU: the process's CPU at the end (wait4) minus a /proc sample taken
+    when the warm-up ends. h2load does not verify the server's certificate."""
+    ms, warm_ms = max(1, round(cmd["seconds"] * 1000)), round(cmd["warmup"] * 1000)
+    argv = ["h2load", "-c1", f"-m{cmd['conc']}", "-t1", "-D", f"{ms}ms"]
+    if warm_ms > 0:
+        argv += ["--warm-up-time", f"{warm_ms}ms"]
+    argv.append(cmd["url"])
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=pin_client if pin else None)
+    cpu_warm = None
+    if warm_ms > 0:
+        time.sleep(max(0.0, t0 + warm_ms / 1000 - time.monotonic()))
+        try:
+            cpu_warm = proc_cpu_s(p.pid)
+        except (OSError, ValueError, IndexError):
+            cpu_warm = None
+    # Bounded: killed 60 s after its duration (then its output ends and wait4 returns).
+    killer = threading.Timer(cmd["seconds"] + cmd["warmup"] + 60, p.kill)
+    killer.start()
+    try:
+        out = p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+    finally:
+        killer.cancel()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        return {"fatal": f"h2load exited {p.returncode}: {out[-300:]}"}
+    return parse_h2load(out, cmd, cpu_warm, ru)
+
+
+def parse_h2load(out, cmd, cpu_warm, ru):
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    mr = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                   r"(\d+) errored, (\d+) timeout", out)
+    if not m or not mr:
+        return {"fatal": f"unreadable h2load output: {out[-300:]}"}
+    rate = float(m.group(1))
+    total, done, ok = int(mr.group(1)), int(mr.group(3)), int(mr.group(4))
+    errors = int(mr.group(5)) + int(mr.group(6)) + int(mr.group(7))
+    ms = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if ms:
+        errors += int(ms.group(2)) + int(ms.group(3)) + int(ms.group(4))
+    mt = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    alpn = re.search(r"Application protocol: (\S+)", out)
+    error = ""
+    if alpn and alpn.group(1) != "h2":
+        errors += done
+        error = f"h2load negotiated {alpn.group(1)}, not h2"
+    elif errors:
+        error = next((ln for ln in out.splitlines() if "failed" in ln or "error" in ln.lower()), "")[:200]
+    cpu_total = ru.ru_utime + ru.ru_stime if ru else None
+    if cpu_total is None:
+        cpu = None
+    elif cpu_warm is not None:
+        cpu = cpu_total - cpu_warm
+    else:
+        cpu = cpu_total * cmd["seconds"] / (cmd["seconds"] + cmd["warmup"])
+    return {
+        "requests": done,
+        "total_requests": total,
+        "errors": errors,
+        "warmup_errors": 0,
+        "seconds": done / rate if rate > 0 else cmd["seconds"],
+        # h2load reports min / max / mean / sd per request, no percentiles.
+        "p50_ms": None,
+        "p99_ms": None,
+        "mean_ms": parse_duration_ms(mt.group(1)) if mt else None,
+        "cpu_s": cpu,
+        "bytes": ok * cmd["expect_len"],
+        "error": error,
     }
 
 
@@ -404,28 +540,35 @@ def run_cells(args, nginx, runners, available):
                     if lang == language and (lang, key) in available and w["id"] in ONLY_IN.get(key, {w["id"]})
                     and bool(w.get("aws")) == key.startswith("aws-")
                     and (w["id"] not in STREAMED or (lang, key) in STREAM_CLIENTS)
+                    and (not w.get("h2") or (lang, key) in H2_CLIENTS)
                 ]
                 rnd.shuffle(group)
                 todo += group
             for lang, key, runner in todo:
+                h2 = bool(w.get("h2")) or key in H2_VARIANT
+                scheme = "h2" if h2 else w["scheme"]
                 cmd = {
                     "op": "run",
-                    "client": key,
+                    "client": H2_VARIANT.get(key, key),
                     "conc": w["conc"],
                     "keep_alive": w["keep_alive"],
                     "seconds": args.seconds,
                     "warmup": args.warmup,
                     "max_requests": cap_big if w["size"] > 13 else (cap_ka if w["keep_alive"] else cap_off),
                     "expect_len": w["size"],
-                    "url": nginx.url(w["scheme"], w["path"]),
-                    "ca_file": nginx.ca_file if w["scheme"] == "https" else "",
+                    "url": nginx.url(scheme, w["path"]),
+                    "ca_file": nginx.ca_file if scheme in ("https", "h2") else "",
                 }
+                if h2:
+                    cmd["h2"] = True
                 if w.get("stream"):
                     # One whole transfer per cell, no warm-up transfer.
                     cmd.update(stream=True, upload=w["upload"], max_requests=1, warmup=0)
                 before = nginx.accepts()
                 if runner == "wrk":
                     res = run_wrk(cmd, args.pin)
+                elif runner == "h2load":
+                    res = run_h2load(cmd, args.pin)
                 else:
                     res = runners[runner].ask(cmd, timeout=args.seconds + args.warmup + (300 if w.get("stream") else 60))
                 res["connections"] = nginx.accepts() - before
@@ -433,13 +576,16 @@ def run_cells(args, nginx, runners, available):
                 cells.append(res)
                 if "fatal" in res:
                     log(f"  rep {rep + 1} {w['id']} {lang:6} {key:15} FAILED: {res['fatal']}")
+                elif "skipped" in res:
+                    log(f"  rep {rep + 1} {w['id']} {lang:6} {key:15} skipped: {res['skipped']}")
                 else:
                     rate = rate_of(res, w)
                     unit = "MB/s" if w["size"] > 13 else "req/s"
                     rss = f"  RSS +{res.get('rss_growth_kib', 0) / 1024:.1f} MiB" if w.get("stream") else ""
+                    p50 = f"{res['p50_ms']:.3f} ms" if res.get("p50_ms") is not None else "—"
                     log(
                         f"  rep {rep + 1} {w['id']} {lang:6} {key:15} {rate:10.1f} {unit}  "
-                        f"p50 {res['p50_ms']:.3f} ms  errors {res['errors']}  conns {res['connections']}{rss}"
+                        f"p50 {p50}  errors {res['errors']}  conns {res['connections']}{rss}"
                     )
         log(f"repetition {rep + 1}/{args.reps} done after {time.monotonic() - t_start:.0f} s")
     return cells
@@ -538,6 +684,8 @@ def summarize(cells, reps):
     repetition, then their median and range."""
     by = {}
     for c in cells:
+        if "skipped" in c:
+            continue
         by.setdefault((c["workload"], c["language"], c["client"]), []).append(c)
     summary = {}
     for (wid, lang, key), cs in by.items():
@@ -549,9 +697,11 @@ def summarize(cells, reps):
             "rate": median(list(rates.values())),
             "min": min(rates.values()) if rates else None,
             "max": max(rates.values()) if rates else None,
-            "p50_ms": median([c["p50_ms"] for c in ok]),
-            "p99_ms": median([c["p99_ms"] for c in ok]),
-            "cpu_us": median([c["cpu_s"] / c["requests"] * 1e6 for c in ok if c["requests"]]),
+            "p50_ms": median([c["p50_ms"] for c in ok if c.get("p50_ms") is not None]),
+            "p99_ms": median([c["p99_ms"] for c in ok if c.get("p99_ms") is not None]),
+            "mean_ms": median([c["mean_ms"] for c in ok if c.get("mean_ms") is not None]),
+            "cpu_us": median([c["cpu_s"] / c["requests"] * 1e6 for c in ok
+                              if c["requests"] and c.get("cpu_s") is not None]),
             "errors": sum(c["errors"] for c in ok),
             "connections": median([c["connections"] for c in ok]),
             "total_requests": median([c["total_requests"] for c in ok]),
@@ -638,7 +788,8 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
     L.append(f"- Method: {meta['reps']} repetitions; in each, every workload runs its clients once, in a "
              f"shuffled order (one language's clients back to back); a cell is {meta['warmup']:g} s "
              "of warm-up on the same client, then "
-             f"{meta['seconds']:g} s measured (wrk: {max(1, round(meta['seconds']))} s). Figures are "
+             f"{meta['seconds']:g} s measured (wrk: {max(1, round(meta['seconds']))} s; h2load: its own "
+             "`--warm-up-time`, then `-D`). Figures are "
              "medians over the repetitions; \"spread\" is (max − min) / median. A ratio is computed "
              "within each repetition (ours ÷ that client, same language, same workload), and the "
              "table gives the median ratio and its range. Connections are counted by nginx "
@@ -653,16 +804,31 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
             L.append(f"- {lang}: {label} — {v}")
     L.append("")
 
-    L.append("## Goals (issue 13)")
-    L.append("")
-    L.append("| language | workload | ratio | goal | measured: median (range) | verdict |")
-    L.append("|---|---|---|---:|---:|---|")
-    for g in goals_eval:
-        goal = g.get("goal_text") or f"≥ {g['goal']:g}"
-        L.append(f"| {g['language']} | {g['workload']} | {g['what']} | {goal} | {g['measured']} | {g['verdict']} |")
-    L.append("")
+    for issue in ("13", "HTTP/2"):
+        rows = [g for g in goals_eval if g.get("issue", "13") == issue]
+        if not rows:
+            continue
+        L.append(f"## Goals (issue {issue})")
+        L.append("")
+        if issue == "HTTP/2":
+            L.append("W9 against h2load, libcurl multi and undici; and HTTP/2 one request at a time "
+                     "(W3, keepalive-agent with http_version auto on nginx's h2 port) against "
+                     "keepalive-agent at its default, HTTP/1.1: no goal, it shows why the default "
+                     "stays http1.")
+            L.append("")
+        L.append("| language | workload | ratio | goal | measured: median (range) | verdict |")
+        L.append("|---|---|---|---:|---:|---|")
+        for g in rows:
+            goal = g.get("goal_text") or (f"≥ {g['goal']:g}" if g["goal"] is not None else "—")
+            L.append(f"| {g['language']} | {g['workload']} | {g['what']} | {goal} | {g['measured']} | {g['verdict']} |")
+        L.append("")
+
+    def ms(x):
+        return f"{x:.3f}" if x is not None else "—"
 
     for w in WORKLOADS:
+        if not any(k[0] == w["id"] for k in summary):
+            continue
         big = w["size"] > 13
         unit = "MB/s" if big else "req/s"
         L.append(f"## {w['id']}: {w['title']}" + (" (throughput in MB/s)" if big else " (13-byte body)"))
@@ -672,6 +838,31 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
             L.append("One transfer per cell, streamed (never held whole); CPU is per transfer, and "
                      "RSS growth is the largest resident-set growth of the client process sampled "
                      "every 5 ms during the transfer.")
+            L.append("")
+        if w.get("h2"):
+            L.append("HTTP/2 over TLS to nginx's h2 port (ALPN h2, then http/1.1), 64 requests in "
+                     "flight on one connection; \"conns\" should read 1 for every client. "
+                     "keepalive-agent: `AGENT_HTTP_VERSION_AUTO` (C; the event queue keeps 64 "
+                     "requests submitted, as in W5; the 64-thread form shares the agent) and "
+                     "`httpVersion: 'auto'` (Node). libcurl: the multi interface with 64 easy "
+                     "handles, `CURL_HTTP_VERSION_2TLS`, `CURLOPT_PIPEWAIT` 1, "
+                     "`CURLMOPT_PIPELINING` = `CURLPIPE_MULTIPLEX`. h2load: `-c1 -m64 -t1 -D "
+                     "<seconds> --warm-up-time <warm-up>`, its CPU from /proc at the end of the "
+                     "warm-up and wait4 at exit; it reports no percentiles (mean time per request: "
+                     + ms(summary.get((w["id"], "C", "h2load"), {}).get("mean_ms")) + " ms) and does not verify "
+                     "the certificate. undici: `Pool(origin, { allowH2: true, connections: 1, "
+                     "pipelining: 64 })` (undici 7 runs at most `pipelining` requests at once on a "
+                     "client, h2 included; default 1), ALPN checked to be h2. node:http2: one "
+                     "`http2.connect` session, 64 streams through `session.request`. keepalive-agent "
+                     "from C and libcurl check that every answer came over HTTP/2 (one that did not "
+                     "counts as an error); keepalive-agent from Node checks its first answer (a "
+                     "binding without `httpVersion` skips the cell); undici's connection must have "
+                     "negotiated h2; node:http2 speaks nothing else. Python: not in this workload.")
+            L.append("")
+        if any(k[0] == w["id"] and k[2] in H2_VARIANT for k in summary):
+            L.append("The HTTP/2 rows (`ours-h2`) are keepalive-agent with http_version auto on nginx's "
+                     "h2 port: the same one request at a time, over HTTP/2; the HTTP/2 goals table "
+                     "gives their ratio to keepalive-agent at its default (HTTP/1.1).")
             L.append("")
         L.append(f"| language | client | {unit} | spread | p50 ms | p99 ms | CPU µs/req | errors "
                  "| conns (nginx) / requests | ours ÷ this |" + (" RSS growth MiB |" if streamed else ""))
@@ -701,21 +892,22 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
             if streamed:
                 g = s.get("rss_growth_kib")
                 rss = f" {g / 1024:.1f} |" if g is not None else " — |"
-            L.append(f"| {lang} | {label} | {fmt_rate(s['rate'])} | {spread:.0f}% | {s['p50_ms']:.3f} | "
-                     f"{s['p99_ms']:.3f} | {s['cpu_us']:.1f} | {errs} | {conns} | {r} |" + rss)
+            cpu = f"{s['cpu_us']:.1f}" if s["cpu_us"] is not None else "—"
+            L.append(f"| {lang} | {label} | {fmt_rate(s['rate'])} | {spread:.0f}% | {ms(s['p50_ms'])} | "
+                     f"{ms(s['p99_ms'])} | {cpu} | {errs} | {conns} | {r} |" + rss)
         L.append("")
 
-    L.append(f"## Keep-alive vs reuse off over TLS (W3 ÷ W4, goal ≥ {KEEPALIVE_SPEEDUP_GOAL:g}×)")
-    L.append("")
-    L.append("| language | client | W3 req/s | W4 req/s | keep-alive speed-up: median (range) |")
-    L.append("|---|---|---:|---:|---:|")
-    for lang, key, _, label in CLIENTS:
-        sp = speedup(summary, lang, key)
-        if sp is None:
-            continue
-        L.append(f"| {lang} | {label} | {fmt_rate(summary[('W3', lang, key)]['rate'])} | "
-                 f"{fmt_rate(summary[('W4', lang, key)]['rate'])} | {fmt_ratio(sp)} |")
-    L.append("")
+    speedups = [(lang, key, label, speedup(summary, lang, key)) for lang, key, _, label in CLIENTS]
+    speedups = [x for x in speedups if x[3] is not None]
+    if speedups:
+        L.append(f"## Keep-alive vs reuse off over TLS (W3 ÷ W4, goal ≥ {KEEPALIVE_SPEEDUP_GOAL:g}×)")
+        L.append("")
+        L.append("| language | client | W3 req/s | W4 req/s | keep-alive speed-up: median (range) |")
+        L.append("|---|---|---:|---:|---:|")
+        for lang, key, label, sp in speedups:
+            L.append(f"| {lang} | {label} | {fmt_rate(summary[('W3', lang, key)]['rate'])} | "
+                     f"{fmt_rate(summary[('W4', lang, key)]['rate'])} | {fmt_ratio(sp)} |")
+        L.append("")
 
     if memory:
         n = memory[0]["requested"]
@@ -791,20 +983,36 @@ def write_report(path, meta, summary, memory, profile, versions, goals_eval):
         f.write("\n".join(L))
 
 
-def evaluate_goals(summary, memory):
+def evaluate_goals(summary, memory, ran=None):
+    """ran: the workloads that were run (None: all); goals on others are left out."""
     out = []
-    for lang, wid, a, b, goal in GOALS:
+    goals = [g + ("13",) for g in GOALS] + [g + ("HTTP/2",) for g in H2_GOALS]
+    for lang, wid, a, b, goal, issue in goals:
+        if ran is not None and wid not in ran:
+            continue
         r = ratio(summary, wid, lang, a, b)
         names = {"ours-asyncio": "ours (asyncio)", "ours-threads": "ours (64 threads)",
                  "ours-callback": "ours (callbacks)", "ours": "ours",
-                 "aws-ours": "KeepAliveHttpHandler", "aws-node": "NodeHttpHandler"}
+                 "aws-ours": "KeepAliveHttpHandler", "aws-node": "NodeHttpHandler",
+                 "ours-h2": "ours, HTTP/2 (auto, h2 port)"}
         what = f"{names.get(a, a)} ÷ {names.get(b) or LABEL[(lang, b)].split(' (')[0]}"
+        chart = f"{lang} {wid} {a.replace('ours-', '').replace('ours', '')}÷ {b}".replace("  ", " ")
+        if a in H2_VARIANT:
+            what = f"{names[a]} ÷ ours, HTTP/1.1 (the default)"
+            chart = f"{lang} {wid} HTTP/2 ÷ HTTP/1.1 (ours, c=1)"
+        elif wid == "W9":
+            chart = f"{lang} W9 (HTTP/2) ÷ {b}"
+        if goal is None:
+            v = "no goal" if r else "not measured"
+        else:
+            v = verdict(r and r["median"], goal)
         out.append({
             "language": lang, "workload": wid, "what": what, "goal": goal, "ratio": r,
-            "measured": fmt_ratio(r), "verdict": verdict(r and r["median"], goal),
-            "chart": f"{lang} {wid} {a.replace('ours-', '').replace('ours', '')}÷ {b}".replace("  ", " "),
+            "measured": fmt_ratio(r), "verdict": v, "chart": chart, "issue": issue,
         })
     for lang in ("C", "Python", "Node"):
+        if ran is not None and not {"W3", "W4"} <= ran:
+            continue
         sp = speedup(summary, lang, "ours")
         out.append({
             "language": lang, "workload": "W3 / W4", "what": "ours keep-alive ÷ ours reuse off",
@@ -866,21 +1074,25 @@ def write_chart(path, goals_eval, memory):
     lo = [g["ratio"]["median"] - g["ratio"]["min"] for g in rgoals][::-1]
     hi = [g["ratio"]["max"] - g["ratio"]["median"] for g in rgoals][::-1]
     goals = [g["goal"] for g in rgoals][::-1]
-    colors = ["#2e7d32" if v >= t else "#c62828" for v, t in zip(vals, goals)]
+    # A ratio without a goal (HTTP/2 against HTTP/1.1 at c=1) is grey, with no goal mark.
+    colors = ["#9e9e9e" if t is None else "#2e7d32" if v >= t else "#c62828" for v, t in zip(vals, goals)]
     y = range(len(names))
     ax.barh(y, vals, xerr=[lo, hi], color=colors, alpha=0.85, error_kw={"elinewidth": 1, "capsize": 2})
-    ax.scatter(goals, y, marker="|", s=250, color="black", zorder=3, label="goal")
+    marks = [(t, yi) for t, yi in zip(goals, y) if t is not None]
+    ax.scatter([t for t, _ in marks], [yi for _, yi in marks], marker="|", s=250, color="black", zorder=3,
+               label="goal")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for yi, v, h, t in zip(y, vals, hi, goals):
-        ax.annotate(f"{v:.2f}", (max(v + h, t) * 1.08, yi), va="center", fontsize=7)
+        ax.annotate(f"{v:.2f}", (max(v + h, t or 0) * 1.08, yi), va="center", fontsize=7)
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_yticks(list(y))
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("keepalive-agent ÷ peer, same run (median of repetitions; bars: range; log scale)")
-    ax.set_title("Throughput ratios against each language's peers (green: goal met)", fontsize=10)
+    ax.set_title("Throughput ratios against each language's peers (green: goal met; grey: no goal)",
+                 fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
 
@@ -927,7 +1139,9 @@ def main():
     ap.add_argument("--no-profile", action="store_true", help="skip the callgrind instruction counts")
     ap.add_argument("--pin", action="store_true", help="pin nginx to CPU 0 and the clients to CPU 1")
     ap.add_argument("--only", default="", help="languages to run, e.g. C,Node (default: all)")
-    ap.add_argument("--workloads", default="", help="workloads to run, e.g. W7,W8 (default: all)")
+    ap.add_argument("--workloads", default="",
+                    help="workloads to run, e.g. W7,W8 or W9 (default: all, and the memory test and the "
+                         "instruction counts); with a list, those two run only if it names MEM / PROFILE")
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="raw results directory")
     ap.add_argument("--report", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--chart", default=os.path.join(HERE, "ratios.svg"))
@@ -937,6 +1151,14 @@ def main():
         log("--pin needs 2 CPUs: running unpinned")
         args.pin = False
     only = {x.strip().lower() for x in args.only.split(",") if x.strip()}
+    chosen = {x.strip().upper() for x in args.workloads.split(",") if x.strip()}
+    unknown = chosen - set(WL) - {"MEM", "PROFILE"}
+    if unknown:
+        ap.error(f"unknown workloads: {', '.join(sorted(unknown))} (known: {', '.join(WL)}, MEM, PROFILE)")
+    args.workloads = ",".join(sorted(chosen))
+    ran = {w for w in WL if not chosen or w in chosen}
+    do_mem = not args.no_mem and (not chosen or "MEM" in chosen)
+    do_profile = not args.no_profile and (not chosen or "PROFILE" in chosen)
 
     # SIGTERM unwinds like Ctrl-C, so nginx and the runners are always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -963,7 +1185,7 @@ def main():
             for lang, key, rname, label in CLIENTS:
                 if rname != rk:
                     continue
-                txt = v.get(key) or v.get(key.replace("-asyncio", ""))
+                txt = v.get(key) or v.get(key.replace("-asyncio", "")) or v.get(H2_VARIANT.get(key, ""))
                 if txt and not txt.startswith("unavailable"):
                     available.add((lang, key))
                     versions[(lang, key)] = txt
@@ -981,6 +1203,13 @@ def main():
             m = re.search(r"wrk (\S+)", p.stdout + p.stderr)
             available.add(("C", "wrk"))
             versions[("C", "wrk")] = f"wrk {m.group(1) if m else '?'}"
+        if shutil.which("h2load"):
+            p = subprocess.run(["h2load", "--version"], capture_output=True, text=True)
+            m = re.search(r"h2load (\S+)", p.stdout + p.stderr)
+            available.add(("C", "h2load"))
+            versions[("C", "h2load")] = f"h2load {m.group(1) if m else '?'}"
+        else:
+            notes.append("C h2load: not run (not found: Debian package nghttp2-client, `make deps`)")
         if only:
             available = {(lang, key) for lang, key in available if lang.lower() in only}
         py_v, node_v = versions.pop(("Python", "_"), None), versions.pop(("Node", "_"), None)
@@ -993,8 +1222,8 @@ def main():
         cells = run_cells(args, nginx, runners, available)
         for r in runners.values():
             r.close()
-        memory = [] if args.no_mem else run_memory(args, nginx, available)
-        profile = [] if args.no_profile or (only and "c" not in only) else run_profile(nginx)
+        memory = run_memory(args, nginx, available) if do_mem else []
+        profile = run_profile(nginx) if do_profile and (not only or "c" in only) else []
     finally:
         for r in runners.values():
             r.kill()
@@ -1002,7 +1231,11 @@ def main():
         nginx.stop()
 
     summary = summarize(cells, args.reps)
-    goals_eval = evaluate_goals(summary, memory)
+    goals_eval = evaluate_goals(summary, memory, ran if chosen else None)
+    skipped = sorted({(c["language"], c["client"], c["workload"], c["skipped"][:160]) for c in cells
+                      if "skipped" in c})
+    for lang, key, wid, msg in skipped:
+        notes.append(f"{lang} {LABEL[(lang, key)]} {wid}: not run: {msg}")
     failed = sorted({(c["language"], c["client"], c["workload"], c["fatal"][:120]) for c in cells if "fatal" in c})
     for lang, key, wid, msg in failed:
         notes.append(f"{lang} {key} {wid} failed at least once: {msg}")
@@ -1015,9 +1248,20 @@ def main():
                  "address), so its keep-alive cells show c + 1.")
     for (wid, lang, key), s_ in sorted(summary.items()):
         w = WL[wid]
+        if w.get("h2") or key in H2_VARIANT:
+            continue
         if w["keep_alive"] and key != "wrk" and s_["connections"] and s_["connections"] > w["conc"]:
             notes.append(f"{lang} {LABEL[(lang, key)]} {wid}: nginx accepted {s_['connections']:.0f} "
                          f"connections (median per cell) for c={w['conc']} with keep-alive.")
+    # HTTP/2: one connection per cell is the expectation; every cell that had more is named.
+    for wid, lang, key in sorted({(c["workload"], c["language"], c["client"]) for c in cells}):
+        if not (WL[wid].get("h2") or key in H2_VARIANT):
+            continue
+        counts = [c["connections"] for c in cells if (c["workload"], c["language"], c["client"]) == (wid, lang, key)
+                  and "fatal" not in c and "skipped" not in c]
+        if any(n != 1 for n in counts):
+            notes.append(f"{lang} {LABEL[(lang, key)]} {wid} (HTTP/2): nginx accepted "
+                         f"{', '.join(str(n) for n in counts)} connections in its cells (1 expected).")
     notes.append("W2/W4 (reuse off): every client sends `Connection: close` and opens a fresh "
                  f"connection per request; a cell stops at {args.reuse_off_cap:,} requests to bound "
                  "TIME_WAIT sockets.")

@@ -1,10 +1,14 @@
-# make bench: keepalive-agent against wrk, libcurl, urllib3, requests, httpx, pycurl,
-# http.Agent and undici on a real nginx (scripts/nginx.sh), about 10 minutes.
+# make bench: keepalive-agent against wrk, h2load (HTTP/2, Debian nghttp2-client), libcurl,
+# urllib3, requests, httpx, pycurl, http.Agent, undici and node:http2 on a real nginx
+# (scripts/nginx.sh), about 10 minutes.
 # Writes bench/RESULTS.md, bench/ratios.svg and bench/out/results.json (see bench/run.py).
 #   make bench BENCH_ARGS="--pin"                      nginx on CPU 0, the clients on CPU 1
 #   make bench BENCH_ARGS="--seconds 0.3 --reps 1 --report /tmp/R.md --chart /tmp/r.svg"
 #                                                       a quick look that leaves the committed
 #                                                       RESULTS.md and ratios.svg alone
+#   make bench BENCH_ARGS="--workloads W9 --reps 3 --seconds 1 --report /tmp/w9.md --chart /tmp/w9.svg"
+#                                                       HTTP/2 only (W9), in seconds: no memory
+#                                                       test, no instruction counts
 
 BENCH_BUILD     := $(BUILD)/bench
 BENCH_C         := $(BENCH_BUILD)/bench

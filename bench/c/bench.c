@@ -5,7 +5,7 @@
  *
  *   versions
  *   run <client> <concurrency> <keep_alive 0|1> <seconds> <warmup_seconds> <max_requests>
- *       <expect_len> <url> <ca_file> [<stream 0|1> <upload_len>]
+ *       <expect_len> <url> <ca_file> [<stream 0|1> <upload_len> [<h2 0|1>]]
  *   quit
  *
  *   client "ours":  concurrency 1 -> the blocking agent_request loop;
@@ -25,6 +25,18 @@
  *   the answer then counts uploaded bytes. A streamed cell also reports "rss_growth_kib": the
  *   largest resident-set growth seen (sampled every 5 ms) over the measured part.
  *
+ *   h2 1 (bench W9, and W3's ours-h2): HTTP/2 over TLS to a server that offers it by ALPN.
+ *   Ours: agent_options_set_http_version(AGENT_HTTP_VERSION_AUTO) (ALPN offers h2, then
+ *   http/1.1; the agent shares one connection among the requests in flight); curl:
+ *   CURLOPT_HTTP_VERSION = CURL_HTTP_VERSION_2TLS and CURLOPT_PIPEWAIT = 1 on every easy
+ *   handle, and CURLMOPT_PIPELINING = CURLPIPE_MULTIPLEX on the multi handle: the first
+ *   transfer opens the connection and the others wait for it (PIPEWAIT), then all are streams
+ *   of that one connection (CURLMOPT_MAX_HOST_CONNECTIONS is left alone: not needed for one
+ *   connection at 64 streams, as nginx counts).
+ *   A response that did not come over HTTP/2 counts as an error ("answered over HTTP/1.1").
+ *   h2 0 (the default): HTTP/1.1 only, as every other cell (ours: the default http1; curl:
+ *   CURL_HTTP_VERSION_1_1).
+ *
  *   keep_alive 0 sends `Connection: close` on a fresh connection for every request (ours:
  *   keep_alive=false; curl: CURLOPT_FRESH_CONNECT + CURLOPT_FORBID_REUSE + the same header).
  *   Every client verifies TLS with <ca_file> ("-" for none).
@@ -35,7 +47,9 @@
  *   {"requests":N,"total_requests":N,"errors":N,"seconds":S,"p50_ms":X,"p99_ms":X,
  *    "cpu_s":S,"bytes":N,"error":"first error message"}
  *   cpu_s is getrusage(RUSAGE_SELF) user+system over the measured part: every thread, the
- *   library's runtime threads included.
+ *   library's runtime threads included. Ours also adds "agent_connections" and
+ *   "agent_h2_connections" (agent_stats over the whole cell, warm-up included) beside the
+ *   connections nginx counted.
  *
  * Memory mode: bench mem <client> <n> <url> <ca_file>
  *   Opens n connections at once (n requests in flight), lets them go idle in the pool, and
@@ -96,6 +110,7 @@ typedef struct {
     size_t expect_len;
     bool stream;
     uint64_t upload_len;
+    bool h2; /* HTTP/2 over TLS (see the header comment) */
     /* state of the current phase */
     bool record;
     double deadline;
@@ -169,6 +184,9 @@ static agent *ours_agent(const cell *c, uint32_t max_free, uint32_t idle_ms) {
     agent_options *o = agent_options_new();
     agent *a = NULL;
     agent_options_set_keep_alive(o, c->keep_alive);
+    if (c->h2) {
+        agent_options_set_http_version(o, AGENT_HTTP_VERSION_AUTO);
+    }
     if (c->ca_file) {
         agent_options_set_ca_file(o, c->ca_file);
     }
@@ -196,9 +214,14 @@ static size_t ours_check(cell *c, agent_code code, agent_response *resp) {
     size_t len = 0;
     agent_response_body(resp, &body, &len);
     uint16_t status = agent_response_status(resp);
+    uint32_t version = agent_response_version(resp);
     if (status != 200 || len != c->expect_len) {
         char s[64];
         snprintf(s, sizeof s, "status %u, %zu bytes", status, len);
+        note_error(c, "%s%s", s, "");
+    } else if (c->h2 && version != 20) {
+        char s[64];
+        snprintf(s, sizeof s, "answered over HTTP/%u.%u, not HTTP/2", version / 10, version % 10);
         note_error(c, "%s%s", s, "");
     }
     agent_response_free(resp);
@@ -491,9 +514,17 @@ static CURL *curl_handle(const cell *c, struct curl_slist *headers, curl_xfer *x
     curl_easy_setopt(h, CURLOPT_URL, c->url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-    /* HTTP/1.1 like every client here. (Over TLS libcurl would otherwise offer h2 and make
-     * concurrent transfers wait for the first connection, to see whether it multiplexes.) */
-    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (c->h2) {
+        /* HTTP/2 over TLS (ALPN h2, then http/1.1), and wait for a connection that may
+         * multiplex rather than open one per transfer. */
+        curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+    } else {
+        /* HTTP/1.1 like every client here. (Over TLS libcurl would otherwise offer h2 and
+         * make concurrent transfers wait for the first connection, to see whether it
+         * multiplexes.) */
+        curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    }
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, curl_sink);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
@@ -515,10 +546,14 @@ static void curl_check(cell *c, CURL *h, CURLcode rc, curl_xfer *x, double laten
     } else {
         long status = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        long version = 0;
+        curl_easy_getinfo(h, CURLINFO_HTTP_VERSION, &version);
         if (status != 200 || x->len != c->expect_len) {
             char s[64];
             snprintf(s, sizeof s, "status %ld, %zu bytes", status, x->len);
             note_error(c, "%s%s", s, "");
+        } else if (c->h2 && version != CURL_HTTP_VERSION_2_0) {
+            note_error(c, "answered over HTTP/1.x, not HTTP/2%s%s", "", "");
         }
     }
     record(c, latency, x->len);
@@ -689,6 +724,9 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
     } else if (kind == CLIENT_CURL) {
         multi = curl_multi_init();
         curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)c->conc * 2);
+        if (c->h2) {
+            curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+        }
         hs = calloc((size_t)c->conc, sizeof *hs);
         xs = calloc((size_t)c->conc, sizeof *xs);
         for (int i = 0; i < c->conc; i++) {
@@ -742,7 +780,10 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
 
     agent_queue_free(q);
     free(t0s);
+    agent_pool_stats stats;
+    memset(&stats, 0, sizeof stats);
     if (a != NULL) {
+        agent_stats(a, &stats);
         agent_free(a);
     }
     if (slots != NULL) {
@@ -777,11 +818,17 @@ static void run(client_kind kind, cell *c, double seconds, double warmup) {
     qsort(c->lat, (size_t)n, sizeof *c->lat, cmp_double);
     printf("{\"requests\":%ld,\"total_requests\":%ld,\"errors\":%ld,\"warmup_errors\":%ld,"
            "\"seconds\":%.6f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"cpu_s\":%.6f,\"bytes\":%llu,"
-           "\"rss_growth_kib\":%ld,\"vcsw\":%ld,\"ivcsw\":%ld,\"error\":",
+           "\"rss_growth_kib\":%ld,\"vcsw\":%ld,\"ivcsw\":%ld,",
            n, c->total, c->errors - errors_warmup, errors_warmup, t1 - t0,
            percentile(c->lat, n, 0.50) * 1e3, percentile(c->lat, n, 0.99) * 1e3, cpu1 - cpu0,
            (unsigned long long)c->bytes, c->stream ? rss.max_kib - rss.base_kib : 0L,
            vcs1 - vcs0, ics1 - ics0);
+    if (ours) {
+        printf("\"agent_connections\":%llu,\"agent_h2_connections\":%llu,",
+               (unsigned long long)stats.connections_opened,
+               (unsigned long long)stats.h2_connections);
+    }
+    printf("\"error\":");
     json_string(c->error);
     printf("}\n");
     fflush(stdout);
@@ -943,12 +990,15 @@ static int mem_curl(int n, const char *url, const char *ca) {
 
 static void versions(void) {
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    char tls[256];
+    /* The TLS library, and nghttp2 (libcurl's HTTP/2) when it has one. */
+    snprintf(tls, sizeof tls, "%s%s%s", v->ssl_version ? v->ssl_version : "no TLS",
+             (v->features & CURL_VERSION_HTTP2) && v->nghttp2_version ? ", nghttp2/" : "",
+             (v->features & CURL_VERSION_HTTP2) && v->nghttp2_version ? v->nghttp2_version : "");
     printf("{\"ours\":\"keepalive-agent %s\",\"ours-threads\":\"keepalive-agent %s\","
            "\"ours-callback\":\"keepalive-agent %s\",\"curl\":\"libcurl %s (%s)\","
            "\"curl-threads\":\"libcurl %s (%s)\"}\n",
-           agent_version(), agent_version(), agent_version(), v->version,
-           v->ssl_version ? v->ssl_version : "no TLS", v->version,
-           v->ssl_version ? v->ssl_version : "no TLS");
+           agent_version(), agent_version(), agent_version(), v->version, tls, v->version, tls);
     fflush(stdout);
 }
 
@@ -967,13 +1017,13 @@ static int serve(void) {
             versions();
             continue;
         }
-        int stream = 0;
+        int stream = 0, h2 = 0;
         unsigned long long upload_len = 0;
-        int got = sscanf(line, "run %31s %d %d %lf %lf %ld %zu %2047s %2047s %d %llu", client, &conc,
-                         &ka, &seconds, &warmup, &max_requests, &expect_len, url, ca, &stream,
-                         &upload_len);
-        if ((got != 9 && got != 11) || conc < 1 || conc > MAX_CONC || max_requests < 1 ||
-            (stream && conc != 1)) {
+        int got = sscanf(line, "run %31s %d %d %lf %lf %ld %zu %2047s %2047s %d %llu %d", client,
+                         &conc, &ka, &seconds, &warmup, &max_requests, &expect_len, url, ca,
+                         &stream, &upload_len, &h2);
+        if ((got != 9 && got != 11 && got != 12) || conc < 1 || conc > MAX_CONC ||
+            max_requests < 1 || (stream && conc != 1) || (stream && h2)) {
             printf("{\"fatal\":\"bad command\"}\n");
             fflush(stdout);
             continue;
@@ -988,6 +1038,7 @@ static int serve(void) {
         c.expect_len = expect_len;
         c.stream = stream != 0;
         c.upload_len = upload_len;
+        c.h2 = h2 != 0;
         /* the warm-up never records; the measured part records at most max_requests */
         c.lat = malloc((size_t)max_requests * sizeof *c.lat);
         int kind = strcmp(client, "ours") == 0             ? CLIENT_OURS
