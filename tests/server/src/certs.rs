@@ -97,8 +97,9 @@ pub(crate) fn generate() -> Result<Pki, rcgen::Error> {
     })
 }
 
-/// Builds a rustls server config (ring provider) for `id`; TLS 1.2 only when `tls12_only`.
-pub(crate) fn server_config(id: &Identity, tls12_only: bool) -> Arc<ServerConfig> {
+/// Builds a rustls server config (ring provider) for `id`; TLS 1.2 only when `tls12_only`;
+/// `alpn` is the one protocol offered.
+pub(crate) fn server_config(id: &Identity, tls12_only: bool, alpn: &[u8]) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider);
     let builder = if tls12_only {
@@ -111,6 +112,6 @@ pub(crate) fn server_config(id: &Identity, tls12_only: bool) -> Arc<ServerConfig
         .with_no_client_auth()
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .expect("rustls server certificate");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(config)
 }

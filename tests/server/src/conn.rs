@@ -5,6 +5,9 @@
 //! `head_delay_ms`, `close`, `ka`, `ka_raw`, `idle_close_ms`, `idle_rst_ms`, `rst`,
 //! `fin`, `rst_if_reused`, `fin_if_reused`, `rst_mid`, `fin_mid`, `echo`, `cl`,
 //! `bad_status`, `bad_header`, `big_headers`, `infinite`.
+//!
+//! The HTTP/2 listeners (`h2.rs`) share the query syntax, the body pattern and the echo
+//! format defined here.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -20,9 +23,9 @@ use crate::{ConnTrack, Shared, json_str};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_LINE: usize = 8 * 1024;
-const DEFAULT_BODY: &[u8] = b"hello, world\n";
+pub(crate) const DEFAULT_BODY: &[u8] = b"hello, world\n";
 /// Largest body slice written at once.
-const SLICE: usize = 64 * 1024;
+pub(crate) const SLICE: usize = 64 * 1024;
 const INFINITE_CHUNK: usize = 4096;
 const INFINITE_LIMIT: u64 = 256 * 1024 * 1024;
 
@@ -64,11 +67,11 @@ impl From<io::Error> for ReadErr {
     }
 }
 
-struct Request {
-    method: String,
-    target: String,
-    version: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) version: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -157,6 +160,36 @@ fn pct_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The `key=value` pairs of the query of `target` (percent-decoded, in order; a bare `key`
+/// has the value ""; anything after `#` is ignored).
+pub(crate) fn query_pairs(target: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split('#').next().unwrap_or("");
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+/// Whether a flag parameter's value turns it on (anything but `0`, `false`, `no`).
+pub(crate) fn flag_value(v: &str) -> bool {
+    !matches!(v.trim(), "0" | "false" | "no")
+}
+
+/// `len` bytes of the a..z body pattern starting at body offset `from` (`len` <= `SLICE`).
+pub(crate) fn pattern_slice(from: u64, len: usize) -> &'static [u8] {
+    static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
+    let p = PATTERN.get_or_init(|| (0..SLICE + 26).map(|i| b'a' + (i % 26) as u8).collect());
+    let start = (from % 26) as usize;
+    &p[start..start + len]
+}
+
 /// The scripted behaviour of one request.
 #[derive(Default)]
 struct Script {
@@ -191,15 +224,9 @@ struct Script {
 impl Script {
     fn parse(target: &str) -> Script {
         let mut s = Script::default();
-        let Some((_, query)) = target.split_once('?') else {
-            return s;
-        };
-        let query = query.split('#').next().unwrap_or("");
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (pct_decode(k), pct_decode(v));
+        for (k, v) in query_pairs(target) {
             let num = v.trim().parse::<u64>().ok();
-            let flag = !matches!(v.trim(), "0" | "false" | "no");
+            let flag = flag_value(&v);
             match k.as_str() {
                 "status" => s.status = v.trim().parse().ok(),
                 "bytes" => s.bytes = num,
@@ -250,14 +277,8 @@ impl Body {
     fn slice(&self, from: u64, to: u64) -> Cow<'_, [u8]> {
         match self {
             Body::Bytes(b) => Cow::Borrowed(&b[from as usize..to as usize]),
-            Body::Pattern(_) => {
-                // Callers never ask for more than `SLICE` bytes at once.
-                static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
-                let p = PATTERN
-                    .get_or_init(|| (0..SLICE + 26).map(|i| b'a' + (i % 26) as u8).collect());
-                let start = (from % 26) as usize;
-                Cow::Borrowed(&p[start..start + (to - from) as usize])
-            }
+            // Callers never ask for more than `SLICE` bytes at once.
+            Body::Pattern(_) => Cow::Borrowed(pattern_slice(from, (to - from) as usize)),
         }
     }
 }
@@ -490,14 +511,14 @@ impl<S: Io> Conn<S> {
 
 /// What the server saw of a request body: its length and FNV-1a 64 hash (so a test can
 /// check a large upload arrived intact without the server keeping it).
-struct BodySeen {
-    len: u64,
-    fnv: u64,
+pub(crate) struct BodySeen {
+    pub(crate) len: u64,
+    pub(crate) fnv: u64,
     abort_after: Option<u64>,
 }
 
 impl BodySeen {
-    fn new(abort_after: Option<u64>) -> BodySeen {
+    pub(crate) fn new(abort_after: Option<u64>) -> BodySeen {
         BodySeen {
             len: 0,
             fnv: 0xcbf2_9ce4_8422_2325,
@@ -505,7 +526,7 @@ impl BodySeen {
         }
     }
 
-    fn add(&mut self, data: &[u8]) {
+    pub(crate) fn add(&mut self, data: &[u8]) {
         for &b in data {
             self.fnv = (self.fnv ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -513,7 +534,9 @@ impl BodySeen {
     }
 }
 
-fn echo_json(req: &Request, body: &BodySeen, remote_port: u16) -> String {
+/// The JSON served by `echo=1`: method, target, version, headers as received (in order),
+/// `body_len`, `body_fnv` (FNV-1a 64, 16 hex digits) and the client's `remote_port`.
+pub(crate) fn echo_json(req: &Request, body: &BodySeen, remote_port: u16) -> String {
     let body_len = body.len;
     let body_fnv = body.fnv;
     let mut s = String::from("{\"method\":");
@@ -747,7 +770,7 @@ pub(crate) async fn serve<S: Io>(io: S, track: &mut ConnTrack) -> bool {
     }
 }
 
-/// Serves one admin connection: `GET /stats`, `POST|GET /reset`.
+/// Serves one admin connection: `GET /stats`, `POST|GET /reset`, `POST|GET /h2[?...]`.
 pub(crate) async fn serve_admin(io: TcpStream, shared: Arc<Shared>) {
     let mut c = Conn {
         io,
@@ -772,6 +795,22 @@ pub(crate) async fn serve_admin(io: TcpStream, shared: Arc<Shared>) {
                 shared.reset();
                 (200, "{}".to_string())
             }
+            "/h2" if req.target.contains('?') || req.method.eq_ignore_ascii_case("POST") => {
+                match crate::H2Script::from_query(&req.target) {
+                    Ok(script) => {
+                        let json = script.to_json();
+                        shared.set_h2_script(script);
+                        (200, json)
+                    }
+                    Err(e) => {
+                        let mut body = String::from("{\"error\":");
+                        json_str(&mut body, &e);
+                        body.push('}');
+                        (400, body)
+                    }
+                }
+            }
+            "/h2" => (200, shared.h2_script().to_json()),
             _ => (404, "{\"error\":\"not found\"}".to_string()),
         };
         let close = req.wants_close();

@@ -383,7 +383,7 @@ fn reset_and_admin() {
     assert_eq!(
         json,
         format!(
-            "{{\"accepted\":1,\"open\":2,\"max_open\":2,\"requests\":2,\"client_closed\":0,\"server_closed\":0,\"remote_ports\":[{port}],\"connections\":[{{\"id\":1,\"remote_port\":{port},\"requests\":1,\"open\":true,\"closed_by_client\":false,\"tls\":false}}]}}"
+            "{{\"accepted\":1,\"open\":2,\"max_open\":2,\"requests\":2,\"client_closed\":0,\"server_closed\":0,\"streams_reset_by_client\":0,\"streams_refused\":0,\"remote_ports\":[{port}],\"connections\":[{{\"id\":1,\"remote_port\":{port},\"requests\":1,\"open\":true,\"closed_by_client\":false,\"tls\":false}}]}}"
         )
     );
     a.send("POST /reset HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
@@ -517,6 +517,8 @@ fn binary_prints_ports_and_exits_on_stdin_eof() {
         "https_wrong_host_port",
         "https_expired_port",
         "https_self_signed_port",
+        "h2_port",
+        "h2c_port",
         "admin_port",
         "ca_pem_path",
     ] {
