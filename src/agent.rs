@@ -317,7 +317,7 @@ impl Drop for Agent {
 
 /// How many times an HTTP/2 request is sent again after the server refused its stream or
 /// went away before processing it.
-const MAX_REFUSED: u32 = 3;
+const MAX_REFUSED: u32 = 10;
 
 /// What holds a response while its body is read: an HTTP/1.1 connection lent by the pool,
 /// or a stream of an HTTP/2 session.
@@ -843,6 +843,7 @@ impl Inner {
     ) -> Result<(Lease, Head, u64)> {
         let mut fresh = false;
         let mut refused = 0;
+        let mut refused_by = None;
         let affinity = match mode {
             Mode::Direct => direct::thread_token(),
             Mode::Reactor => 0,
@@ -868,9 +869,13 @@ impl Inner {
                         {
                             Ok(head) => return Ok((Lease::H2(lease), head, 0)),
                             Err(Failure::Refused(e, gone)) => {
-                                if gone.0 {
+                                // A session that refuses this request twice is done taking
+                                // streams (a GOAWAY is on its way), not just full.
+                                let key = lease.session_key();
+                                if gone.0 || refused_by == Some(key) {
                                     lease.retire();
                                 }
+                                refused_by = Some(key);
                                 drop(lease);
                                 if refused < MAX_REFUSED && req.body.rewind() {
                                     refused += 1;

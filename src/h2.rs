@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,7 +75,13 @@ pub(crate) struct Session {
     /// The master handle; `None` once the session is retired (no new streams).
     sender: Mutex<Option<Sender>>,
     in_flight: Mutex<usize>,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as last seen by the monitor.
+    /// hyper's dispatch task for this connection, polled by the monitor; `pick` reads the
+    /// server's current `SETTINGS_MAX_CONCURRENT_STREAMS` from it (when the monitor is not
+    /// polling it at that instant; otherwise the value the monitor saw last).
+    /// `None` once the connection has ended: dropping hyper's task hands every request
+    /// still queued in it back, cancelled (and such a request is sent again elsewhere).
+    conn: Mutex<Option<Pin<Box<H2Connection>>>>,
+    /// The server's stream limit as last read.
     max_streams: std::sync::atomic::AtomicUsize,
     /// Streams started on it so far (a stream after the first is "reused").
     started: AtomicU64,
@@ -99,6 +106,11 @@ pub(crate) struct StreamLease {
 }
 
 impl StreamLease {
+    /// Which session this stream is on (for telling two leases' sessions apart).
+    pub(crate) fn session_key(&self) -> usize {
+        Arc::as_ptr(&self.session) as usize
+    }
+
     /// No new stream goes to this session (after a GOAWAY or a refused stream).
     pub(crate) fn retire(&self) {
         self.session.retire();
@@ -197,7 +209,15 @@ impl Sessions {
                 continue;
             };
             let mut n = lock(&s.in_flight);
-            let room = s.max_streams.load(Ordering::Relaxed).max(1);
+            let room = match s.conn.try_lock().as_deref() {
+                Ok(Some(c)) => {
+                    let m = c.as_ref().get_ref().current_max_send_streams();
+                    s.max_streams.store(m, Ordering::Relaxed);
+                    m
+                }
+                _ => s.max_streams.load(Ordering::Relaxed),
+            }
+            .max(1);
             if *n < room {
                 *n += 1;
                 let reused = s.started.fetch_add(1, Ordering::Relaxed) > 0;
@@ -269,6 +289,7 @@ impl Sessions {
             sender: Mutex::new(Some(sender)),
             in_flight: Mutex::new(0),
             max_streams: std::sync::atomic::AtomicUsize::new(conn.current_max_send_streams()),
+            conn: Mutex::new(Some(Box::pin(conn))),
             started: AtomicU64::new(0),
             created: Instant::now(),
             wake: Notify::new(),
@@ -288,7 +309,8 @@ impl Sessions {
         let sessions = self.clone();
         tokio::spawn(async move {
             let _keep = keep;
-            sessions.monitor(&session, conn).await;
+            sessions.monitor(&session).await;
+            lock(&session.conn).take();
             sessions.remove(&session);
             ended();
         });
@@ -299,14 +321,16 @@ impl Sessions {
     /// Drives the connection until it ends; retires it when it has been idle for the
     /// free-socket timeout or has lived its lifetime (then it ends once its last stream
     /// does: hyper closes a connection that has no stream and no handle left).
-    async fn monitor(&self, s: &Arc<Session>, conn: H2Connection) {
-        let mut conn = std::pin::pin!(conn);
-        // hyper's dispatch task, polled here; the server's stream limit is read after
-        // each poll (it is polled whenever a request is handed to it).
-        let conn = std::future::poll_fn(move |cx| {
-            let r = conn.as_mut().poll(cx);
+    async fn monitor(&self, s: &Arc<Session>) {
+        // hyper's dispatch task, polled here (under its lock, which `pick` only tries).
+        let conn = std::future::poll_fn(|cx| {
+            let mut guard = lock(&s.conn);
+            let Some(c) = guard.as_mut() else {
+                return std::task::Poll::Ready(());
+            };
+            let r = c.as_mut().poll(cx).map(|_| ());
             s.max_streams.store(
-                conn.as_ref().get_ref().current_max_send_streams(),
+                c.as_ref().get_ref().current_max_send_streams(),
                 Ordering::Relaxed,
             );
             r

@@ -1,0 +1,249 @@
+//! HTTP/2 through the C ABI against the test server's h2c (prior knowledge) and h2 (TLS,
+//! ALPN) listeners, with its scripted faults: GOAWAY with requests in flight, refused
+//! streams, RST_STREAM, SETTINGS_MAX_CONCURRENT_STREAMS of 1, a peer that stops answering
+//! (PING timeout), a stalled stream (body timeout), trailers. nginx's HTTP/2 is exercised by
+//! `make test-nginx`.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keepalive_agent::ffi::agent_code::*;
+use keepalive_agent::ffi::options::*;
+use keepalive_testserver::H2Script;
+
+fn h2c_agent(extra: impl FnOnce(Options) -> Options) -> Agent {
+    extra(Options::new().set(opt_u32(
+        agent_options_set_http_version,
+        AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE,
+    )))
+    .build()
+    .unwrap()
+}
+
+fn h2c(s: &Server, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", s.h2c_port())
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn prior_knowledge_and_alpn_both_speak_http2_over_one_connection() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    for i in 0..5 {
+        let r = a.get(h2c(&s, "/")).unwrap();
+        assert_eq!((r.status(), r.version(), r.reused()), (200, 20, i > 0));
+        assert_eq!(r.text(), "hello, world\n");
+    }
+    let ca = std::ffi::CString::new(s.ca_pem_path().to_str().unwrap()).unwrap();
+    let tls = Options::new()
+        .set(opt_u32(agent_options_set_http_version, AGENT_HTTP_VERSION_AUTO))
+        // SAFETY: live options and a NUL-terminated path.
+        .set(|o| unsafe { agent_options_set_ca_file(o, ca.as_ptr()) })
+        .build()
+        .unwrap();
+    let r = tls
+        .get(format!("https://127.0.0.1:{}/", s.h2_port()))
+        .unwrap();
+    assert_eq!(r.version(), 20);
+    let st = s.stats();
+    assert_eq!(st.accepted, 2);
+    let (a_st, t_st) = (a.stats(), tls.stats());
+    assert_eq!((a_st.h2_connections, a_st.h2_streams), (1, 5));
+    assert_eq!((t_st.h2_connections, t_st.h2_streams), (1, 1));
+}
+
+#[test]
+fn goaway_with_requests_in_flight_loses_none() {
+    let s = Server::start();
+    s.set_h2_script(H2Script {
+        goaway_after: Some(3),
+        ..Default::default()
+    });
+    let a = Arc::new(h2c_agent(|o| o));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let a = a.clone();
+            let url = h2c(&s, &format!("/?delay_ms={}&echo=1", 20 * (i % 4)));
+            std::thread::spawn(move || a.get(url).map(|r| r.status()))
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let st = a.stats();
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(200))),
+        "{results:?} {st:?} {:?}",
+        s.stats()
+    );
+    // Every request completed, on the first connection or again on a later one.
+    assert_eq!((st.requests, st.errors), (16, 0));
+    assert!(st.h2_connections >= 2, "{st:?}");
+    assert!(st.retries >= 1, "{st:?}");
+    // No stream was processed twice: the server answered exactly 16 (plus refusals).
+    let ss = s.stats();
+    assert!(ss.requests >= 16);
+}
+
+#[test]
+fn refused_streams_are_sent_again_on_the_same_connection() {
+    let s = Server::start();
+    s.set_h2_script(H2Script {
+        refuse_every: Some(2),
+        ..Default::default()
+    });
+    let a = h2c_agent(|o| o);
+    for _ in 0..6 {
+        // POST is not idempotent, and a refused stream is still retried: the server did
+        // not process it.
+        let r = a
+            .send(Req::get(h2c(&s, "/?echo=1")).method("POST").body(b"payload"))
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().contains("\"body_len\":7"), "{}", r.text());
+    }
+    let st = a.stats();
+    assert!(st.retries >= 3, "{st:?}");
+    assert_eq!(st.h2_connections, 1, "{st:?}");
+    assert_eq!(s.stats().accepted, 1);
+}
+
+#[test]
+fn rst_stream_has_its_own_code_and_leaves_the_connection_serving() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let e = a.get(h2c(&s, "/?rst=internal_error")).unwrap_err();
+    assert_eq!(e.code, AGENT_CODE_STREAM_RESET, "{}", e.message);
+    assert!(e.message.contains("INTERNAL_ERROR"), "{}", e.message);
+    let e = a.get(h2c(&s, "/?bytes=100000&rst_after=1000")).unwrap_err();
+    assert_eq!(e.code, AGENT_CODE_STREAM_RESET, "{}", e.message);
+    assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
+    assert_eq!(s.stats().accepted, 1);
+}
+
+#[test]
+fn a_stream_limit_of_one_queues_requests_or_opens_more_connections() {
+    let s = Server::start();
+    s.set_h2_script(H2Script {
+        max_streams: Some(1),
+        ..Default::default()
+    });
+    // Within max_sockets = 1, requests wait for the one stream.
+    let a = Arc::new(h2c_agent(|o| {
+        o.set(opt_u32(agent_options_set_max_sockets, 1))
+    }));
+    // Learn the limit first (it arrives in the server's SETTINGS).
+    assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
+    let run = |a: &Arc<Agent>| {
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let a = a.clone();
+                let url = h2c(&s, "/?delay_ms=30");
+                std::thread::spawn(move || a.get(url).map(|r| r.status()))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), 200);
+        }
+    };
+    run(&a);
+    assert_eq!(a.stats().h2_connections, 1);
+    assert_eq!(s.stats().accepted, 1);
+    // Without a socket limit, requests past the server's limit get connections of their own.
+    let b = Arc::new(h2c_agent(|o| o));
+    assert_eq!(b.get(h2c(&s, "/")).unwrap().status(), 200);
+    run(&b);
+    assert!(b.stats().h2_connections > 1, "{:?}", b.stats());
+    assert_eq!(b.stats().errors, 0);
+}
+
+#[test]
+fn a_peer_that_stops_answering_pings_is_retired() {
+    let s = Server::start();
+    s.set_h2_script(H2Script {
+        stall_conn_after: Some(1),
+        ..Default::default()
+    });
+    // PINGs every 200 ms while idle; the timeout is max(2 x 200 ms, 5 s).
+    let a = h2c_agent(|o| o.set(opt_u32(agent_options_set_keep_alive_msecs, 200)));
+    assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
+    let start = Instant::now();
+    wait("the dead connection to be closed", Duration::from_secs(15), || {
+        a.stats().connections_closed == 1
+    });
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    s.set_h2_script(H2Script::default());
+    let r = a.get(h2c(&s, "/")).unwrap();
+    assert_eq!((r.status(), r.reused()), (200, false));
+    assert_eq!(a.stats().h2_connections, 2);
+}
+
+#[test]
+fn a_stalled_stream_hits_the_body_timeout_and_others_go_on() {
+    let s = Server::start();
+    let a = Arc::new(h2c_agent(|o| {
+        o.set(opt_u32(agent_options_set_body_timeout_msecs, 300))
+    }));
+    let stalled = {
+        let a = a.clone();
+        let url = h2c(&s, "/?bytes=100000&stall_after=1000");
+        std::thread::spawn(move || a.get(url))
+    };
+    for _ in 0..3 {
+        assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
+    }
+    let e = stalled.join().unwrap().unwrap_err();
+    assert_eq!(e.code, AGENT_CODE_BODY_TIMEOUT, "{}", e.message);
+    assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
+    assert_eq!(s.stats().accepted, 1);
+}
+
+#[test]
+fn trailers_are_readable() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let r = a.get(h2c(&s, "/?bytes=1000&trailers=1")).unwrap();
+    assert_eq!(r.body().len(), 1000);
+    let mut v = std::ptr::null();
+    let mut n = 0usize;
+    let name = std::ffi::CString::new("x-checksum").unwrap();
+    // SAFETY: a live response, a NUL-terminated name, writable out pointers.
+    let code = unsafe {
+        keepalive_agent::ffi::response::agent_response_trailer(r.0, name.as_ptr(), &mut v, &mut n)
+    };
+    assert_eq!(code, AGENT_CODE_OK, "{}", last_error());
+    assert_eq!(n, 16);
+    let missing = std::ffi::CString::new("x-none").unwrap();
+    // SAFETY: as above.
+    let code = unsafe {
+        keepalive_agent::ffi::response::agent_response_trailer(
+            r.0,
+            missing.as_ptr(),
+            &mut v,
+            &mut n,
+        )
+    };
+    assert_eq!(code, AGENT_CODE_NOT_FOUND);
+}
+
+#[test]
+fn keep_alive_off_uses_one_connection_per_request() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o.set(opt_bool(agent_options_set_keep_alive, false)));
+    for _ in 0..4 {
+        let r = a.get(h2c(&s, "/")).unwrap();
+        assert_eq!((r.version(), r.reused()), (20, false));
+    }
+    wait("the connections to close", Duration::from_secs(5), || {
+        s.stats().open == 0
+    });
+    assert_eq!(s.stats().accepted, 4);
+}
