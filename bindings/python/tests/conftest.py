@@ -203,11 +203,28 @@ class Proxies:
         self.access_log = Path(info["SQUID_ACCESS_LOG"])
         self.tinyproxy_log = Path(info["TINYPROXY_LOG"])
 
-    def mark(self) -> Dict[str, int]:
+    def _sizes(self) -> Dict[str, int]:
         return {
             "squid": self.access_log.stat().st_size if self.access_log.exists() else 0,
             "tinyproxy": self.tinyproxy_log.stat().st_size,
         }
+
+    def mark(self) -> Dict[str, int]:
+        """The logs' sizes, once neither has grown for 0.5 s (waiting 5 s at most): a line
+        of an earlier exchange that the proxy writes late (squid logs a CONNECT when its
+        tunnel closes, and any line some time after the exchange when the machine is
+        busy) then falls before the mark instead of being counted after it."""
+        sizes = self._sizes()
+        quiet_since = time.monotonic()
+        deadline = quiet_since + 5.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._sizes()
+            if now != sizes:
+                sizes, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= 0.5:
+                break
+        return sizes
 
     @staticmethod
     def _since(path: Path, offset: int) -> List[str]:

@@ -1,4 +1,4 @@
-"""keepalive_agent: a keep-alive HTTP/1.1 client for Python over the keepalive-agent engine.
+"""keepalive_agent: a keep-alive HTTP/1.1 and HTTP/2 client for Python over the keepalive-agent engine.
 
 Quick start::
 
@@ -9,6 +9,7 @@ Quick start::
         print(r.status, r.headers["content-type"], r.reused, r.json())
 
     off = keepalive_agent.Agent(keep_alive=False)       # every request on a fresh connection
+    h2 = keepalive_agent.Agent(http_version="auto")     # HTTP/2 where the server offers it
 
 Streaming: ``with agent.stream("GET", url) as r: for piece in r.iter_bytes(): ...``;
 ``async with agent.stream_async("GET", url) as r: async for piece in r.aiter_bytes(): ...``;
@@ -37,6 +38,7 @@ from .errors import (
     ProxyError,
     ResponseTooLargeError,
     StaleConnectionError,
+    StreamResetError,
     TimeoutError,
     TLSError,
 )

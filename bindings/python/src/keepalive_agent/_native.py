@@ -191,6 +191,10 @@ agent_data_callback = CFUNCTYPE(None, c_void_p, agent_code, c_void_p, c_size_t)
 # #define AGENT_SCHEDULING_LIFO 0 / AGENT_SCHEDULING_FIFO 1
 SCHEDULING = {"lifo": 0, "fifo": 1}
 
+# #define AGENT_HTTP_VERSION_AUTO 0 / AGENT_HTTP_VERSION_HTTP1 1 / AGENT_HTTP_VERSION_HTTP2 2 /
+#   AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE 3   (agent_options_set_http_version)
+HTTP_VERSIONS = {"auto": 0, "http1": 1, "http2": 2, "h2c-prior-knowledge": 3}
+
 # ---------------------------------------------------------------------------------------
 # Error checking
 
@@ -376,12 +380,14 @@ _declare("agent_options_set_client_cert_file", agent_code, [agent_options_p, c_c
 _declare("agent_options_set_client_key_pem", agent_code, [agent_options_p, c_char_p, c_size_t], _check)
 # agent_code agent_options_set_client_key_file(agent_options *options, const char *path);
 _declare("agent_options_set_client_key_file", agent_code, [agent_options_p, c_char_p], _check)
+# agent_code agent_options_set_http_version(agent_options *options, uint32_t version);
+_declare("agent_options_set_http_version", agent_code, [agent_options_p, c_uint32], _check)
 
 # void agent_response_free(agent_response *response);
 _declare("agent_response_free", None, [agent_response_p])
 # uint16_t agent_response_status(const agent_response *response);
 _declare("agent_response_status", c_uint16, [agent_response_p])
-# uint32_t agent_response_version(const agent_response *response);
+# uint32_t agent_response_version(const agent_response *response);   (11, or 20 for HTTP/2)
 _declare("agent_response_version", c_uint32, [agent_response_p])
 # bool agent_response_reused(const agent_response *response);
 _declare("agent_response_reused", c_bool, [agent_response_p])
@@ -570,6 +576,7 @@ _ERROR_CLASS_BY_NAME = {
     "CONNECTION_CLOSED": errors.ProtocolError,
     "BROKEN_PIPE": errors.ProtocolError,
     "PROTOCOL": errors.ProtocolError,
+    "STREAM_RESET": errors.StreamResetError,
     "RESPONSE_TOO_LARGE": errors.ResponseTooLargeError,
     "STALE_CONNECTION": errors.StaleConnectionError,
     "CANCELLED": errors.CancelledError,

@@ -147,7 +147,8 @@ else:
 
 class Response:
     """A complete response. Everything is plain Python data: the native response was
-    copied and freed before this object was made."""
+    copied and freed before this object was made. ``http_version`` is ``"1.1"``, or
+    ``"2"`` for HTTP/2."""
 
     __slots__ = ("status", "http_version", "headers", "body", "reused", "_timings", "url", "method")
 

@@ -95,7 +95,7 @@ class _StreamBase:
 
     @property
     def version(self) -> str:
-        """The HTTP version, e.g. ``"1.1"`` (the same as :attr:`http_version`)."""
+        """The HTTP version, e.g. ``"1.1"``, or ``"2"`` for HTTP/2 (the same as :attr:`http_version`)."""
         return self.http_version
 
     @property

@@ -15,6 +15,7 @@ Every failure reported by the library is an :class:`AgentError` carrying the C c
     ├── TLSError                                  TLS
     ├── ProtocolError                             PROTOCOL, CONNECTION_RESET,
     │   │                                         CONNECTION_CLOSED, BROKEN_PIPE
+    │   ├── StreamResetError                      STREAM_RESET
     │   └── ResponseTooLargeError                 RESPONSE_TOO_LARGE
     ├── StaleConnectionError                      STALE_CONNECTION
     ├── BodySourceError                           BODY_SOURCE
@@ -44,6 +45,7 @@ __all__ = [
     "TimeoutError",
     "TLSError",
     "ProtocolError",
+    "StreamResetError",
     "ResponseTooLargeError",
     "StaleConnectionError",
     "BodySourceError",
@@ -115,6 +117,13 @@ class TLSError(AgentError):
 
 class ProtocolError(AgentError):
     """The exchange broke: reset, early close, broken pipe, or an invalid HTTP response."""
+
+
+class StreamResetError(ProtocolError):
+    """The server reset this request's HTTP/2 stream (``RST_STREAM``; its reason, e.g.
+    ``INTERNAL_ERROR``, is in the message). Only this request failed: the connection and
+    its other requests go on. Streams the server refused before processing them
+    (``REFUSED_STREAM``, or beyond a ``GOAWAY``) are retried by the library instead."""
 
 
 class ResponseTooLargeError(ProtocolError):

@@ -17,7 +17,8 @@ What maps to what:
 - ``timeout``: a number, or a ``(connect, read)`` tuple whose sum becomes the request's
   overall deadline (``None`` anywhere in the tuple = no deadline). The agent's own
   ``connect_timeout_msecs``/``headers_timeout_msecs``/``body_timeout_msecs`` still apply.
-- Errors: ``ConnectError`` and connection failures -> ``requests.exceptions.ConnectionError``;
+- Errors: ``ConnectError`` and connection failures (a reset, an HTTP/2 stream reset:
+  ``StreamResetError``) -> ``requests.exceptions.ConnectionError``;
   ``CONNECT_TIMEOUT`` -> ``ConnectTimeout``; other timeouts -> ``ReadTimeout``;
   ``TLSError`` -> ``SSLError``; bad URL -> ``InvalidURL``; anything else ->
   ``RequestException`` (the original error is ``__cause__``).
@@ -50,11 +51,14 @@ What maps to what:
   True``), and ``iter_content`` decodes gzip/deflate incrementally. Consuming the body
   gives the connection back to the pool; ``response.close()`` (or a ``with`` block)
   before the end aborts the request and closes the connection. Mid-body failures raise
-  what requests raises there: ``ChunkedEncodingError`` (reset, early close, bad
-  framing), ``ConnectionError`` (timeouts, cancellation), ``ContentDecodingError``.
+  what requests raises there: ``ChunkedEncodingError`` (reset, HTTP/2 stream reset,
+  early close, bad framing), ``ConnectionError`` (timeouts, cancellation), ``ContentDecodingError``.
   The deadline from ``timeout`` covers reading the body too (the engine has no
   per-read timeout): for a long download give ``timeout=None`` and rely on the agent's
   ``headers_timeout_msecs``/``body_timeout_msecs``.
+- HTTP/2: the agent's ``http_version`` (``KeepAliveAdapter(http_version="auto")``);
+  ``response.raw.version`` is 20 over HTTP/2 and 11 over HTTP/1.1, with
+  ``raw.version_string`` ``"HTTP/2"``/``"HTTP/1.1"``, as urllib3 reports them.
 - Request bodies: bytes and str are sent whole; a file (``data=open(path, "rb")``) or a
   generator/iterable (``data=gen()``) is read piece by piece through the engine's body
   source, never buffered whole: a seekable file with ``Content-Length`` (its remaining
@@ -105,6 +109,14 @@ _PROXY_OPTIONS = ("proxy", "no_proxy", "proxy_from_env")
 _FRAMING = {"content-length", "transfer-encoding"}
 
 
+# urllib3's HTTPResponse.version and version_string (major * 10 + minor, as http.client).
+_URLLIB3_VERSIONS = {"1.0": (10, "HTTP/1.0"), "1.1": (11, "HTTP/1.1"), "2": (20, "HTTP/2")}
+
+
+def _urllib3_version(http_version: str) -> Tuple[int, str]:
+    return _URLLIB3_VERSIONS.get(http_version, (0, "HTTP/?"))
+
+
 class _OriginalResponse:
     """What ``requests.cookies.extract_cookies_to_jar`` reads (``._original_response.msg``)."""
 
@@ -113,12 +125,16 @@ class _OriginalResponse:
 
 
 class _Raw(io.BytesIO):
-    """``response.raw``: the body in memory, plus the header message for cookie handling."""
+    """``response.raw``: the body in memory, plus the header message for cookie handling
+    and urllib3's ``status``, ``version`` (11, or 20 for HTTP/2) and ``version_string``."""
 
-    def __init__(self, body: bytes, msg: http.client.HTTPMessage) -> None:
+    def __init__(self, body: bytes, msg: http.client.HTTPMessage, status: int = 0,
+                 http_version: str = "1.1") -> None:
         super().__init__(body)
         self._original_response = _OriginalResponse(msg)
         self.headers = msg
+        self.status = status
+        self.version, self.version_string = _urllib3_version(http_version)
 
     def read(self, amt: Optional[int] = None, decode_content: bool = True, **kwargs: Any) -> bytes:  # type: ignore[override]
         return super().read(-1 if amt is None else amt)
@@ -291,7 +307,7 @@ class _StreamRaw(io.IOBase):
         self.headers = msg
         self.status = resp.status
         self.reason = http.client.responses.get(resp.status, "")
-        self.version = 11 if resp.http_version == "1.1" else 10
+        self.version, self.version_string = _urllib3_version(resp.http_version)
         # As urllib3 under requests: read() gives the bytes as sent unless asked to decode.
         self.decode_content = False
         encoding = resp.headers.get("content-encoding")
@@ -561,7 +577,7 @@ class KeepAliveAdapter(BaseAdapter):
                 raise ContentDecodingError(e, request=request) from e
         r._content = body
         r._content_consumed = True  # type: ignore[attr-defined]
-        r.raw = _Raw(body, msg)
+        r.raw = _Raw(body, msg, resp.status, resp.http_version)
         url = request.url or ""
         r.url = url
         r.request = request
