@@ -258,16 +258,24 @@ impl Agent {
 
     /// Counters and gauges of the whole agent.
     pub fn stats(&self) -> Stats {
-        self.inner.pool.stats()
+        let mut s = self.inner.pool.stats();
+        // An HTTP/2 connection holds its pool slot while it is open: without a stream in
+        // flight it is idle, not active.
+        let idle = self.inner.h2.idle(None) as u64;
+        s.active = s.active.saturating_sub(idle);
+        s.idle += idle;
+        s
     }
 
     /// Counters and gauges of one origin, given as a URL (`http://host:port`).
     pub fn origin_stats(&self, url: &str) -> Result<Stats> {
         let target = crate::http::parse_url(url)?;
-        Ok(self
-            .inner
-            .pool
-            .origin_stats(&self.inner.route(&target.origin)))
+        let origin = self.inner.route(&target.origin);
+        let mut s = self.inner.pool.origin_stats(&origin);
+        let idle = self.inner.h2.idle(Some(&origin)) as u64;
+        s.active = s.active.saturating_sub(idle);
+        s.idle += idle;
+        Ok(s)
     }
 
     /// Cancels every async request (their callbacks run with `Cancelled`), closes every

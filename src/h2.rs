@@ -12,8 +12,8 @@
 //! its lifetime or a GOAWAY. Knows nothing of requests or HTTP semantics beyond streams.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -373,6 +373,17 @@ impl Sessions {
             o.sessions.retain(|x| !Arc::ptr_eq(x, s));
         }
         self.changed.notify_waiters();
+    }
+
+    /// Open sessions without a stream in flight (of one origin, or all).
+    pub(crate) fn idle(&self, origin: Option<&Arc<Origin>>) -> usize {
+        let st = lock(&self.state);
+        st.origins
+            .iter()
+            .filter(|(o, _)| origin.is_none_or(|want| *o == want))
+            .flat_map(|(_, o)| o.sessions.iter())
+            .filter(|s| *lock(&s.in_flight) == 0)
+            .count()
     }
 
     /// Retires every session (agent free): in-flight streams finish or fail on their own.

@@ -45,7 +45,10 @@ fn prior_knowledge_and_alpn_both_speak_http2_over_one_connection() {
     }
     let ca = std::ffi::CString::new(s.ca_pem_path().to_str().unwrap()).unwrap();
     let tls = Options::new()
-        .set(opt_u32(agent_options_set_http_version, AGENT_HTTP_VERSION_AUTO))
+        .set(opt_u32(
+            agent_options_set_http_version,
+            AGENT_HTTP_VERSION_AUTO,
+        ))
         // SAFETY: live options and a NUL-terminated path.
         .set(|o| unsafe { agent_options_set_ca_file(o, ca.as_ptr()) })
         .build()
@@ -104,7 +107,11 @@ fn refused_streams_are_sent_again_on_the_same_connection() {
         // POST is not idempotent, and a refused stream is still retried: the server did
         // not process it.
         let r = a
-            .send(Req::get(h2c(&s, "/?echo=1")).method("POST").body(b"payload"))
+            .send(
+                Req::get(h2c(&s, "/?echo=1"))
+                    .method("POST")
+                    .body(b"payload"),
+            )
             .unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.text().contains("\"body_len\":7"), "{}", r.text());
@@ -175,9 +182,11 @@ fn a_peer_that_stops_answering_pings_is_retired() {
     let a = h2c_agent(|o| o.set(opt_u32(agent_options_set_keep_alive_msecs, 200)));
     assert_eq!(a.get(h2c(&s, "/")).unwrap().status(), 200);
     let start = Instant::now();
-    wait("the dead connection to be closed", Duration::from_secs(15), || {
-        a.stats().connections_closed == 1
-    });
+    wait(
+        "the dead connection to be closed",
+        Duration::from_secs(15),
+        || a.stats().connections_closed == 1,
+    );
     let took = start.elapsed();
     assert!(took < Duration::from_secs(12), "{took:?}");
     s.set_h2_script(H2Script::default());

@@ -187,6 +187,8 @@ int ts_server_start(ts_server *s) {
     s->https_expired_port = (int)ts_json_int(line, "https_expired_port");
     s->https_self_signed_port = (int)ts_json_int(line, "https_self_signed_port");
     s->admin_port = (int)ts_json_int(line, "admin_port");
+    s->h2_port = (int)ts_json_int(line, "h2_port");
+    s->h2c_port = (int)ts_json_int(line, "h2c_port");
     json_str(line, "ca_pem_path", s->ca_pem_path, sizeof s->ca_pem_path);
     if (s->http_port <= 0 || s->admin_port <= 0 || s->ca_pem_path[0] == '\0') {
         fprintf(stderr, "test server (%s) did not start: %s\n", exe, line);

@@ -34,6 +34,8 @@ typedef struct {
     int https_wrong_host_port;
     int https_expired_port;
     int https_self_signed_port;
+    int h2_port;  /* TLS, ALPN h2 only */
+    int h2c_port; /* HTTP/2 with prior knowledge */
     int admin_port;
     char ca_pem_path[1024];
 } ts_server;

@@ -39,6 +39,11 @@ void test_code_str(void);
 void test_version(void);
 void test_invalid_option(void);
 
+/* test_h2.c */
+void test_h2_one_connection_for_many_threads(void);
+void test_h2_big_stream_in_constant_memory_with_trailers(void);
+void test_h2_reset_stream_and_queue(void);
+
 /* test_stream.c */
 void test_stream_download_big_in_constant_memory(void);
 void test_stream_upload_content_length(void);
