@@ -549,10 +549,10 @@ impl ResponseStream {
         &self.head
     }
 
-    /// The trailer fields that followed the body (empty until the body has been read to
+    /// The trailer fields that followed the body (`None` until the body has been read to
     /// its end, and when there are none).
-    pub fn trailers(&self) -> &http::HeaderMap {
-        &self.head.trailers
+    pub fn trailers(&self) -> Option<&http::HeaderMap> {
+        self.head.trailers.as_deref()
     }
 
     /// Whether the whole body has been read (or the stream failed).
@@ -687,7 +687,7 @@ impl ResponseStream {
             return;
         };
         if let Some(t) = reader.trailers.take() {
-            self.head.trailers = t;
+            self.head.trailers = Some(Box::new(t));
         }
         let pool = &self.inner.pool;
         let mut conn = match lease {
@@ -764,7 +764,7 @@ fn empty_response() -> Response {
         body: Bytes::new(),
         reused: false,
         timings: Timings::default(),
-        trailers: http::HeaderMap::new(),
+        trailers: None,
     }
 }
 

@@ -167,7 +167,7 @@ fn into_head(
             body: Bytes::new(),
             reused,
             timings: t,
-            trailers: http::HeaderMap::new(),
+            trailers: None,
         },
         hint,
         body,

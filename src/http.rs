@@ -539,9 +539,9 @@ pub struct Response {
     /// True when the request went out on a connection that had served an earlier request.
     pub reused: bool,
     pub timings: Timings,
-    /// Trailer fields after the body (HTTP/2, or a chunked HTTP/1.1 body); empty until the
+    /// Trailer fields after the body (HTTP/2, or a chunked HTTP/1.1 body); `None` until the
     /// body has been read to its end, and when there are none.
-    pub trailers: HeaderMap,
+    pub trailers: Option<Box<HeaderMap>>,
 }
 
 impl Response {

@@ -301,7 +301,7 @@ pub unsafe extern "C" fn agent_response_trailer(
         // SAFETY: forwarded contract.
         let name = unsafe { c_str(name, "name") }?;
         let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
-        match r.trailers.get(name) {
+        match r.trailers.as_ref().and_then(|t| t.get(name)) {
             Some(v) => {
                 value.write(v.as_bytes().as_ptr().cast());
                 value_len.write(v.as_bytes().len());

@@ -537,7 +537,7 @@ pub unsafe extern "C" fn agent_stream_trailer(
                 "an async read is in flight on this stream",
             ));
         };
-        match stream.trailers().get(name) {
+        match stream.trailers().and_then(|t| t.get(name)) {
             Some(v) => {
                 value.write(v.as_bytes().as_ptr().cast());
                 value_len.write(v.as_bytes().len());
