@@ -93,20 +93,8 @@ pub(crate) async fn start(
         forward_form(&mut hreq, origin, p).map_err(Failure::Failed)?;
     }
     t.sent_us = micros(start.elapsed());
-    // A timer that the request's own deadline would beat is not armed (each one is a
-    // registration on tokio's timer wheel).
     let overall = req.timeout.map(|d| start + d);
-    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
-    let fut = conn.send(hreq);
-    let head = match cfg.headers_timeout.filter(needed) {
-        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-            Failure::Failed(Error::new(
-                ErrorKind::HeadersTimeout,
-                format!("no complete response head within {} ms", d.as_millis()),
-            ))
-        })?,
-        None => fut.await,
-    };
+    let head = within_headers_timeout(conn.send(hreq), cfg, overall).await?;
     let resp = match head {
         Some(Ok(r)) => r,
         Some(Err(e)) => return Err(head_failure(map_hyper_error(&e), conn, reused, before)),
@@ -120,6 +108,26 @@ pub(crate) async fn start(
     };
     t.ttfb_us = micros(start.elapsed());
     into_head(resp, req, cfg, reused, t, overall).map_err(Failure::Failed)
+}
+
+/// Waits for a response head within `headers_timeout`. A timer that the request's own
+/// deadline (`overall`) would beat is not armed (each one is a registration on tokio's
+/// timer wheel).
+async fn within_headers_timeout<T>(
+    fut: impl Future<Output = T>,
+    cfg: &Config,
+    overall: Option<Instant>,
+) -> Result<T, Failure> {
+    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
+    match cfg.headers_timeout.filter(needed) {
+        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
+            Failure::Failed(Error::new(
+                ErrorKind::HeadersTimeout,
+                format!("no complete response head within {} ms", d.as_millis()),
+            ))
+        }),
+        None => Ok(fut.await),
+    }
 }
 
 /// The response head, with the reader of its body.
@@ -220,17 +228,7 @@ pub(crate) async fn start_h2(
     }
     t.sent_us = micros(start.elapsed());
     let overall = req.timeout.map(|d| start + d);
-    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
-    let fut = lease.sender.send_request(hreq);
-    let head = match cfg.headers_timeout.filter(needed) {
-        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-            Failure::Failed(Error::new(
-                ErrorKind::HeadersTimeout,
-                format!("no complete response head within {} ms", d.as_millis()),
-            ))
-        })?,
-        None => fut.await,
-    };
+    let head = within_headers_timeout(lease.sender.send_request(hreq), cfg, overall).await?;
     let resp = match head {
         Ok(r) => r,
         Err(e) => {

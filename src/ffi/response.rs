@@ -266,19 +266,35 @@ pub unsafe extern "C" fn agent_response_header(
         let r = &unsafe { borrow(response, "response") }?.resp;
         // SAFETY: forwarded contract.
         let name = unsafe { c_str(name, "name") }?;
-        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
-        match r.header(name) {
-            Some(v) => {
-                value.write(v.as_bytes().as_ptr().cast());
-                value_len.write(v.as_bytes().len());
-                Ok(())
-            }
-            None => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no header {name:?} in the response"),
-            )),
+        // SAFETY: forwarded contract.
+        unsafe {
+            write_value(r.header(name), value, value_len, || {
+                format!("no header {name:?} in the response")
+            })
         }
     })
+}
+
+/// Writes a found field value to the out pointers, or fails with `AGENT_CODE_NOT_FOUND`
+/// and the message `missing` gives (outputs untouched).
+///
+/// # Safety
+/// The out pointers are NULL (refused) or writable.
+pub(super) unsafe fn write_value(
+    found: Option<&http::HeaderValue>,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+    missing: impl FnOnce() -> String,
+) -> crate::error::Result<()> {
+    let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+    match found {
+        Some(v) => {
+            value.write(v.as_bytes().as_ptr().cast());
+            value_len.write(v.as_bytes().len());
+            Ok(())
+        }
+        None => Err(Error::new(ErrorKind::NotFound, missing())),
+    }
 }
 
 /// The first value of trailer field `name` (case-insensitive), sent after the body (HTTP/2,
@@ -300,17 +316,12 @@ pub unsafe extern "C" fn agent_response_trailer(
         let r = &unsafe { borrow(response, "response") }?.resp;
         // SAFETY: forwarded contract.
         let name = unsafe { c_str(name, "name") }?;
-        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
-        match r.trailers.as_ref().and_then(|t| t.get(name)) {
-            Some(v) => {
-                value.write(v.as_bytes().as_ptr().cast());
-                value_len.write(v.as_bytes().len());
-                Ok(())
-            }
-            None => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no trailer {name:?} after the response body"),
-            )),
+        let found = r.trailers.as_ref().and_then(|t| t.get(name));
+        // SAFETY: forwarded contract.
+        unsafe {
+            write_value(found, value, value_len, || {
+                format!("no trailer {name:?} after the response body")
+            })
         }
     })
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::agent::{Userdata, agent, agent_header, build_request};
-use super::response::{agent_response_parts, header_block, timings};
+use super::response::{agent_response_parts, header_block, timings, write_value};
 use super::{
     agent_code, borrow, c_str, fail, guard, guard_value, null, out_ptr, outcome, write_if_wanted,
 };
@@ -529,7 +529,6 @@ pub unsafe extern "C" fn agent_stream_trailer(
         let s = unsafe { borrow(stream, "stream") }?;
         // SAFETY: forwarded contract.
         let name = unsafe { c_str(name, "name") }?;
-        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
         let st = s.shared.lock();
         let State::Idle { stream, .. } = &*st else {
             return Err(Error::new(
@@ -537,16 +536,12 @@ pub unsafe extern "C" fn agent_stream_trailer(
                 "an async read is in flight on this stream",
             ));
         };
-        match stream.trailers().and_then(|t| t.get(name)) {
-            Some(v) => {
-                value.write(v.as_bytes().as_ptr().cast());
-                value_len.write(v.as_bytes().len());
-                Ok(())
-            }
-            None => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no trailer {name:?} (trailers come after the end of the body)"),
-            )),
+        let found = stream.trailers().and_then(|t| t.get(name));
+        // SAFETY: forwarded contract.
+        unsafe {
+            write_value(found, value, value_len, || {
+                format!("no trailer {name:?} (trailers come after the end of the body)")
+            })
         }
     })
 }
