@@ -4,8 +4,8 @@
 //! monitor task that notices a server's close and fires the idle timer.
 //!
 //! A connection knows nothing of pools. It reports its life to an [`Owner`] (held weakly):
-//! when its idle timer fires and when it has ended (socket closed). HTTP/2 will be a second
-//! kind of connection next to this one.
+//! when its idle timer fires and when it has ended (socket closed). HTTP/2 connections are
+//! the other kind, shared by many requests: see [`crate::h2`].
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
