@@ -75,6 +75,18 @@
 #define AGENT_SOURCE_PENDING 1885695588
 
 /**
+ * `agent_options_set_event_mask`: every kind.
+ */
+#define AGENT_TRACE_MASK_ALL 511
+
+/**
+ * `agent_options_set_event_mask`: request-sent and response-head events carry the headers
+ * (`agent_trace_event.headers`), with `Authorization`, `Proxy-Authorization`, `Cookie` and
+ * `Set-Cookie` values always replaced by `[redacted]`.
+ */
+#define AGENT_TRACE_WITH_HEADERS 2147483648
+
+/**
  * Result codes. Values are explicit and never reused; a retired value stays reserved.
  */
 enum agent_code
@@ -206,6 +218,35 @@ typedef uint32_t agent_code;
 #endif // __cplusplus
 
 /**
+ * What decided an agent's keep-alive setting (SPEC §3's read-back).
+ */
+enum agent_setting_source
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Nothing was said: keep-alive is on by default.
+   */
+  AGENT_SOURCE_DEFAULT = 0,
+  /**
+   * `agent_new`'s argument or `agent_options_set_keep_alive`.
+   */
+  AGENT_SOURCE_ARGUMENT = 1,
+  /**
+   * The process switch KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or its alias.
+   */
+  AGENT_SOURCE_ENVIRONMENT = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum agent_setting_source agent_setting_source;
+#else
+typedef uint32_t agent_setting_source;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What an event reports.
  */
 enum agent_event_kind
@@ -233,6 +274,64 @@ enum agent_event_kind
 typedef enum agent_event_kind agent_event_kind;
 #else
 typedef uint32_t agent_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What an event reports (`agent_trace_event.kind`). Bit `1 << kind` selects it in
+ * `agent_options_set_event_mask`.
+ */
+enum agent_trace_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * A request waits for a connection (the `max_sockets` limits are reached).
+   */
+  AGENT_TRACE_QUEUED = 0,
+  /**
+   * A queued request got a connection, or the right to open one.
+   */
+  AGENT_TRACE_DEQUEUED = 1,
+  /**
+   * A TCP connection attempt to `address` starts (happy eyeballs: one per address).
+   */
+  AGENT_TRACE_CONNECT_START = 2,
+  /**
+   * That attempt connected (`code` OK) or failed (`code` and `detail` say how).
+   */
+  AGENT_TRACE_CONNECT_DONE = 3,
+  /**
+   * A TLS handshake ended: `detail` has the version, the ALPN protocol and whether the
+   * session was resumed (`TLSv1.3, ALPN h2, new session with host:port`), or `code` the
+   * failure.
+   */
+  AGENT_TRACE_TLS_DONE = 4,
+  /**
+   * A request goes out (`detail`: `GET /path HTTP/1.1`; `reused`: the connection served
+   * one before).
+   */
+  AGENT_TRACE_REQUEST_SENT = 5,
+  /**
+   * A response head arrived (`status`, `version`).
+   */
+  AGENT_TRACE_RESPONSE_HEAD = 6,
+  /**
+   * A request is sent again on another connection (`detail`: why; `code`: the failure
+   * that caused it).
+   */
+  AGENT_TRACE_RETRY = 7,
+  /**
+   * A connection closed (`detail`: why, e.g. `idle timeout`, `the server closed it`).
+   */
+  AGENT_TRACE_CONNECTION_CLOSED = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum agent_trace_kind agent_trace_kind;
+#else
+typedef uint32_t agent_trace_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -589,6 +688,63 @@ typedef void (*agent_data_callback)(void *userdata,
                                     const uint8_t *data,
                                     size_t len);
 
+/**
+ * One event. Every pointer is valid only during the callback (copy what you keep).
+ */
+typedef struct {
+  agent_trace_kind kind;
+  /**
+   * The connection's id, unique in the process (0: none, as for `AGENT_TRACE_QUEUED`).
+   */
+  uint64_t connection;
+  /**
+   * The request's origin, `scheme://host:port` (with `(through the proxy ...)` when a
+   * proxy carries it).
+   */
+  const char *origin;
+  /**
+   * Connect events: the address, `127.0.0.1:8080` or `[::1]:8080`; else NULL.
+   */
+  const char *address;
+  /**
+   * Connect events: 4 or 6; else 0.
+   */
+  uint32_t family;
+  /**
+   * Response head: the status code; else 0.
+   */
+  uint32_t status;
+  /**
+   * 11 or 20 once known; else 0.
+   */
+  uint32_t version;
+  /**
+   * Request sent / response head: the connection had served a request before.
+   */
+  bool reused;
+  /**
+   * `AGENT_CODE_OK`, or what failed (connect done, TLS done, retry).
+   */
+  agent_code code;
+  /**
+   * Words for people; never NULL (`""` when there are none).
+   */
+  const char *detail;
+  /**
+   * With `AGENT_TRACE_WITH_HEADERS`, request sent and response head: `Name: value\r\n`
+   * lines, credentials redacted; else NULL.
+   */
+  const char *headers;
+} agent_trace_event;
+
+/**
+ * Event callback: runs on the thread where the event happened (a library thread, or the
+ * caller's own inside a blocking `agent_request`), possibly on several threads at once.
+ * It must be quick, must not block and must not free the agent.
+ */
+typedef void (*agent_trace_callback)(void *userdata,
+                                     const agent_trace_event *event);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -647,8 +803,10 @@ size_t agent_last_error(char *buf,
 /**
  * Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
  * `keep_alive_msecs` (0 = default 1000; see `agent_options_set_keep_alive_msecs`), all
- * other options at their defaults. `keep_alive` given here always wins over the
- * environment switch. Free with `agent_free`.
+ * other options at their defaults. false here always turns reuse off; true is overruled
+ * by the process switch (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or its alias set to
+ * false/0), which whoever runs the program uses to turn reuse off everywhere. Free with
+ * `agent_free`.
  *
  * Returns NULL on failure, with the message in `agent_last_error`. The possible failures
  * are an out-of-range `keep_alive_msecs` (what `agent_new_with_options` reports as
@@ -751,6 +909,23 @@ agent_code agent_request_cancel(const agent *agent,
                                 uint64_t id);
 
 /**
+ * Opens connections to the origin of `url` in the background and pools them, until the
+ * origin has `count` (idle, busy or opening; within `max_sockets`), TLS handshakes
+ * included: for a cold start (a serverless init phase, a service's start-up), so that the
+ * first requests find warm connections. Returns at once; the connections appear in
+ * `agent_pool_stats` (`idle`) as they open. An HTTP/2 origin gets one connection. Does
+ * nothing when keep-alive is off or `count` is 0. Failures are not reported here (the
+ * events show them; the next requests report theirs). `AGENT_CODE_INVALID_URL` for a bad
+ * URL.
+ *
+ * # Safety
+ * `agent` is NULL or live; `url` is NULL or NUL-terminated.
+ */
+agent_code agent_preconnect(const agent *agent,
+                            const char *url,
+                            uint32_t count);
+
+/**
  * Writes the agent's counters and gauges (all origins) into `*out`.
  *
  * # Safety
@@ -801,12 +976,34 @@ agent_code agent_stats_values(const agent *agent,
 
 /**
  * The effective keep-alive setting: what `agent_new`'s argument, the options, or the
- * environment switch decided. False for NULL.
+ * environment switch decided (`agent_keep_alive_source` says which). False for NULL.
  *
  * # Safety
  * `agent` is NULL or live.
  */
 bool agent_keep_alive_enabled(const agent *agent);
+
+/**
+ * Where the effective keep-alive setting (`agent_keep_alive_enabled`) came from.
+ * `AGENT_SOURCE_DEFAULT` for NULL.
+ *
+ * # Safety
+ * `agent` is NULL or live.
+ */
+agent_setting_source agent_keep_alive_source(const agent *agent);
+
+/**
+ * The keep-alive setting in one line for people, with what decided it and what the
+ * environment said, e.g. `off: environment, KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED="false"`
+ * or `on: default; AWS_NODEJS_CONNECTION_REUSE_ENABLED="yes" (ignored: not true, false, 1
+ * or 0)`. Copied into `buf` as `agent_last_error` does; returns the full length (0 for NULL).
+ *
+ * # Safety
+ * `agent` is NULL or live; `buf` is NULL or points to `cap` writable bytes.
+ */
+size_t agent_keep_alive_describe(const agent *agent,
+                                 char *buf,
+                                 size_t cap);
 
 /**
  * A new set of options, all at their defaults. Free with `agent_options_free`.
@@ -824,15 +1021,28 @@ void agent_options_free(agent_options *options);
 
 /**
  * Reuse connections (true) or send `Connection: close` on a fresh connection for every
- * request (false). Default: true, unless KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or
- * AWS_NODEJS_CONNECTION_REUSE_ENABLED) is `false`/`0`. Setting it here always wins over
- * the environment. Node: `keepAlive`.
+ * request (false). Default: true. The process switch KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED
+ * (or its alias AWS_NODEJS_CONNECTION_REUSE_ENABLED) set to `false`/`0` turns reuse off
+ * even when this says true, unless `agent_options_set_ignore_environment`; set to
+ * `true`/`1` it only changes the default. false here always wins. Node: `keepAlive`.
  *
  * # Safety
  * `options` is NULL or a live handle from `agent_options_new`.
  */
 agent_code agent_options_set_keep_alive(agent_options *options,
                                         bool keep_alive);
+
+/**
+ * The process switch (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED and its alias
+ * AWS_NODEJS_CONNECTION_REUSE_ENABLED) does not apply to this agent (default false): for
+ * the rare client that must keep reuse on when whoever runs the program turned it off.
+ * Python: `ignore_environment`; Node: `ignoreEnvironment`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle from `agent_options_new`.
+ */
+agent_code agent_options_set_ignore_environment(agent_options *options,
+                                                bool ignore);
 
 /**
  * Initial delay of TCP keep-alive probes in ms (SO_KEEPALIVE + TCP_KEEPIDLE =
@@ -1583,6 +1793,33 @@ agent_code agent_stream_read_async(agent_stream *stream,
  * `stream` is NULL or a stream from this library not freed before.
  */
 void agent_stream_free(agent_stream *stream);
+
+/**
+ * Events from inside the agent go to `callback` with `userdata` (NULL `callback`: none,
+ * the default). Each event is delivered while it happens; the kinds delivered are those in
+ * `agent_options_set_event_mask` (default: all). With no callback, the events cost one
+ * branch each. `KEEPALIVE_AGENT_DEBUG=1` in the environment also prints every event to
+ * stderr, `curl -v` style. Python: `logging.getLogger("keepalive_agent")`; Node:
+ * `diagnostics_channel`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle; `callback` may be called from any thread until the
+ * agent is freed, with `userdata`, which must stay valid that long.
+ */
+agent_code agent_options_set_events(agent_options *options,
+                                    agent_trace_callback callback,
+                                    void *userdata);
+
+/**
+ * Which events reach the callback: bits `1 << AGENT_TRACE_*`, plus
+ * `AGENT_TRACE_WITH_HEADERS` for the headers. 0 (or only `AGENT_TRACE_WITH_HEADERS`) means
+ * every kind. Unknown bits are refused by `agent_new_with_options`.
+ *
+ * # Safety
+ * `options` is NULL or a live handle.
+ */
+agent_code agent_options_set_event_mask(agent_options *options,
+                                        uint32_t mask);
 
 #ifdef __cplusplus
 }  // extern "C"

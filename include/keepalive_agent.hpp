@@ -259,6 +259,7 @@ public:
     KEEPALIVE_HPP_SETTER(use_system_roots, bool)
     KEEPALIVE_HPP_SETTER(danger_accept_invalid_certs, bool)
     KEEPALIVE_HPP_SETTER(proxy_from_env, bool)
+    KEEPALIVE_HPP_SETTER(ignore_environment, bool)
     KEEPALIVE_HPP_SETTER(dns_cache_msecs, std::uint32_t)
     KEEPALIVE_HPP_SETTER(happy_eyeballs_delay_msecs, std::uint32_t)
     KEEPALIVE_HPP_SETTER(http_version, std::uint32_t)
@@ -335,7 +336,8 @@ public:
      * false/0. */
     Agent() : Agent(Options()) {}
 
-    /* Keep-alive on or off explicitly (wins over the environment switch); keep_alive_msecs is
+    /* Keep-alive on or off explicitly (false always wins; true is overruled by the environment
+     * switch set to false, unless Options().ignore_environment(true)); keep_alive_msecs is
      * the TCP keep-alive probe delay (0 = default 1000). Equivalent to agent_new, built
      * through the options so that a failure can be thrown with its code. */
     explicit Agent(bool keep_alive, std::uint32_t keep_alive_msecs = 0)
@@ -426,6 +428,15 @@ public:
     }
 
     bool keep_alive_enabled() const noexcept { return agent_keep_alive_enabled(a_.get()); }
+    /* What decided keep_alive_enabled(), and the same in words (SPEC §3's read-back). */
+    agent_setting_source keep_alive_source() const noexcept {
+        return agent_keep_alive_source(a_.get());
+    }
+    std::string keep_alive_describe() const {
+        std::string s(agent_keep_alive_describe(a_.get(), nullptr, 0), '\0');
+        if (!s.empty()) agent_keep_alive_describe(a_.get(), &s[0], s.size() + 1);
+        return s;
+    }
 
     agent *get() const noexcept { return a_.get(); }
 

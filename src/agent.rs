@@ -2,7 +2,9 @@
 //! completion guard that calls an async request's callback exactly once, and the retry
 //! loop that takes a connection from the pool, runs one exchange on it, and gives it back.
 
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use crate::queue::Task;
 use crate::runtime::{self, ForkMutex};
 use crate::stats::Stats;
 use crate::tls::ClientIdentity;
+use crate::trace::{CloseReason, TraceEvent, TraceKind};
 
 /// How long `close` waits for connections to finish closing and callbacks to run.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -81,6 +84,7 @@ impl Agent {
             resolver: Resolver::new(cfg.resolve.clone(), cfg.dns_cache),
             delay: cfg.happy_eyeballs_delay,
             timeout: cfg.connect_timeout,
+            tracer: cfg.tracer.clone(),
         };
         let cfg = Arc::new(cfg);
         Ok(Agent {
@@ -243,6 +247,24 @@ impl Agent {
 
     /// Cancels an async request. Returns false if it already completed (or never existed);
     /// a completed request's connection is never affected.
+    /// Opens connections to the origin of `url` in the background and pools them, until it
+    /// has `count` (idle, busy or opening), within `max_sockets`; for cold starts. Over
+    /// TLS the handshakes are done too. When the origin speaks HTTP/2, one connection is
+    /// opened (it carries every request). Nothing is opened with keep-alive off (a
+    /// connection could serve one request only). Failures are not reported here (the
+    /// requests that follow report theirs; events show them).
+    pub fn preconnect(&self, url: &str, count: u32) -> Result<()> {
+        let target = crate::http::parse_url(url)?;
+        if !self.inner.cfg.keep_alive || count == 0 {
+            return Ok(());
+        }
+        let handle = runtime::handle()?;
+        let origin = self.inner.route(&target.origin);
+        let inner = self.inner.clone();
+        handle.spawn(async move { inner.preconnect(origin, count as usize).await });
+        Ok(())
+    }
+
     pub fn cancel(&self, id: u64) -> bool {
         let Ok(mut calls) = self.inner.calls.lock() else {
             return false;
@@ -800,6 +822,20 @@ async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
     }
 }
 
+/// Runs `futs` to completion together (a small `join_all`).
+async fn futures_join_all<F: Future<Output = bool>>(futs: Vec<F>) {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        futs.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if futs.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 impl Inner {
     /// The pool key of `origin`: itself, or with the proxy its connections go through.
     fn route(&self, origin: &Arc<Origin>) -> Arc<Origin> {
@@ -836,6 +872,53 @@ impl Inner {
         }
     }
 
+    fn sent_event(&self, origin: &Origin, req: &Request, id: u64, reused: bool, h2: bool) {
+        let t = &self.cfg.tracer;
+        if t.wants(TraceKind::RequestSent) {
+            let version = if h2 { "2" } else { "1.1" };
+            let detail = format!("{} {} HTTP/{version}", req.method, req.target.path);
+            let mut ev = TraceEvent::new(TraceKind::RequestSent, origin, id);
+            ev.reused = reused;
+            ev.version = if h2 { 20 } else { 11 };
+            ev.detail = &detail;
+            if t.headers() {
+                ev.headers = Some(&req.headers);
+            }
+            t.emit(&ev);
+        }
+    }
+
+    fn head_event(&self, origin: &Origin, id: u64, head: &Head) {
+        let t = &self.cfg.tracer;
+        if t.wants(TraceKind::ResponseHead) {
+            let r = &head.response;
+            let mut ev = TraceEvent::new(TraceKind::ResponseHead, origin, id);
+            ev.status = r.status;
+            ev.version = if r.version == http::Version::HTTP_2 {
+                20
+            } else {
+                11
+            };
+            ev.reused = r.reused;
+            if t.headers() {
+                ev.headers = Some(&r.headers);
+            }
+            t.emit(&ev);
+        }
+    }
+
+    /// A request goes again because of `e` (on connection `id`).
+    fn retry_event(&self, origin: &Origin, id: u64, e: &Error) {
+        let t = &self.cfg.tracer;
+        if t.wants(TraceKind::Retry) {
+            let detail = e.message().to_string();
+            let mut ev = TraceEvent::new(TraceKind::Retry, origin, id);
+            ev.detail = &detail;
+            ev.error = Some(e);
+            t.emit(&ev);
+        }
+    }
+
     /// Takes a connection (or an HTTP/2 stream), sends the request and reads the response
     /// head; once more on a new connection when a reused one turned out stale and the
     /// request may be repeated, and again (up to [`MAX_REFUSED`] times) when an HTTP/2
@@ -869,13 +952,18 @@ impl Inner {
                 match self.h2.pick(origin)? {
                     Pick::Stream(mut lease) => {
                         self.pool.record(origin, |s| s.h2_streams += 1);
+                        let id = lease.connection_id();
+                        self.sent_event(origin, req, id, lease.reused, true);
                         let t = Timings {
                             queued_us: micros(queue_start.elapsed()),
                             ..opened
                         };
                         match exchange::start_h2(&mut lease, origin, req, &self.cfg, start, t).await
                         {
-                            Ok(head) => return Ok((Lease::H2(lease), head, 0)),
+                            Ok(head) => {
+                                self.head_event(origin, id, &head);
+                                return Ok((Lease::H2(lease), head, 0));
+                            }
                             Err(Failure::Refused(e, gone)) => {
                                 // A session that refuses this request twice is done taking
                                 // streams (a GOAWAY is on its way), not just full.
@@ -888,6 +976,7 @@ impl Inner {
                                 if refused < MAX_REFUSED && req.body.rewind() {
                                     refused += 1;
                                     self.pool.record(origin, |s| s.retries += 1);
+                                    self.retry_event(origin, id, &e);
                                     continue;
                                 }
                                 return Err(e);
@@ -928,9 +1017,14 @@ impl Inner {
             drop(connecting);
             conn.set_mode(mode);
             let before = conn.bytes_read();
+            let id = conn.id();
+            self.sent_event(origin, req, id, reused, false);
             let failure =
                 match exchange::start(&mut conn, origin, req, &self.cfg, reused, start, t).await {
-                    Ok(head) => return Ok((Lease::H1(conn), head, before)),
+                    Ok(head) => {
+                        self.head_event(origin, id, &head);
+                        return Ok((Lease::H1(conn), head, before));
+                    }
                     Err(f) => f,
                 };
             let discard = |e: &Error| {
@@ -954,6 +1048,7 @@ impl Inner {
                     let replayable = req.is_retryable() && req.body.rewind();
                     if !fresh && self.cfg.retry_stale && replayable {
                         self.pool.record(origin, |s| s.retries += 1);
+                        self.retry_event(origin, id, &e);
                         fresh = true;
                         continue;
                     }
@@ -976,6 +1071,44 @@ impl Inner {
         }
     }
 
+    /// See [`Agent::preconnect`]: the first connection alone (it may turn out HTTP/2),
+    /// then the others at once.
+    async fn preconnect(&self, origin: Arc<Origin>, count: usize) {
+        let may_h2 = self.h2_possible(&origin);
+        let Some(first) = self.pool.reserve_up_to(&origin, count) else {
+            return;
+        };
+        if !self.warm(first, may_h2).await {
+            return;
+        }
+        let mut rest = Vec::new();
+        while let Some(slot) = self.pool.reserve_up_to(&origin, count) {
+            rest.push(self.warm(slot, false));
+        }
+        futures_join_all(rest).await;
+    }
+
+    /// Opens one connection with `slot` and pools it idle. False when no more are wanted:
+    /// it failed, or it is an HTTP/2 session.
+    async fn warm(&self, slot: SlotGuard<Conn>, may_h2: bool) -> bool {
+        let origin = slot.origin().clone();
+        let mut t = Timings::default();
+        let open = self.open(slot, &mut t, Mode::Reactor, may_h2);
+        match tokio::time::timeout(
+            CLOSE_WAIT.max(self.cfg.connect_timeout.unwrap_or_default()),
+            open,
+        )
+        .await
+        {
+            Ok(Ok(Opened::H1(conn))) => {
+                let keep = Some(self.cfg.free_socket_timeout);
+                self.pool.release(&origin, conn, keep, |_| {});
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Opens a connection with a slot from the pool: an HTTP/2 session when `may_h2` and
     /// TLS chose `h2` (or with prior knowledge), which keeps the slot until it ends;
     /// otherwise an HTTP/1.1 connection registered in the pool.
@@ -991,7 +1124,8 @@ impl Inner {
             (Scheme::Https, _) | (_, Some(Scheme::Https)) => Some(self.tls_config()?),
             _ => None,
         };
-        let (stream, ct) = Conn::connect(&origin, &self.connector, tls, mode).await?;
+        let id = crate::conn::next_id();
+        let (stream, ct) = Conn::connect(&origin, &self.connector, tls, mode, id).await?;
         match ct.dns_source {
             Some(Source::Lookup) => self.pool.record(&origin, |s| s.dns_lookups += 1),
             Some(Source::Cache) => self.pool.record(&origin, |s| s.dns_cache_hits += 1),
@@ -1005,9 +1139,15 @@ impl Inner {
         if may_h2 && (stream.is_h2() || prior_knowledge) {
             let pool = self.pool.clone();
             let o = origin.clone();
+            let tracer = self.cfg.tracer.clone();
             self.h2
-                .add(&origin, stream, slot, move || {
-                    pool.record(&o, |s| s.connections_closed += 1)
+                .add(&origin, id, stream, slot, move || {
+                    pool.record(&o, |s| s.connections_closed += 1);
+                    if tracer.wants(TraceKind::ConnectionClosed) {
+                        let mut ev = TraceEvent::new(TraceKind::ConnectionClosed, &o, id);
+                        ev.detail = CloseReason::Http2Ended.describe();
+                        tracer.emit(&ev);
+                    }
                 })
                 .await?;
             self.pool.record(&origin, |s| {
@@ -1022,7 +1162,7 @@ impl Inner {
                 format!("{origin} did not choose HTTP/2 by ALPN (http_version = http2)"),
             ));
         }
-        let conn = Conn::handshake(stream, mode)
+        let conn = Conn::handshake(stream, mode, id)
             .await
             .map_err(|e| Error::new(ErrorKind::Connect, crate::error::chain_message(&e)))?;
         Ok(Opened::H1(self.pool.register(slot, conn)?))

@@ -8,7 +8,7 @@
 //! the other kind, shared by many requests: see [`crate::h2`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use crate::connect::{ConnectTimings, Connector, IoProbe, Stream, connect};
 use crate::direct::Mode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, ReqBody};
+use crate::trace::CloseReason;
 
 pub(crate) type Sender = http1::SendRequest<ReqBody>;
 /// hyper's protocol state machine for one connection. It is polled by the request that
@@ -68,8 +69,14 @@ pub(crate) trait Owner: Send + Sync {
     /// The idle deadline given to [`Conn::park`] has passed. Returns true when the owner
     /// has let the connection go (the monitor then closes it).
     fn idle_timer(&self, origin: &Arc<Origin>, id: u64) -> bool;
-    /// The connection has ended: its socket is closed.
-    fn ended(&self, origin: &Arc<Origin>, id: u64);
+    /// The connection has ended: its socket is closed, for `why`.
+    fn ended(&self, origin: &Arc<Origin>, id: u64, why: CloseReason);
+}
+
+/// A new connection id (unique in the process), taken before connecting so that connect
+/// events name the connection.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 #[derive(Default)]
@@ -115,6 +122,8 @@ enum Parked {
 /// Shared between a connection and its monitor task.
 struct Ctl {
     id: u64,
+    /// Why it closes ([`CloseReason`] as u8): the first to say wins.
+    reason: AtomicU8,
     timers: Mutex<Timers>,
     notify: Notify,
     close: AtomicBool,
@@ -195,6 +204,20 @@ impl Ctl {
         }
     }
 
+    /// Records why the connection closes, unless a reason was given already.
+    fn close_because(&self, why: CloseReason) {
+        let _ = self.reason.compare_exchange(
+            CloseReason::Unfinished as u8,
+            why as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    fn reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
     fn request_close(&self) {
         self.close.store(true, Ordering::Release);
         self.notify.notify_one();
@@ -230,8 +253,9 @@ impl Conn {
         connector: &Connector,
         tls: Option<Arc<rustls::ClientConfig>>,
         mode: Mode,
+        id: u64,
     ) -> Result<(Stream, ConnectTimings)> {
-        let fut = connect(origin, connector, tls, mode);
+        let fut = connect(origin, connector, tls, mode, id);
         match connector.timeout {
             Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
                 Error::new(
@@ -244,7 +268,7 @@ impl Conn {
     }
 
     /// hyper's HTTP/1 handshake over a connected stream. Not yet attached to an owner.
-    pub(crate) async fn handshake(stream: Stream, mode: Mode) -> hyper::Result<Conn> {
+    pub(crate) async fn handshake(stream: Stream, mode: Mode, id: u64) -> hyper::Result<Conn> {
         let probe = stream.probe();
         let (sender, driver) = http1::Builder::new()
             .max_buf_size(READ_WINDOW)
@@ -255,7 +279,8 @@ impl Conn {
             sender: Some(sender),
             probe,
             ctl: Arc::new(Ctl {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
+                reason: AtomicU8::new(CloseReason::Unfinished as u8),
                 timers: Mutex::new(Timers::default()),
                 notify: Notify::new(),
                 close: AtomicBool::new(false),
@@ -272,6 +297,11 @@ impl Conn {
 
     pub(crate) fn id(&self) -> u64 {
         self.ctl.id
+    }
+
+    /// Why it will close (the first reason given wins; none: [`CloseReason::Unfinished`]).
+    pub(crate) fn close_because(&self, why: CloseReason) {
+        self.ctl.close_because(why);
     }
 
     /// See [`Conn::affinity`](Conn#structfield.affinity).
@@ -315,6 +345,7 @@ impl Conn {
     /// readiness (a server close) wakes the monitor — without waking the monitor now.
     pub(crate) fn park(&mut self, idle_until: Option<Instant>) {
         let (Some(mut d), Some(s)) = (self.driver.take(), self.sender.take()) else {
+            self.ctl.close_because(CloseReason::ServerClosed);
             self.ctl.request_close(); // it has ended: the monitor reports it
             return;
         };
@@ -336,6 +367,7 @@ impl Conn {
                         } else {
                             drop(parked);
                             drop((d, s)); // ended while being parked
+                            self.ctl.close_because(CloseReason::ServerClosed);
                             self.ctl.request_close();
                         }
                     }
@@ -482,7 +514,7 @@ impl Drop for Conn {
             self.ctl.request_close();
         } else if let Some((owner, origin)) = self.owner.take() {
             if let Some(o) = owner.upgrade() {
-                o.ended(&origin, self.ctl.id);
+                o.ended(&origin, self.ctl.id, self.ctl.reason());
             }
         }
     }
@@ -540,15 +572,22 @@ async fn run_monitor(ctl: Arc<Ctl>, owner: Weak<dyn Owner>, origin: Arc<Origin>)
         tokio::select! {
             biased;
             _ = ctl.notify.notified() => {}
-            _ = idle_end => break,
+            _ = idle_end => {
+                ctl.close_because(CloseReason::ServerClosed);
+                break;
+            }
             _ = sleep => {
                 if ctl.idle_due() {
                     match owner.upgrade() {
                         Some(o) if !o.idle_timer(&origin, ctl.id) => {}
-                        _ => break,
+                        _ => {
+                            ctl.close_because(CloseReason::IdleTimeout);
+                            break;
+                        }
                     }
                 }
                 if ctl.take_due_compaction() && !ctl.compact() {
+                    ctl.close_because(CloseReason::ServerClosed);
                     break;
                 }
             }
@@ -557,7 +596,7 @@ async fn run_monitor(ctl: Arc<Ctl>, owner: Weak<dyn Owner>, origin: Arc<Origin>)
     // Closes the socket if the connection is parked here (a request holding it drops it).
     drop(lock(&ctl.parked).take());
     if let Some(o) = owner.upgrade() {
-        o.ended(&origin, ctl.id);
+        o.ended(&origin, ctl.id, ctl.reason());
     }
 }
 
@@ -602,6 +641,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         ended: Mutex<Vec<u64>>,
+        reasons: Mutex<Vec<CloseReason>>,
         timers: Mutex<Vec<u64>>,
         let_go: AtomicBool,
     }
@@ -611,7 +651,8 @@ mod tests {
             lock(&self.timers).push(id);
             self.let_go.load(Ordering::SeqCst)
         }
-        fn ended(&self, _: &Arc<Origin>, id: u64) {
+        fn ended(&self, _: &Arc<Origin>, id: u64, why: CloseReason) {
+            lock(&self.reasons).push(why);
             lock(&self.ended).push(id);
         }
     }
@@ -624,11 +665,14 @@ mod tests {
             &crate::connect::test_connector(),
             None,
             Mode::Reactor,
+            0,
         )
         .await
         .unwrap();
         (
-            Conn::handshake(stream, Mode::Reactor).await.unwrap(),
+            Conn::handshake(stream, Mode::Reactor, next_id())
+                .await
+                .unwrap(),
             t.origin,
         )
     }
@@ -704,6 +748,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             assert_eq!(*lock(&owner.ended), vec![id]);
+            assert_eq!(*lock(&owner.reasons), vec![CloseReason::ServerClosed]);
             assert!(!c.unpark(), "an ended connection cannot be taken back");
         });
     }
@@ -726,6 +771,7 @@ mod tests {
             }
             assert_eq!(lock(&owner.timers).len(), 1);
             assert_eq!(lock(&owner.ended).len(), 1);
+            assert_eq!(*lock(&owner.reasons), vec![CloseReason::IdleTimeout]);
             srv.join().unwrap();
         });
     }

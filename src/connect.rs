@@ -22,6 +22,7 @@ use crate::dns::{Resolver, Source};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, Scheme};
 use crate::proxy::Proxy;
+use crate::trace::{TraceEvent, TraceKind, Tracer};
 
 /// TCP settings taken from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -211,6 +212,45 @@ pub(crate) struct Connector {
     pub(crate) delay: Duration,
     /// The overall connect timeout (the caller enforces it; attempts get a share).
     pub(crate) timeout: Option<Duration>,
+    /// Where connect and TLS events go.
+    pub(crate) tracer: Tracer,
+}
+
+/// What a connection's events name: the origin and the connection's id.
+#[derive(Clone, Copy)]
+pub(crate) struct Named<'a> {
+    pub(crate) origin: &'a Origin,
+    pub(crate) id: u64,
+}
+
+impl Connector {
+    fn connect_event(&self, n: Named<'_>, kind: TraceKind, addr: SocketAddr, e: Option<&Error>) {
+        if self.tracer.wants(kind) {
+            let mut ev = TraceEvent::new(kind, n.origin, n.id);
+            ev.address = Some(addr);
+            ev.error = e;
+            self.tracer.emit(&ev);
+        }
+    }
+
+    /// A handshake with `peer` completed (or failed).
+    fn tls_event(
+        &self,
+        n: Named<'_>,
+        done: std::result::Result<&rustls::ClientConnection, &Error>,
+        peer: &str,
+    ) {
+        if self.tracer.wants(TraceKind::TlsDone) {
+            let detail = match done {
+                Ok(conn) => format!("{} with {peer}", crate::trace::tls_detail(conn)),
+                Err(_) => format!("failed with {peer}"),
+            };
+            let mut ev = TraceEvent::new(TraceKind::TlsDone, n.origin, n.id);
+            ev.detail = &detail;
+            ev.error = done.err();
+            self.tracer.emit(&ev);
+        }
+    }
 }
 
 fn connect_error(what: &str, addr: SocketAddr, e: io::Error) -> Error {
@@ -265,11 +305,15 @@ async fn connect_any(
     c: &Connector,
     mode: Mode,
     what: &str,
+    n: Named<'_>,
 ) -> Result<Socket> {
     if let [addr] = addrs {
-        return attempt(*addr, &c.tcp, mode, None)
+        c.connect_event(n, TraceKind::ConnectStart, *addr, None);
+        let res = attempt(*addr, &c.tcp, mode, None)
             .await
             .map_err(|e| connect_error(what, *addr, e));
+        c.connect_event(n, TraceKind::ConnectDone, *addr, res.as_ref().err());
+        return res;
     }
     let order = crate::dns::interleave(addrs);
     let mut next = 0;
@@ -283,6 +327,7 @@ async fn connect_any(
                 let addr = order[next];
                 let limit = attempt_timeout(c.timeout, order.len() - next);
                 next += 1;
+                c.connect_event(n, TraceKind::ConnectStart, addr, None);
                 running.push(Box::pin(async move {
                     (addr, attempt(addr, &c.tcp, Mode::Reactor, limit).await)
                 }));
@@ -293,10 +338,15 @@ async fn connect_any(
             let mut i = 0;
             while i < running.len() {
                 match running[i].as_mut().poll(cx) {
-                    Poll::Ready((_, Ok(sock))) => return Poll::Ready(Ok(sock)),
+                    Poll::Ready((addr, Ok(sock))) => {
+                        c.connect_event(n, TraceKind::ConnectDone, addr, None);
+                        return Poll::Ready(Ok(sock));
+                    }
                     Poll::Ready((addr, Err(e))) => {
                         drop(running.swap_remove(i));
-                        last_err = Some(connect_error(what, addr, e));
+                        let e = connect_error(what, addr, e);
+                        c.connect_event(n, TraceKind::ConnectDone, addr, Some(&e));
+                        last_err = Some(e);
                         failed = true;
                     }
                     Poll::Pending => i += 1,
@@ -466,11 +516,17 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
     peer: &str,
     s: S,
+    (c, n): (&Connector, Named<'_>),
 ) -> Result<TlsStream<S>> {
-    TlsConnector::from(config.clone())
+    let res = TlsConnector::from(config.clone())
         .connect(server_name(host)?, s)
         .await
-        .map_err(|e| tls_error(peer, e))
+        .map_err(|e| tls_error(peer, e));
+    match &res {
+        Ok(s) => c.tls_event(n, Ok(s.get_ref().1), peer),
+        Err(e) => c.tls_event(n, Err(e), peer),
+    }
+    res
 }
 
 /// Opens a connection to `origin`: resolve (cached), TCP with happy eyeballs, and then,
@@ -483,7 +539,10 @@ pub(crate) async fn connect(
     c: &Connector,
     tls: Option<Arc<ClientConfig>>,
     mode: Mode,
+    id: u64,
 ) -> Result<(Stream, ConnectTimings)> {
+    let n = Named { origin, id };
+    let ev = (c, n);
     let mut t = ConnectTimings::default();
     let start = Instant::now();
     let proxy = origin.proxy.as_deref();
@@ -501,7 +560,7 @@ pub(crate) async fn connect(
         t.dns = start.elapsed();
     }
     let tcp_start = Instant::now();
-    let sock = connect_any(&addrs, c, mode, &what).await?;
+    let sock = connect_any(&addrs, c, mode, &what, n).await?;
     t.tcp = tcp_start.elapsed();
     let config = || {
         tls.clone()
@@ -512,7 +571,7 @@ pub(crate) async fn connect(
         (None, Scheme::Http) => Transport::Tcp(sock),
         (None, Scheme::Https) => {
             let tls_start = Instant::now();
-            let s = handshake(&config()?, &origin.host, &origin.authority(), sock).await?;
+            let s = handshake(&config()?, &origin.host, &origin.authority(), sock, ev).await?;
             t.tls = tls_start.elapsed();
             Transport::Tls(Box::new(s))
         }
@@ -520,7 +579,7 @@ pub(crate) async fn connect(
             Scheme::Http => Transport::Tcp(sock),
             Scheme::Https => {
                 let tls_start = Instant::now();
-                let s = handshake(&http1_only(config()?), &p.host, &what, sock).await?;
+                let s = handshake(&http1_only(config()?), &p.host, &what, sock, ev).await?;
                 t.tls = tls_start.elapsed();
                 Transport::Tls(Box::new(s))
             }
@@ -533,14 +592,15 @@ pub(crate) async fn connect(
                     let mut sock = sock;
                     tunnel(&mut sock, origin, p).await?;
                     Transport::Tls(Box::new(
-                        handshake(&config()?, &origin.host, &peer, sock).await?,
+                        handshake(&config()?, &origin.host, &peer, sock, ev).await?,
                     ))
                 }
                 Scheme::Https => {
-                    let mut outer = handshake(&http1_only(config()?), &p.host, &what, sock).await?;
+                    let mut outer =
+                        handshake(&http1_only(config()?), &p.host, &what, sock, ev).await?;
                     tunnel(&mut outer, origin, p).await?;
                     Transport::Tunnel(Box::new(
-                        handshake(&config()?, &origin.host, &peer, outer).await?,
+                        handshake(&config()?, &origin.host, &peer, outer, ev).await?,
                     ))
                 }
             };
@@ -569,6 +629,7 @@ pub(crate) fn test_connector() -> Connector {
         resolver: Resolver::new(Vec::new(), None),
         delay: Duration::from_millis(250),
         timeout: Some(Duration::from_secs(10)),
+        tracer: Tracer::default(),
     }
 }
 
@@ -576,6 +637,15 @@ pub(crate) fn test_connector() -> Connector {
 mod tests {
     use super::*;
     use crate::http::parse_url;
+
+    /// Events of test connections name this origin.
+    fn unnamed() -> Named<'static> {
+        static O: std::sync::OnceLock<Arc<Origin>> = std::sync::OnceLock::new();
+        Named {
+            origin: O.get_or_init(|| parse_url("http://127.0.0.1:1/").unwrap().origin),
+            id: 0,
+        }
+    }
 
     fn tcp(idle: Option<u64>) -> TcpSettings {
         TcpSettings {
@@ -591,6 +661,7 @@ mod tests {
             resolver: Resolver::new(Vec::new(), None),
             delay: Duration::from_millis(250),
             timeout: Some(Duration::from_secs(10)),
+            tracer: Tracer::default(),
         }
     }
 
@@ -626,7 +697,7 @@ mod tests {
                 .unwrap()
                 .origin;
             for mode in [Mode::Reactor, Mode::Direct] {
-                let e = match connect(&o, &connector(None), None, mode).await {
+                let e = match connect(&o, &connector(None), None, mode, 0).await {
                     Err(e) => e,
                     Ok(_) => panic!("connected to a closed port"),
                 };
@@ -649,7 +720,7 @@ mod tests {
             let o = parse_url(&format!("http://127.0.0.1:{port}/"))
                 .unwrap()
                 .origin;
-            let (mut s, _) = connect(&o, &connector(Some(1)), None, Mode::Reactor)
+            let (mut s, _) = connect(&o, &connector(Some(1)), None, Mode::Reactor, 0)
                 .await
                 .unwrap();
             let probe = s.probe();
@@ -706,14 +777,14 @@ mod tests {
                     std::thread::scope(|s| {
                         s.spawn(|| {
                             crate::direct::block_on(&rt, |m| async move {
-                                connect_any(&addrs, &c, m, "test").await
+                                connect_any(&addrs, &c, m, "test", unnamed()).await
                             })
                         })
                         .join()
                         .unwrap()
                     })
                 } else {
-                    connect_any(&[dead, live_addr], &c, mode, "test").await
+                    connect_any(&[dead, live_addr], &c, mode, "test", unnamed()).await
                 };
                 let sock = r.unwrap();
                 let elapsed = t.elapsed();
@@ -742,12 +813,13 @@ mod tests {
                 &c,
                 Mode::Reactor,
                 "test",
+                unnamed(),
             )
             .await
             .unwrap();
             assert!(t.elapsed() < Duration::from_secs(5));
             // All refused: the last error, with its own kind.
-            let e = connect_any(&[closed, closed], &c, Mode::Reactor, "test")
+            let e = connect_any(&[closed, closed], &c, Mode::Reactor, "test", unnamed())
                 .await
                 .err()
                 .unwrap();
@@ -807,6 +879,7 @@ mod tests {
                 &c,
                 Mode::Reactor,
                 "p",
+                unnamed(),
             )
             .await
             .unwrap();
@@ -841,7 +914,7 @@ mod tests {
                 let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
                 let (port, t) = scripted_proxy(reply);
                 let o = proxied("https://origin.test/", &format!("http://127.0.0.1:{port}"));
-                let e = match connect(&o, &connector(None), None, Mode::Reactor).await {
+                let e = match connect(&o, &connector(None), None, Mode::Reactor, 0).await {
                     Err(e) => e,
                     Ok(_) => panic!("tunnel opened"),
                 };

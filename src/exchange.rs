@@ -516,10 +516,16 @@ mod tests {
 
     async fn open(url: &str) -> (Conn, Request) {
         let req = Request::new("GET", url).unwrap();
-        let (s, _) = connect(&req.target.origin, &test_connector(), None, Mode::Reactor)
-            .await
-            .unwrap();
-        (Conn::handshake(s, Mode::Reactor).await.unwrap(), req)
+        let (s, _) = connect(
+            &req.target.origin,
+            &test_connector(),
+            None,
+            Mode::Reactor,
+            0,
+        )
+        .await
+        .unwrap();
+        (Conn::handshake(s, Mode::Reactor, 1).await.unwrap(), req)
     }
 
     fn run<T>(f: impl Future<Output = T>) -> T {

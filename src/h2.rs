@@ -71,6 +71,8 @@ pub(crate) struct Sessions {
 
 /// One HTTP/2 connection.
 pub(crate) struct Session {
+    /// The connection's id in this process (as an HTTP/1.1 connection's).
+    id: u64,
     origin: Arc<Origin>,
     /// The master handle; `None` once the session is retired (no new streams).
     sender: Mutex<Option<Sender>>,
@@ -109,6 +111,11 @@ impl StreamLease {
     /// Which session this stream is on (for telling two leases' sessions apart).
     pub(crate) fn session_key(&self) -> usize {
         Arc::as_ptr(&self.session) as usize
+    }
+
+    /// The id of the connection this stream is on.
+    pub(crate) fn connection_id(&self) -> u64 {
+        self.session.id
     }
 
     /// No new stream goes to this session (after a GOAWAY or a refused stream).
@@ -263,6 +270,7 @@ impl Sessions {
     pub(crate) async fn add(
         self: &Arc<Self>,
         origin: &Arc<Origin>,
+        id: u64,
         stream: Stream,
         keep: impl Send + 'static,
         ended: impl FnOnce() + Send + 'static,
@@ -285,6 +293,7 @@ impl Sessions {
                 )
             })?;
         let session = Arc::new(Session {
+            id,
             origin: origin.clone(),
             sender: Mutex::new(Some(sender)),
             in_flight: Mutex::new(0),

@@ -12,9 +12,9 @@
 //! - `conn`: one connection: handshake, drive, park, compaction, idle monitor.
 //! - `connect`: TCP with keep-alive options and happy eyeballs, proxy tunnels, TLS.
 //! - `direct`: the blocking path: `block_on`, the per-thread poller, the direct-mode socket.
-//! - `http`, `options`, `stats`, `tls`, `dns`, `proxy`, `runtime`, `error`: the model,
-//!   validated options, counters, rustls configuration, the resolver and its cache, proxy
-//!   settings, the process-wide runtime, one error type.
+//! - `http`, `options`, `stats`, `tls`, `dns`, `proxy`, `trace`, `runtime`, `error`: the
+//!   model, validated options, counters, rustls configuration, the resolver and its cache,
+//!   proxy settings, events from inside, the process-wide runtime, one error type.
 //!
 //! The Rust API is what this file re-exports; everything else is private to the crate.
 
@@ -37,6 +37,7 @@ mod queue;
 mod runtime;
 mod stats;
 mod tls;
+mod trace;
 
 pub use agent::{Agent, ResponseStream};
 pub use error::{Error, ErrorKind, Result};
@@ -46,3 +47,4 @@ pub use options::limit_by_name as limit;
 pub use options::{Config, HttpVersion, Options, Scheduling};
 pub use proxy::{NoProxy, Proxies, Proxy};
 pub use stats::Stats;
+pub use trace::{CloseReason, Sink, TraceEvent, TraceKind, Tracer};

@@ -85,6 +85,8 @@ pub fn limit_by_name(name: &str) -> Option<u64> {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub keep_alive: Option<bool>,
+    /// SPEC §3's process switch does not apply to this agent (§8 `ignore_environment`).
+    pub ignore_environment: Option<bool>,
     pub keep_alive_msecs: Option<u32>,
     pub keep_alive_interval_msecs: Option<u32>,
     pub keep_alive_probes: Option<u32>,
@@ -122,12 +124,17 @@ pub struct Options {
     pub client_key_file: Option<String>,
     /// Raw value from C (`AGENT_HTTP_VERSION_*`); anything else is refused at creation.
     pub http_version: Option<u32>,
+    /// Where events go (SPEC §8 `events`), and which (`event_mask`, 0 = all).
+    pub events: crate::trace::Events,
+    pub event_mask: Option<u32>,
 }
 
 /// Validated options with defaults applied. Durations of `None` mean "no limit".
 #[derive(Clone, Debug)]
 pub struct Config {
     pub keep_alive: bool,
+    /// What decided `keep_alive`, and what the environment said (SPEC §3's read-back).
+    pub keep_alive_source: KeepAliveSource,
     pub keep_alive_msecs: u32,
     pub keep_alive_interval: Option<Duration>,
     pub keep_alive_probes: Option<u32>,
@@ -162,6 +169,8 @@ pub struct Config {
     pub client_key_pem: Option<Vec<u8>>,
     pub client_key_file: Option<String>,
     pub http_version: HttpVersion,
+    /// Events: the caller's sink and mask, and `KEEPALIVE_AGENT_DEBUG`.
+    pub tracer: crate::trace::Tracer,
 }
 
 pub(crate) const DEFAULT_KEEP_ALIVE_MSECS: u32 = 1000;
@@ -180,6 +189,46 @@ pub(crate) const DEFAULT_HAPPY_EYEBALLS_DELAY_MSECS: u32 = 250;
 /// The library's default `User-Agent`.
 pub fn default_user_agent() -> String {
     format!("keepalive-agent/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Where an agent's effective keep-alive setting came from (SPEC §3's read-back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepAliveSource {
+    pub origin: SettingOrigin,
+    /// The switch variable that was read and its value, when one is set (also when its
+    /// value was ignored or `ignore_environment` was on).
+    pub variable: Option<(&'static str, String)>,
+    pub ignore_environment: bool,
+}
+
+/// What decided a setting. The C values are `AGENT_SOURCE_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingOrigin {
+    Default = 0,
+    Argument = 1,
+    Environment = 2,
+}
+
+impl KeepAliveSource {
+    /// One line for people: the setting, what decided it, and what the environment said.
+    pub fn describe(&self, keep_alive: bool) -> String {
+        let state = if keep_alive { "on" } else { "off" };
+        let var = self.variable.as_ref().map(|(name, value)| {
+            let verdict = match parse_switch(value) {
+                None => " (ignored: not true, false, 1 or 0)",
+                Some(_) if self.ignore_environment => " (ignored: ignore_environment is set)",
+                Some(_) => "",
+            };
+            format!("{name}={value:?}{verdict}")
+        });
+        match (self.origin, var) {
+            (SettingOrigin::Environment, Some(var)) => format!("{state}: environment, {var}"),
+            (SettingOrigin::Argument, Some(var)) => format!("{state}: argument; {var}"),
+            (SettingOrigin::Argument, None) => format!("{state}: argument"),
+            (_, Some(var)) => format!("{state}: default; {var}"),
+            (_, None) => format!("{state}: default"),
+        }
+    }
 }
 
 /// Reads SPEC §3's switch from an environment lookup: `Some(false)` for `false`/`0`,
@@ -235,11 +284,47 @@ impl Options {
     }
 
     /// As [`Options::validate`], with the environment supplied by the caller (for tests).
+    /// SPEC §3: the switch saying false is a kill switch (it wins over an explicit `true`)
+    /// unless `ignore_environment`; an explicit argument wins otherwise; then the switch
+    /// saying true; then the default (on).
+    fn decide_keep_alive(&self, env: &impl Fn(&str) -> Option<String>) -> (bool, KeepAliveSource) {
+        let ignore_environment = self.ignore_environment.unwrap_or(false);
+        // The first variable that is set is the one reported; the first parseable one decides.
+        let variable = [ENV_REUSE, ENV_REUSE_AWS]
+            .iter()
+            .find_map(|name| env(name).map(|v| (*name, v)));
+        let from_env = if ignore_environment {
+            None
+        } else {
+            reuse_from_env(env)
+        };
+        let (keep_alive, origin) = match (from_env, self.keep_alive) {
+            (Some(false), _) => (false, SettingOrigin::Environment),
+            (_, Some(v)) => (v, SettingOrigin::Argument),
+            (Some(true), None) => (true, SettingOrigin::Environment),
+            (None, None) => (true, SettingOrigin::Default),
+        };
+        // Report the variable that decided, when one did.
+        let variable = match origin {
+            SettingOrigin::Environment => [ENV_REUSE, ENV_REUSE_AWS].iter().find_map(|name| {
+                env(name)
+                    .filter(|v| parse_switch(v).is_some())
+                    .map(|v| (*name, v))
+            }),
+            _ => variable,
+        };
+        (
+            keep_alive,
+            KeepAliveSource {
+                origin,
+                variable,
+                ignore_environment,
+            },
+        )
+    }
+
     pub fn validate_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let keep_alive = self
-            .keep_alive
-            .or_else(|| reuse_from_env(&env))
-            .unwrap_or(true);
+        let (keep_alive, keep_alive_source) = self.decide_keep_alive(&env);
 
         let keep_alive_msecs = match self.keep_alive_msecs.unwrap_or(DEFAULT_KEEP_ALIVE_MSECS) {
             0 => DEFAULT_KEEP_ALIVE_MSECS,
@@ -312,6 +397,7 @@ impl Options {
 
         Ok(Config {
             keep_alive,
+            keep_alive_source,
             keep_alive_msecs,
             keep_alive_interval,
             keep_alive_probes,
@@ -387,6 +473,17 @@ impl Options {
                     ))
                 })?,
             },
+            tracer: {
+                use crate::trace::{ALL_KINDS, Tracer, WITH_HEADERS};
+                let mask = self.event_mask.unwrap_or(0);
+                if mask & !(ALL_KINDS | WITH_HEADERS) != 0 {
+                    return Err(Error::invalid_option(format!(
+                        "event_mask = {mask:#x} has unknown bits (known: {:#x})",
+                        ALL_KINDS | WITH_HEADERS
+                    )));
+                }
+                Tracer::new(self.events.0.clone(), mask, Tracer::debug_from_env(&env))
+            },
         })
     }
 }
@@ -461,12 +558,96 @@ mod tests {
             keep_alive: Some(true),
             ..Default::default()
         };
-        assert!(ka(&explicit, &[(ENV_REUSE, "false")]));
+        // The switch is a kill switch: false wins over an explicit true (SPEC §3)...
+        assert!(!ka(&explicit, &[(ENV_REUSE, "false")]));
+        assert!(!ka(&explicit, &[(ENV_REUSE_AWS, "0")]));
+        assert!(ka(&explicit, &[(ENV_REUSE, "banana")]));
+        // ...unless the agent is told to ignore it.
+        let escape = Options {
+            keep_alive: Some(true),
+            ignore_environment: Some(true),
+            ..Default::default()
+        };
+        assert!(ka(&escape, &[(ENV_REUSE, "false")]));
+        assert!(ka(&escape, &[(ENV_REUSE_AWS, "false")]));
+        // Per-client disabling works whatever the environment says.
         let explicit_off = Options {
             keep_alive: Some(false),
             ..Default::default()
         };
         assert!(!ka(&explicit_off, &[(ENV_REUSE, "true")]));
+        assert!(!ka(
+            &Options {
+                keep_alive: Some(false),
+                ignore_environment: Some(true),
+                ..Default::default()
+            },
+            &[]
+        ));
+    }
+
+    #[test]
+    fn keep_alive_source_is_read_back() {
+        let src = |o: &Options, pairs: &'static [(&'static str, &'static str)]| {
+            let c = o
+                .validate_with_env(move |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| v.to_string())
+                })
+                .unwrap();
+            (
+                c.keep_alive_source.origin,
+                c.keep_alive_source.describe(c.keep_alive),
+            )
+        };
+        let unset = Options::default();
+        let on = Options {
+            keep_alive: Some(true),
+            ..Default::default()
+        };
+        let escape = Options {
+            keep_alive: Some(true),
+            ignore_environment: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            src(&unset, &[]),
+            (SettingOrigin::Default, "on: default".into())
+        );
+        assert_eq!(
+            src(&on, &[]),
+            (SettingOrigin::Argument, "on: argument".into())
+        );
+        assert_eq!(
+            src(&on, &[(ENV_REUSE_AWS, "false")]),
+            (
+                SettingOrigin::Environment,
+                "off: environment, AWS_NODEJS_CONNECTION_REUSE_ENABLED=\"false\"".into()
+            )
+        );
+        assert_eq!(
+            src(&unset, &[(ENV_REUSE, "nope")]),
+            (
+                SettingOrigin::Default,
+                "on: default; KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED=\"nope\" (ignored: not true, false, 1 or 0)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            src(&escape, &[(ENV_REUSE, "0")]),
+            (
+                SettingOrigin::Argument,
+                "on: argument; KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED=\"0\" (ignored: ignore_environment is set)"
+                    .into()
+            )
+        );
+        // An unparseable first name, the alias decides: the alias is reported.
+        assert_eq!(
+            src(&unset, &[(ENV_REUSE, "x"), (ENV_REUSE_AWS, "false")]).1,
+            "off: environment, AWS_NODEJS_CONNECTION_REUSE_ENABLED=\"false\""
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::http::{Origin, ReuseHint};
 use crate::options::{Config, Scheduling};
 use crate::runtime::ForkMutex;
 use crate::stats::Stats;
+use crate::trace::{CloseReason, TraceEvent, TraceKind};
 
 /// How many of the newest idle connections are searched for the caller's own one.
 const AFFINITY_SCAN: usize = 64;
@@ -42,6 +43,8 @@ pub(crate) trait Pooled: Send + Sized + 'static {
     fn affinity(&self) -> u64 {
         0
     }
+    /// Why it is about to be closed (reported with its end; the first reason wins).
+    fn close_because(&self, why: CloseReason);
 }
 
 impl Pooled for Conn {
@@ -65,6 +68,9 @@ impl Pooled for Conn {
     }
     fn affinity(&self) -> u64 {
         Conn::affinity(self)
+    }
+    fn close_because(&self, why: CloseReason) {
+        Conn::close_because(self, why)
     }
 }
 
@@ -303,6 +309,7 @@ impl<C: Pooled> Pool<C> {
         let o = st.origins.get_mut(&victim).expect("victim exists");
         let idle = o.idle.pop_front().expect("victim has idle");
         st.retiring.insert(idle.conn.id());
+        idle.conn.close_because(CloseReason::Evicted);
         drop(idle); // closes it; its end frees the slot
     }
 
@@ -310,6 +317,17 @@ impl<C: Pooled> Pool<C> {
         self.cfg
             .max_socket_lifetime
             .is_some_and(|l| now.duration_since(conn.created()) >= l)
+    }
+
+    /// Why an idle connection may no longer be handed out, if it may not.
+    fn stale(&self, conn: &C, until: Option<Instant>, now: Instant) -> Option<CloseReason> {
+        if until.is_some_and(|d| d <= now) {
+            Some(CloseReason::IdleTimeout)
+        } else if self.expired(conn, now) {
+            Some(CloseReason::Lifetime)
+        } else {
+            None
+        }
     }
 
     fn pop_idle(&self, o: &mut OriginState<C>, affinity: u64) -> Option<C> {
@@ -324,7 +342,9 @@ impl<C: Pooled> Pool<C> {
             {
                 let idle = o.idle.remove(pos).expect("index in range");
                 let mut c = idle.conn;
-                if !(idle.until.is_some_and(|d| d <= now) || self.expired(&c, now)) && c.unpark() {
+                if let Some(why) = self.stale(&c, idle.until, now) {
+                    c.close_because(why);
+                } else if c.unpark() {
                     return Some(c);
                 }
             }
@@ -335,7 +355,8 @@ impl<C: Pooled> Pool<C> {
                 Scheduling::Fifo => o.idle.pop_front(),
             }?;
             let mut c = idle.conn;
-            if idle.until.is_some_and(|d| d <= now) || self.expired(&c, now) {
+            if let Some(why) = self.stale(&c, idle.until, now) {
+                c.close_because(why);
                 continue; // dropped: closed, its end frees the slot
             }
             if c.unpark() {
@@ -394,13 +415,28 @@ impl<C: Pooled> Pool<C> {
             }
             (rx, id)
         };
+        let tracer = &self.cfg.tracer;
+        if tracer.wants(TraceKind::Queued) {
+            tracer.emit(&TraceEvent::new(TraceKind::Queued, origin, 0));
+        }
         let mut guard = WaitGuard {
             pool: self,
             id,
             origin: origin.clone(),
             rx: Some(rx),
         };
-        match guard.wait().await {
+        let grant = guard.wait().await;
+        if tracer.wants(TraceKind::Dequeued) {
+            let (id, detail) = match &grant {
+                Ok(Grant::Conn(c)) => (c.id(), "a connection was handed over"),
+                Ok(Grant::Slot) => (0, "a connection may be opened"),
+                Err(_) => (0, "the agent was closed"),
+            };
+            let mut ev = TraceEvent::new(TraceKind::Dequeued, origin, id);
+            ev.detail = detail;
+            tracer.emit(&ev);
+        }
+        match grant {
             Ok(Grant::Conn(mut c)) => {
                 c.unpark(); // handed over before it was parked: only clears its timers
                 Ok(Checkout::Reused(c))
@@ -415,6 +451,30 @@ impl<C: Pooled> Pool<C> {
                 "the agent was closed while the request was queued",
             )),
         }
+    }
+
+    /// A slot to open one more connection to `origin`, while it has fewer than `total`
+    /// (idle, busy or opening) and no request waits for it, within the limits; for
+    /// pre-warming, which never queues.
+    pub(crate) fn reserve_up_to(
+        self: &Arc<Self>,
+        origin: &Arc<Origin>,
+        total: usize,
+    ) -> Option<SlotGuard<C>> {
+        let mut st = self.lock().ok()?;
+        let (slots, queued) = st
+            .origins
+            .get(origin)
+            .map_or((0, 0), |o| (o.slots, o.queued));
+        if st.closed || slots >= total || queued > 0 || !self.can_open(&st, origin) {
+            return None;
+        }
+        self.take_slot(&mut st, origin);
+        Some(SlotGuard {
+            pool: self.clone(),
+            origin: origin.clone(),
+            armed: true,
+        })
     }
 
     /// Turns a slot and a connection just opened with it into a pooled connection: counts
@@ -478,6 +538,17 @@ impl<C: Pooled> Pool<C> {
         record: impl FnOnce(&mut Stats),
     ) {
         let keep = keep.filter(|_| self.cfg.keep_alive && conn.is_open());
+        if keep.is_none() {
+            conn.close_because(if !self.cfg.keep_alive {
+                CloseReason::KeepAliveOff
+            } else if !conn.is_open() {
+                CloseReason::ServerClosed
+            } else if self.expired(&conn, Instant::now()) {
+                CloseReason::Lifetime
+            } else {
+                CloseReason::NotReusable
+            });
+        }
         // Parked before the lock is taken (it touches the connection's own locks); a
         // connection handed to a waiter is simply unparked by it.
         let parked = keep.map(|idle_timeout| {
@@ -512,6 +583,7 @@ impl<C: Pooled> Pool<C> {
         until: Option<Instant>,
     ) -> Option<C> {
         if st.closed {
+            conn.close_because(CloseReason::AgentClosed);
             return Some(conn);
         }
         // A queued request for this origin gets it first (oldest first).
@@ -532,10 +604,12 @@ impl<C: Pooled> Pool<C> {
             && st.retiring.len() < st.waiters.len()
         {
             st.retiring.insert(conn.id());
+            conn.close_because(CloseReason::Evicted);
             return Some(conn); // closed: its end frees the slot
         }
         let o = st.origins.entry(origin.clone()).or_default();
         if o.idle.len() >= self.cfg.max_free_sockets {
+            conn.close_because(CloseReason::PoolFull);
             return Some(conn);
         }
         o.idle.push_back(Idle { conn, until });
@@ -547,6 +621,10 @@ impl<C: Pooled> Pool<C> {
         self.record(origin, |s| match why {
             Discard::Timeout => s.connections_timed_out += 1,
             Discard::Error => s.connections_errored += 1,
+        });
+        conn.close_because(match why {
+            Discard::Timeout => CloseReason::Timeout,
+            Discard::Error => CloseReason::Error,
         });
         drop(conn);
     }
@@ -592,6 +670,9 @@ impl<C: Pooled> Pool<C> {
         st.waiters.clear();
         for o in st.origins.values_mut() {
             o.queued = 0;
+            for idle in &o.idle {
+                idle.conn.close_because(CloseReason::AgentClosed);
+            }
             o.idle.clear();
         }
         let deadline = std::time::Instant::now() + wait;
@@ -620,6 +701,7 @@ impl<C: Pooled> Owner for Pool<C> {
         };
         match o.idle.iter().position(|i| i.conn.id() == id) {
             Some(pos) if o.idle[pos].until.is_some_and(|d| d <= now) => {
+                o.idle[pos].conn.close_because(CloseReason::IdleTimeout);
                 o.idle.remove(pos);
                 true
             }
@@ -628,7 +710,13 @@ impl<C: Pooled> Owner for Pool<C> {
     }
 
     /// A connection's socket is closed: its slot is free.
-    fn ended(&self, origin: &Arc<Origin>, id: u64) {
+    fn ended(&self, origin: &Arc<Origin>, id: u64, why: CloseReason) {
+        let tracer = &self.cfg.tracer;
+        if tracer.wants(TraceKind::ConnectionClosed) {
+            let mut ev = TraceEvent::new(TraceKind::ConnectionClosed, origin, id);
+            ev.detail = why.describe();
+            tracer.emit(&ev);
+        }
         let Ok(mut st) = self.lock() else {
             return;
         };
@@ -666,7 +754,9 @@ mod tests {
         usable: bool,
         parked: Option<Option<Instant>>,
         affinity: u64,
+        why: Mutex<Option<CloseReason>>,
         dropped: Arc<Mutex<Vec<u64>>>,
+        reasons: Arc<Mutex<Vec<(u64, CloseReason)>>>,
     }
 
     impl Pooled for Fake {
@@ -690,17 +780,23 @@ mod tests {
         fn affinity(&self) -> u64 {
             self.affinity
         }
+        fn close_because(&self, why: CloseReason) {
+            self.why.lock().unwrap().get_or_insert(why);
+        }
     }
 
     impl Drop for Fake {
         fn drop(&mut self) {
             self.dropped.lock().unwrap().push(self.id);
+            let why = self.why.lock().unwrap().unwrap_or_default();
+            self.reasons.lock().unwrap().push((self.id, why));
         }
     }
 
     struct Bench {
         pool: Arc<Pool<Fake>>,
         dropped: Arc<Mutex<Vec<u64>>>,
+        reasons: Arc<Mutex<Vec<(u64, CloseReason)>>>,
         next: u64,
     }
 
@@ -711,6 +807,7 @@ mod tests {
             Bench {
                 pool: Pool::new(Arc::new(o.validate_with_env(|_| None).unwrap())),
                 dropped: Arc::default(),
+                reasons: Arc::default(),
                 next: 0,
             }
         }
@@ -724,7 +821,9 @@ mod tests {
                 usable: true,
                 parked: None,
                 affinity: 0,
+                why: Mutex::new(None),
                 dropped: self.dropped.clone(),
+                reasons: self.reasons.clone(),
             }
         }
 
@@ -742,8 +841,10 @@ mod tests {
         /// What a monitor does after a connection it watches was dropped: report the end.
         fn report_ends(&self, origin: &Arc<Origin>) -> usize {
             let ids: Vec<u64> = std::mem::take(&mut *self.dropped.lock().unwrap());
+            let reasons = self.reasons.lock().unwrap().clone();
             for id in &ids {
-                self.pool.ended(origin, *id);
+                let why = reasons.iter().find(|(i, _)| i == id).map(|r| r.1);
+                self.pool.ended(origin, *id, why.unwrap_or_default());
             }
             ids.len()
         }
@@ -851,6 +952,69 @@ mod tests {
         assert_eq!(b.report_ends(&a), 1);
         let s = b.pool.stats();
         assert_eq!((s.idle, s.active, s.connections_closed), (1, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn reserving_for_prewarming_stops_at_the_total_and_the_limits() {
+        let mut b = Bench::new(|o| o.max_sockets = Some(3));
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        let s1 = b.pool.reserve_up_to(&a, 2).expect("one more up to 2");
+        assert!(
+            b.pool.reserve_up_to(&a, 2).is_none(),
+            "2 exist (one opening)"
+        );
+        let s2 = b.pool.reserve_up_to(&a, 10).expect("max_sockets 3");
+        assert!(
+            b.pool.reserve_up_to(&a, 10).is_none(),
+            "max_sockets reached"
+        );
+        drop(s2); // given back
+        let f = b.fake();
+        let c2 = b.pool.register(s1, f).unwrap();
+        b.pool.release(&a, c2, b.keep(), |_| {});
+        b.pool.release(&a, c1, b.keep(), |_| {});
+        let s = b.pool.stats();
+        assert_eq!((s.idle, s.active, s.connections_opened), (2, 0, 2));
+        assert!(b.pool.reserve_up_to(&a, 3).is_some());
+    }
+
+    #[tokio::test]
+    async fn closed_connections_say_why_in_their_events() {
+        let seen: Arc<Mutex<Vec<(TraceKind, u64, String)>>> = Arc::default();
+        let s2 = seen.clone();
+        let sink: crate::trace::Sink = Arc::new(move |e: &TraceEvent<'_>| {
+            s2.lock()
+                .unwrap()
+                .push((e.kind, e.connection, e.detail.to_string()));
+        });
+        let mut b = Bench::new(|o| {
+            o.max_free_sockets = Some(1);
+            o.events = crate::trace::Events(Some(sink));
+        });
+        let a = origin(1);
+        let (c1, _) = b.get(&a).await;
+        let (c2, _) = b.get(&a).await;
+        let (c3, _) = b.get(&a).await;
+        let (id2, id3) = (c2.id, c3.id);
+        b.pool.release(&a, c1, b.keep(), |_| {});
+        b.pool.release(&a, c2, b.keep(), |_| {}); // one idle is kept already
+        b.pool.discard(&a, c3, Discard::Error);
+        assert_eq!(b.report_ends(&a), 2);
+        let closed: Vec<(u64, String)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.0 == TraceKind::ConnectionClosed)
+            .map(|e| (e.1, e.2.clone()))
+            .collect();
+        assert_eq!(
+            closed,
+            vec![
+                (id2, CloseReason::PoolFull.describe().to_string()),
+                (id3, CloseReason::Error.describe().to_string()),
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

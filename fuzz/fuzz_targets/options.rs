@@ -4,7 +4,8 @@
 //! Invariants: never a panic; the result agrees with an independent reading of SPEC §2
 //! (every range checked here again): accepted exactly when every value is in range, and a
 //! refusal is `InvalidOption` with a message. Accepted values come back as documented
-//! (0 = default/none/unlimited), and an explicit keep_alive always beats the environment.
+//! (0 = default/none/unlimited), and keep_alive follows SPEC §3: the switch saying false wins
+//! unless ignore_environment; otherwise an explicit keep_alive wins.
 #![no_main]
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ const MAX_SOCKETS_LIMIT: u32 = 1 << 20;
 #[derive(Arbitrary, Debug)]
 struct Input {
     keep_alive: Option<bool>,
+    ignore_environment: Option<bool>,
     keep_alive_msecs: Option<u32>,
     keep_alive_interval_msecs: Option<u32>,
     keep_alive_probes: Option<u32>,
@@ -82,6 +84,7 @@ fuzz_target!(|i: Input| {
     check_limits();
     let o = Options {
         keep_alive: i.keep_alive,
+        ignore_environment: i.ignore_environment,
         keep_alive_msecs: i.keep_alive_msecs,
         keep_alive_interval_msecs: i.keep_alive_interval_msecs,
         keep_alive_probes: i.keep_alive_probes,
@@ -161,10 +164,17 @@ fuzz_target!(|i: Input| {
         }
     };
 
-    let want_ka = i
-        .keep_alive
-        .or_else(|| switch(&i.env_reuse).or_else(|| switch(&i.env_reuse_aws)))
-        .unwrap_or(true);
+    let env_says = if i.ignore_environment == Some(true) {
+        None
+    } else {
+        switch(&i.env_reuse).or_else(|| switch(&i.env_reuse_aws))
+    };
+    let want_ka = match (env_says, i.keep_alive) {
+        (Some(false), _) => false,
+        (_, Some(v)) => v,
+        (Some(true), None) => true,
+        (None, None) => true,
+    };
     assert_eq!(c.keep_alive, want_ka, "{i:?}");
     let ka_ms = match i.keep_alive_msecs {
         None | Some(0) => 1000,

@@ -106,8 +106,10 @@ fn create(opts: &Options) -> Result<*mut agent> {
 
 /// Creates an agent with keep-alive on or off and the TCP keep-alive probe delay
 /// `keep_alive_msecs` (0 = default 1000; see `agent_options_set_keep_alive_msecs`), all
-/// other options at their defaults. `keep_alive` given here always wins over the
-/// environment switch. Free with `agent_free`.
+/// other options at their defaults. false here always turns reuse off; true is overruled
+/// by the process switch (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or its alias set to
+/// false/0), which whoever runs the program uses to turn reuse off everywhere. Free with
+/// `agent_free`.
 ///
 /// Returns NULL on failure, with the message in `agent_last_error`. The possible failures
 /// are an out-of-range `keep_alive_msecs` (what `agent_new_with_options` reports as
@@ -357,6 +359,32 @@ pub unsafe extern "C" fn agent_request_cancel(agent: *const agent, id: u64) -> a
     })
 }
 
+/// Opens connections to the origin of `url` in the background and pools them, until the
+/// origin has `count` (idle, busy or opening; within `max_sockets`), TLS handshakes
+/// included: for a cold start (a serverless init phase, a service's start-up), so that the
+/// first requests find warm connections. Returns at once; the connections appear in
+/// `agent_pool_stats` (`idle`) as they open. An HTTP/2 origin gets one connection. Does
+/// nothing when keep-alive is off or `count` is 0. Failures are not reported here (the
+/// events show them; the next requests report theirs). `AGENT_CODE_INVALID_URL` for a bad
+/// URL.
+///
+/// # Safety
+/// `agent` is NULL or live; `url` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_preconnect(
+    agent: *const agent,
+    url: *const c_char,
+    count: u32,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let a = unsafe { borrow(agent, "agent") }?;
+        // SAFETY: forwarded contract.
+        let url = unsafe { super::c_str(url, "url") }?;
+        a.inner.preconnect(url, count)
+    })
+}
+
 fn to_c(s: Stats, keep_alive: bool) -> agent_pool_stats {
     agent_pool_stats {
         connections_opened: s.connections_opened,
@@ -493,7 +521,7 @@ pub unsafe extern "C" fn agent_stats_values(
 }
 
 /// The effective keep-alive setting: what `agent_new`'s argument, the options, or the
-/// environment switch decided. False for NULL.
+/// environment switch decided (`agent_keep_alive_source` says which). False for NULL.
 ///
 /// # Safety
 /// `agent` is NULL or live.
@@ -502,5 +530,60 @@ pub unsafe extern "C" fn agent_keep_alive_enabled(agent: *const agent) -> bool {
     // SAFETY: forwarded contract.
     guard_value(false, || {
         unsafe { agent.as_ref() }.is_some_and(|a| a.inner.config().keep_alive)
+    })
+}
+
+/// What decided an agent's keep-alive setting (SPEC §3's read-back).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum agent_setting_source {
+    /// Nothing was said: keep-alive is on by default.
+    AGENT_SOURCE_DEFAULT = 0,
+    /// `agent_new`'s argument or `agent_options_set_keep_alive`.
+    AGENT_SOURCE_ARGUMENT = 1,
+    /// The process switch KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or its alias.
+    AGENT_SOURCE_ENVIRONMENT = 2,
+}
+
+/// Where the effective keep-alive setting (`agent_keep_alive_enabled`) came from.
+/// `AGENT_SOURCE_DEFAULT` for NULL.
+///
+/// # Safety
+/// `agent` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_keep_alive_source(agent: *const agent) -> agent_setting_source {
+    use crate::options::SettingOrigin;
+    guard_value(agent_setting_source::AGENT_SOURCE_DEFAULT, || {
+        // SAFETY: forwarded contract.
+        match unsafe { agent.as_ref() }.map(|a| a.inner.config().keep_alive_source.origin) {
+            Some(SettingOrigin::Argument) => agent_setting_source::AGENT_SOURCE_ARGUMENT,
+            Some(SettingOrigin::Environment) => agent_setting_source::AGENT_SOURCE_ENVIRONMENT,
+            Some(SettingOrigin::Default) | None => agent_setting_source::AGENT_SOURCE_DEFAULT,
+        }
+    })
+}
+
+/// The keep-alive setting in one line for people, with what decided it and what the
+/// environment said, e.g. `off: environment, KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED="false"`
+/// or `on: default; AWS_NODEJS_CONNECTION_REUSE_ENABLED="yes" (ignored: not true, false, 1
+/// or 0)`. Copied into `buf` as `agent_last_error` does; returns the full length (0 for NULL).
+///
+/// # Safety
+/// `agent` is NULL or live; `buf` is NULL or points to `cap` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_keep_alive_describe(
+    agent: *const agent,
+    buf: *mut c_char,
+    cap: usize,
+) -> usize {
+    guard_value(0, || {
+        // SAFETY: forwarded contract.
+        let Some(a) = (unsafe { agent.as_ref() }) else {
+            return 0;
+        };
+        let cfg = a.inner.config();
+        let text = cfg.keep_alive_source.describe(cfg.keep_alive);
+        // SAFETY: forwarded contract.
+        unsafe { super::copy_text_out(text.as_bytes(), buf, cap) }
     })
 }

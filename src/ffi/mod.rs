@@ -20,6 +20,7 @@ pub mod options;
 pub mod queue;
 pub mod response;
 pub mod stream;
+pub mod trace;
 
 /// Result codes. Values are explicit and never reused; a retired value stays reserved.
 #[repr(u32)]
@@ -357,20 +358,28 @@ pub unsafe extern "C" fn agent_limit(name: *const c_char, out: *mut u64) -> agen
 pub unsafe extern "C" fn agent_last_error(buf: *mut c_char, cap: usize) -> usize {
     guard_value(0, || {
         LAST_ERROR.with(|e| {
-            let e = e.borrow();
-            let msg = e.as_bytes();
-            if !buf.is_null() && cap > 0 {
-                let n = msg.len().min(cap - 1);
-                // SAFETY: `buf` has `cap` writable bytes and `n + 1 <= cap`; the source is
-                // our own string, which cannot overlap the caller's buffer.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
-                    *buf.add(n) = 0;
-                }
-            }
-            msg.len()
+            // SAFETY: forwarded contract.
+            unsafe { copy_text_out(e.borrow().as_bytes(), buf, cap) }
         })
     })
+}
+
+/// Copies `text` into `buf` as `agent_last_error` does (at most `cap - 1` bytes, NUL
+/// terminated when `cap > 0`) and returns its full length.
+///
+/// # Safety
+/// `buf` is NULL or points to `cap` writable bytes.
+pub(crate) unsafe fn copy_text_out(text: &[u8], buf: *mut c_char, cap: usize) -> usize {
+    if !buf.is_null() && cap > 0 {
+        let n = text.len().min(cap - 1);
+        // SAFETY: `buf` has `cap` writable bytes and `n + 1 <= cap`; the source is our own
+        // string, which cannot overlap the caller's buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
+    }
+    text.len()
 }
 
 /// Panics inside the panic boundary and returns what the boundary made of it:

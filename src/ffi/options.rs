@@ -63,7 +63,7 @@ pub unsafe extern "C" fn agent_options_free(options: *mut agent_options) {
 ///
 /// # Safety
 /// `options` is NULL or a live `agent_options` not used by another thread.
-unsafe fn set(options: *mut agent_options, f: impl FnOnce(&mut Options)) -> agent_code {
+pub(super) unsafe fn set(options: *mut agent_options, f: impl FnOnce(&mut Options)) -> agent_code {
     guard(|| {
         // SAFETY: per this function's contract.
         let o = unsafe { borrow_mut(options, "options") }?;
@@ -73,9 +73,10 @@ unsafe fn set(options: *mut agent_options, f: impl FnOnce(&mut Options)) -> agen
 }
 
 /// Reuse connections (true) or send `Connection: close` on a fresh connection for every
-/// request (false). Default: true, unless KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or
-/// AWS_NODEJS_CONNECTION_REUSE_ENABLED) is `false`/`0`. Setting it here always wins over
-/// the environment. Node: `keepAlive`.
+/// request (false). Default: true. The process switch KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED
+/// (or its alias AWS_NODEJS_CONNECTION_REUSE_ENABLED) set to `false`/`0` turns reuse off
+/// even when this says true, unless `agent_options_set_ignore_environment`; set to
+/// `true`/`1` it only changes the default. false here always wins. Node: `keepAlive`.
 ///
 /// # Safety
 /// `options` is NULL or a live handle from `agent_options_new`.
@@ -86,6 +87,22 @@ pub unsafe extern "C" fn agent_options_set_keep_alive(
 ) -> agent_code {
     // SAFETY: forwarded contract.
     unsafe { set(options, |o| o.keep_alive = Some(keep_alive)) }
+}
+
+/// The process switch (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED and its alias
+/// AWS_NODEJS_CONNECTION_REUSE_ENABLED) does not apply to this agent (default false): for
+/// the rare client that must keep reuse on when whoever runs the program turned it off.
+/// Python: `ignore_environment`; Node: `ignoreEnvironment`.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `agent_options_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_options_set_ignore_environment(
+    options: *mut agent_options,
+    ignore: bool,
+) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { set(options, |o| o.ignore_environment = Some(ignore)) }
 }
 
 /// Initial delay of TCP keep-alive probes in ms (SO_KEEPALIVE + TCP_KEEPIDLE =

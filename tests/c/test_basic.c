@@ -417,37 +417,69 @@ void test_tls(void) {
     agent_free(plain);
 }
 
-static bool options_agent_keep_alive(int explicit_setting) {
+/* explicit_setting: -1 unset, 0/1 set; ignore: agent_options_set_ignore_environment. */
+static bool options_agent_keep_alive(int explicit_setting, bool ignore, agent_setting_source *src) {
     agent *a = NULL;
     bool ka;
     agent_options *o = agent_options_new();
     if (explicit_setting >= 0) {
         agent_options_set_keep_alive(o, explicit_setting != 0);
     }
+    if (ignore) {
+        agent_options_set_ignore_environment(o, true);
+    }
     if (agent_new_with_options(o, &a) != AGENT_CODE_OK) {
         agent_options_free(o);
         return false;
     }
     ka = agent_keep_alive_enabled(a);
+    if (src) {
+        *src = agent_keep_alive_source(a);
+    }
     agent_options_free(o);
     agent_free(a);
     return ka;
 }
 
+/* SPEC §3: the process switch is a kill switch; only ignore_environment escapes it. */
 void test_env_switch(void) {
+    static const char *names[2] = {"KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED",
+                                   "AWS_NODEJS_CONNECTION_REUSE_ENABLED"};
+    agent_setting_source src;
+    char text[256];
     agent *a;
-    CHECK(options_agent_keep_alive(-1));
-    CHECK(setenv("KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED", "FALSE", 1) == 0);
-    CHECK(!options_agent_keep_alive(-1));
-    CHECK(options_agent_keep_alive(1)); /* explicit wins */
-    a = agent_new(true, 0);             /* agent_new is always explicit */
-    CHECK(a != NULL);
-    CHECK(agent_keep_alive_enabled(a));
-    agent_free(a);
-    CHECK(unsetenv("KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED") == 0);
-    CHECK(setenv("AWS_NODEJS_CONNECTION_REUSE_ENABLED", "0", 1) == 0);
-    CHECK(!options_agent_keep_alive(-1));
-    CHECK(options_agent_keep_alive(1));
-    CHECK(unsetenv("AWS_NODEJS_CONNECTION_REUSE_ENABLED") == 0);
-    CHECK(options_agent_keep_alive(-1));
+    int i;
+    CHECK(options_agent_keep_alive(-1, false, &src));
+    CHECK_EQ(src, AGENT_SOURCE_DEFAULT);
+    CHECK(options_agent_keep_alive(1, false, &src));
+    CHECK_EQ(src, AGENT_SOURCE_ARGUMENT);
+    for (i = 0; i < 2; i++) {
+        CHECK(setenv(names[i], i == 0 ? "FALSE" : "0", 1) == 0);
+        CHECK(!options_agent_keep_alive(-1, false, &src));
+        CHECK_EQ(src, AGENT_SOURCE_ENVIRONMENT);
+        CHECK(!options_agent_keep_alive(1, false, &src)); /* explicit true is overruled */
+        CHECK_EQ(src, AGENT_SOURCE_ENVIRONMENT);
+        CHECK(options_agent_keep_alive(1, true, &src)); /* the escape */
+        CHECK_EQ(src, AGENT_SOURCE_ARGUMENT);
+        CHECK(options_agent_keep_alive(-1, true, &src));
+        CHECK_EQ(src, AGENT_SOURCE_DEFAULT);
+        a = agent_new(true, 0); /* the README's first example is switched off too */
+        CHECK(a != NULL);
+        CHECK(!agent_keep_alive_enabled(a));
+        CHECK(agent_keep_alive_describe(a, text, sizeof text) < sizeof text);
+        CHECK(strstr(text, "off: environment") == text);
+        CHECK(strstr(text, names[i]) != NULL);
+        agent_free(a);
+        CHECK(unsetenv(names[i]) == 0);
+    }
+    CHECK(setenv(names[0], "true", 1) == 0);
+    CHECK(!options_agent_keep_alive(0, false, &src)); /* per-client disabling always works */
+    CHECK_EQ(src, AGENT_SOURCE_ARGUMENT);
+    CHECK(options_agent_keep_alive(-1, false, &src));
+    CHECK_EQ(src, AGENT_SOURCE_ENVIRONMENT);
+    CHECK(unsetenv(names[0]) == 0);
+    CHECK(options_agent_keep_alive(-1, false, NULL));
+    /* NULL is harmless. */
+    CHECK_EQ(agent_keep_alive_source(NULL), AGENT_SOURCE_DEFAULT);
+    CHECK_EQ(agent_keep_alive_describe(NULL, text, sizeof text), 0);
 }

@@ -126,14 +126,21 @@ void test_hpp_keep_alive_on_off() {
     CHECK(ts_admin_stats(&ts_srv, &ss) == 0);
     CHECK_EQ(ss.accepted, 1 + 5);
 
-    // Agent() follows the environment switch; Agent(bool) always wins over it.
+    // The environment switch is a kill switch: Agent() and Agent(true) both follow it; only
+    // ignore_environment keeps reuse on.
     CHECK(keepalive::Agent().keep_alive_enabled());
     CHECK(setenv("KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED", "false", 1) == 0);
     bool by_env = keepalive::Agent().keep_alive_enabled();
-    bool explicit_on = keepalive::Agent(true).keep_alive_enabled();
+    keepalive::Agent explicit_on(true);
+    keepalive::Agent escape(keepalive::Options().keep_alive(true).ignore_environment(true));
     CHECK(unsetenv("KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED") == 0);
     CHECK(!by_env);
-    CHECK(explicit_on);
+    CHECK(!explicit_on.keep_alive_enabled());
+    CHECK(explicit_on.keep_alive_source() == AGENT_SOURCE_ENVIRONMENT);
+    CHECK(explicit_on.keep_alive_describe() ==
+          "off: environment, KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED=\"false\"");
+    CHECK(escape.keep_alive_enabled());
+    CHECK(escape.keep_alive_source() == AGENT_SOURCE_ARGUMENT);
 }
 
 void test_hpp_errors() {

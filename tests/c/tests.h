@@ -28,6 +28,12 @@ void test_on_and_off_same_process(void);
 void test_tls(void);
 void test_env_switch(void);
 
+/* test_events.c */
+void test_events_new_reused_and_stale(void);
+void test_events_tls_failure_and_close_reasons(void);
+void test_events_mask_and_headers(void);
+void test_preconnect(void);
+
 /* test_errors.c */
 void test_null_arguments(void);
 void test_outputs_only_on_success(void);
