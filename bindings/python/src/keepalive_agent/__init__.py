@@ -31,6 +31,7 @@ from .errors import (
     BodySourceError,
     CancelledError,
     ConnectError,
+    HTTPStatusError,
     InvalidArgumentError,
     InvalidOptionError,
     InvalidURLError,

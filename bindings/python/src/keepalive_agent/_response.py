@@ -18,7 +18,7 @@ from typing import (
     overload,
 )
 
-from . import _native
+from . import _native, errors
 
 __all__ = ["Headers", "Timings", "PoolStats", "Response"]
 
@@ -196,8 +196,17 @@ class Response:
 
     @property
     def ok(self) -> bool:
-        """True for a status below 400."""
+        """True for a status below 400, as requests' ``Response.ok`` (so 3xx is ok too;
+        httpx's ``is_success`` is 2xx only)."""
         return self.status < 400
+
+    def raise_for_status(self) -> "Response":
+        """Raises :class:`~keepalive_agent.errors.HTTPStatusError` when :attr:`ok` is
+        false (status 400 or more), with this response as its ``.response``; else returns
+        this response (so ``agent.get(url).raise_for_status().json()`` reads on)."""
+        if self.status >= 400:
+            raise errors.HTTPStatusError._for(self)
+        return self
 
     @property
     def encoding(self) -> str:
