@@ -94,6 +94,20 @@ class Headers(Mapping[str, str]):
         """Every value of ``name``, one per header line ([] when absent)."""
         return list(self._index.get(name.lower(), ()))
 
+    def raw_items(self) -> List[Tuple[bytes, bytes]]:
+        """Every header line as ``(lowercase name, value)`` bytes, as received (values
+        not decoded): what the httpx transports hand to ``httpx.Response``."""
+        raw = self._raw
+        if raw is not None:
+            out = []
+            for line in raw.split(b"\r\n")[:-1]:
+                name, _, value = line.partition(b": ")
+                out.append((name, value))
+            return out
+        # Parsed already: values were decoded as UTF-8, else Latin-1, so encoding them as
+        # UTF-8 gives back the bytes received unless they were not UTF-8.
+        return [(n.encode("latin-1"), v.encode("utf-8")) for n, v in self._items_]
+
     def multi_items(self) -> List[Tuple[str, str]]:
         """Every header line as ``(lowercase name, value)``, repeated names included."""
         return list(self._items)
