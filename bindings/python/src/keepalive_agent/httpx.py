@@ -47,7 +47,8 @@ through an :class:`~keepalive_agent.Agent` and streams both ways:
   larger than ``max_response_bytes``); a write to a closed connection ->
   ``httpx.WriteError``; an early close, an invalid response, an HTTP/2 stream reset, a
   reused connection that failed and could not be retried -> ``httpx.RemoteProtocolError``;
-  a scheme other than http/https -> ``httpx.UnsupportedProtocol``; a request the engine
+  a scheme other than http/https (or a URL the engine refuses) ->
+  ``httpx.UnsupportedProtocol``; a request the engine
   refuses (a header value it cannot send, a body shorter than its ``Content-Length``) ->
   ``httpx.LocalProtocolError``; anything else -> ``httpx.TransportError``.
 - Proxies and TLS trust are the agent's (``proxy=``, ``no_proxy=``, the proxy environment
