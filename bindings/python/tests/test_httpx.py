@@ -8,15 +8,14 @@ import sys
 import time
 from typing import AsyncIterator, Iterator
 
+import httpx  # in requirements-dev.txt: `make test-python` installs it
 import pytest
 
-httpx = pytest.importorskip("httpx")
+import keepalive_agent
+from keepalive_agent import Agent, _body, _loop, _native, errors
+from keepalive_agent.httpx import AsyncKeepAliveTransport, KeepAliveTransport
 
-import keepalive_agent  # noqa: E402
-from keepalive_agent import Agent, _body, _loop, _native, errors  # noqa: E402
-from keepalive_agent.httpx import AsyncKeepAliveTransport, KeepAliveTransport  # noqa: E402
-
-from conftest import echo_framing, fnv1a64, free_port, pattern, wait_until  # noqa: E402
+from conftest import echo_framing, fnv1a64, free_port, pattern, wait_until
 
 
 def _fnv_hex(data: bytes) -> str:
