@@ -100,3 +100,118 @@ def test_errors_pickle() -> None:
 
     e = pickle.loads(pickle.dumps(errors.TimeoutError(32, "late")))
     assert type(e) is errors.TimeoutError and e.code == 32 and e.message == "late"
+
+
+# ---------------------------------------------------------------------------------------
+# The standard library's exception classes, raise_for_status() and ok
+
+
+def test_connect_error_is_a_builtin_connection_error() -> None:
+    with Agent() as a:
+        try:
+            a.get(f"http://127.0.0.1:{free_port()}/")
+        except ConnectionError as e:  # the builtin: code written for sockets catches it
+            caught: BaseException = e
+        else:  # pragma: no cover
+            raise AssertionError("no error")
+    assert isinstance(caught, errors.ConnectError) and isinstance(caught, OSError)
+    assert caught.errno is None and caught.args == (caught.message,)  # type: ignore[attr-defined]
+    assert issubclass(errors.ProxyError, ConnectionError)
+    assert not issubclass(errors.ProtocolError, OSError)  # a broken exchange is not a connect failure
+
+
+def test_tls_error_is_an_ssl_error_and_a_connect_error(srv) -> None:
+    import ssl
+
+    assert errors.TLSError.__mro__[:6] == (
+        errors.TLSError, errors.ConnectError, errors.AgentError, ConnectionError, ssl.SSLError, OSError,
+    )
+    with Agent() as a:
+        with pytest.raises(ssl.SSLError) as ei:
+            a.get(srv.https_url)  # the test CA is unknown
+    e = ei.value
+    assert type(e) is errors.TLSError and isinstance(e, ConnectionError)
+    assert "unknown issuer" in e.message and str(e).endswith("[AGENT_CODE_TLS]")
+
+
+def test_timeout_error_stays_the_builtin() -> None:
+    assert issubclass(errors.TimeoutError, builtins.TimeoutError)
+    assert not issubclass(errors.TimeoutError, errors.ConnectError)
+
+
+def test_new_bases_pickle() -> None:
+    import pickle
+
+    for cls, code in ((errors.ConnectError, 11), (errors.ProxyError, 14), (errors.TLSError, 20)):
+        e = pickle.loads(pickle.dumps(cls(code, "why")))
+        assert type(e) is cls and (e.code, e.message, str(e)) == (code, "why", f"why [{e.code_name}]")
+
+
+def test_messages_spell_options_as_python_keywords() -> None:
+    from keepalive_agent import _native
+
+    c_message = "the server requires a client certificate (give client_cert and client_key)"
+    e = _native.error_for(_native.CODES["TLS"], c_message)
+    assert type(e) is errors.TLSError
+    assert e.message == (
+        "the server requires a client certificate (give client_cert_file and client_key_file,"
+        " or client_cert_pem and client_key_pem)"
+    )
+    # Names Python shares with C are left alone.
+    kept = "ca_file /x: No such file or directory (os error 2)"
+    assert _native.error_for(_native.CODES["INVALID_OPTION"], kept).message == kept
+    with pytest.raises(errors.InvalidOptionError) as ei:
+        Agent(ca_file="/nonexistent/ca.pem")
+    assert ei.value.message.startswith("ca_file /nonexistent/ca.pem")
+
+
+def test_raise_for_status_and_ok(srv) -> None:
+    with Agent() as a:
+        r = a.get(srv.http_url)
+        assert r.ok and r.raise_for_status() is r
+        r = a.get(srv.http_url + "?status=302")
+        assert r.ok and r.raise_for_status() is r  # as requests: below 400 is ok
+        r = a.get(srv.http_url + "?status=404")
+        assert not r.ok
+        with pytest.raises(errors.HTTPStatusError) as ei:
+            r.raise_for_status()
+        e = ei.value
+        assert e.response is r and isinstance(e, errors.AgentError) and e.code == 0
+        assert str(e) == f"404 Client Error: Not Found for url: {srv.http_url}?status=404"
+        r = a.post(srv.http_url + "?status=503", body=b"x")
+        with pytest.raises(keepalive_agent.HTTPStatusError, match=r"^503 Server Error: Service Unavailable for url: "):
+            r.raise_for_status()
+
+        with a.stream("GET", srv.http_url + "?status=500&bytes=10") as s:
+            assert not s.ok
+            with pytest.raises(errors.HTTPStatusError) as ei:
+                s.raise_for_status()
+            assert ei.value.response is s and s.read() == b"abcdefghij"  # the stream stays usable
+        with a.stream("GET", srv.http_url) as s:
+            assert s.raise_for_status() is s
+
+    async def main() -> None:
+        async with Agent() as aa:
+            async with aa.stream_async("GET", srv.http_url + "?status=429") as s:
+                with pytest.raises(errors.HTTPStatusError, match="^429 Client Error: Too Many Requests"):
+                    s.raise_for_status()
+            r = await aa.aget(srv.http_url + "?status=404")
+            with pytest.raises(errors.HTTPStatusError):
+                r.raise_for_status()
+
+    import asyncio
+
+    asyncio.run(main())
+
+
+def test_http_status_error_pickles_with_its_response(srv) -> None:
+    import pickle
+
+    with Agent() as a:
+        r = a.get(srv.http_url + "?status=418")
+    with pytest.raises(errors.HTTPStatusError) as ei:
+        r.raise_for_status()
+    e = pickle.loads(pickle.dumps(ei.value))
+    assert type(e) is errors.HTTPStatusError and str(e) == str(ei.value)
+    assert e.response is not None and (e.response.status, e.response.body) == (418, r.body)
+    assert str(errors.HTTPStatusError("601 Error: Unknown for url: x")) == "601 Error: Unknown for url: x"

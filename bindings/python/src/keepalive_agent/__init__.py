@@ -17,6 +17,8 @@ request bodies may be files or iterables of bytes (read piece by piece, never wh
 
 asyncio: ``await agent.request_async("GET", url)`` (or ``aget``, ``apost``, ...).
 requests: ``session.mount("https://", keepalive_agent.requests_adapter.KeepAliveAdapter())``.
+httpx: ``httpx.Client(transport=keepalive_agent.httpx.KeepAliveTransport())`` (and
+``AsyncKeepAliveTransport`` for ``httpx.AsyncClient``; ``pip install keepalive_agent[httpx]``).
 Errors: :mod:`keepalive_agent.errors`.
 """
 
@@ -31,6 +33,7 @@ from .errors import (
     BodySourceError,
     CancelledError,
     ConnectError,
+    HTTPStatusError,
     InvalidArgumentError,
     InvalidOptionError,
     InvalidURLError,

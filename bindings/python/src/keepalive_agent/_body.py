@@ -38,7 +38,7 @@ from typing import Any, Dict, Optional, Tuple
 from . import _native
 from ._native import lib
 
-__all__ = ["Source", "make_source", "is_streamed_body"]
+__all__ = ["Source", "IterableBody", "make_source", "is_streamed_body"]
 
 # token -> source, from the C call until the library calls release.
 _sources: Dict[int, "Source"] = {}
@@ -314,6 +314,22 @@ class AsyncIterSource(Source):
             cf.cancel()
 
 
+class IterableBody:
+    """An iterable of bytes (``is_async`` False) or an async iterable (True), with its
+    length when the caller knows it (sent as ``Content-Length``; -1: chunked). What the
+    httpx transports pass for ``request.stream``, whose length httpx may have announced;
+    a stream object that also has ``read`` or both iteration protocols is iterated the
+    way ``is_async`` says. Fewer bytes than ``length`` fail the request
+    (``BODY_SOURCE``)."""
+
+    __slots__ = ("iterable", "length", "is_async")
+
+    def __init__(self, iterable: Any, length: int = -1, is_async: bool = False) -> None:
+        self.iterable = iterable
+        self.length = length
+        self.is_async = is_async
+
+
 def is_streamed_body(body: Any) -> bool:
     """Whether ``body`` is read piece by piece (a file, an iterable, an async iterable)
     rather than sent whole (bytes-like, str)."""
@@ -330,6 +346,16 @@ def is_streamed_body(body: Any) -> bool:
 
 def make_source(body: Any, allow_async: bool) -> Source:
     """The source for a file, iterable or (``allow_async``) async iterable body."""
+    if isinstance(body, IterableBody):
+        src: Source
+        if body.is_async:
+            if not allow_async:
+                raise TypeError("an async iterable body needs an async call")
+            src = AsyncIterSource(body.iterable)
+        else:
+            src = IterSource(body.iterable)
+        src.length = body.length
+        return src
     if hasattr(body, "__aiter__"):
         if not allow_async:
             raise TypeError(

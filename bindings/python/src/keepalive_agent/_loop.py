@@ -80,7 +80,7 @@ def event_message(code: int, message: int) -> str:
 
 def event_error(code: int, message: int) -> errors.AgentError:
     """The exception of a failed event, with the message the event carries."""
-    return _native.ERROR_CLASSES.get(code, errors.AgentError)(code, event_message(code, message))
+    return _native.error_for(code, event_message(code, message))
 
 
 class Driver:

@@ -214,11 +214,27 @@ def code_name(code: int) -> str:
     return lib.agent_code_name(code).decode("ascii", "replace")
 
 
+# The library's messages name options as C does; Python's keywords are the same names,
+# except where a message names something no binding has as such. Translated here.
+_PYTHON_SPELLING = (
+    ("(give client_cert and client_key)",
+     "(give client_cert_file and client_key_file, or client_cert_pem and client_key_pem)"),
+)
+
+
+def python_message(message: str) -> str:
+    """``message`` with the option names spelt as Python's keywords."""
+    for c_text, py_text in _PYTHON_SPELLING:
+        if c_text in message:
+            message = message.replace(c_text, py_text)
+    return message
+
+
 def error_for(code: int, message: Optional[str] = None) -> errors.AgentError:
     """The exception for a failed call; reads ``agent_last_error`` when no message is given."""
     if message is None:
         message = last_error()
-    return ERROR_CLASSES.get(code, errors.AgentError)(code, message)
+    return ERROR_CLASSES.get(code, errors.AgentError)(code, python_message(message))
 
 
 def _check(result: int, func: Any, args: Any) -> int:

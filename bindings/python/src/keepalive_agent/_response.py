@@ -18,7 +18,7 @@ from typing import (
     overload,
 )
 
-from . import _native
+from . import _native, errors
 
 __all__ = ["Headers", "Timings", "PoolStats", "Response"]
 
@@ -93,6 +93,20 @@ class Headers(Mapping[str, str]):
     def get_all(self, name: str) -> List[str]:
         """Every value of ``name``, one per header line ([] when absent)."""
         return list(self._index.get(name.lower(), ()))
+
+    def raw_items(self) -> List[Tuple[bytes, bytes]]:
+        """Every header line as ``(lowercase name, value)`` bytes, as received (values
+        not decoded): what the httpx transports hand to ``httpx.Response``."""
+        raw = self._raw
+        if raw is not None:
+            out = []
+            for line in raw.split(b"\r\n")[:-1]:
+                name, _, value = line.partition(b": ")
+                out.append((name, value))
+            return out
+        # Parsed already: values were decoded as UTF-8, else Latin-1, so encoding them as
+        # UTF-8 gives back the bytes received unless they were not UTF-8.
+        return [(n.encode("latin-1"), v.encode("utf-8")) for n, v in self._items_]
 
     def multi_items(self) -> List[Tuple[str, str]]:
         """Every header line as ``(lowercase name, value)``, repeated names included."""
@@ -196,8 +210,17 @@ class Response:
 
     @property
     def ok(self) -> bool:
-        """True for a status below 400."""
+        """True for a status below 400, as requests' ``Response.ok`` (so 3xx is ok too;
+        httpx's ``is_success`` is 2xx only)."""
         return self.status < 400
+
+    def raise_for_status(self) -> "Response":
+        """Raises :class:`~keepalive_agent.errors.HTTPStatusError` when :attr:`ok` is
+        false (status 400 or more), with this response as its ``.response``; else returns
+        this response (so ``agent.get(url).raise_for_status().json()`` reads on)."""
+        if self.status >= 400:
+            raise errors.HTTPStatusError._for(self)
+        return self
 
     @property
     def encoding(self) -> str:

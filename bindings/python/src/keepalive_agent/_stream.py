@@ -25,6 +25,7 @@ from typing import (
     AsyncIterator,
     Iterator,
     Optional,
+    TypeVar,
 )
 
 from . import _body, _loop, _native, errors
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["StreamResponse", "AsyncStreamResponse"]
 
+_S = TypeVar("_S", bound="_StreamBase")
 _VERSIONS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
 _BODILESS = {204, 304}
 # Largest buffer read(n) allocates at once when the body's length is unknown.
@@ -100,8 +102,17 @@ class _StreamBase:
 
     @property
     def ok(self) -> bool:
-        """True for a status below 400."""
+        """True for a status below 400, as requests' ``Response.ok`` (3xx included)."""
         return self.status < 400
+
+    def raise_for_status(self: "_S") -> "_S":
+        """Raises :class:`~keepalive_agent.errors.HTTPStatusError` when :attr:`ok` is
+        false (status 400 or more), with this response as its ``.response``; else returns
+        this response. The stream stays open either way: close it as usual (a ``with``
+        block does)."""
+        if self.status >= 400:
+            raise errors.HTTPStatusError._for(self)  # type: ignore[arg-type]
+        return self
 
     @property
     def timings(self) -> Timings:

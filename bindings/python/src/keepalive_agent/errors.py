@@ -8,20 +8,34 @@ Every failure reported by the library is an :class:`AgentError` carrying the C c
     ├── InvalidArgumentError (also ValueError)   INVALID_ARGUMENT
     │   ├── InvalidURLError                       INVALID_URL
     │   └── InvalidOptionError                    INVALID_OPTION
-    ├── ConnectError                              DNS, CONNECT_REFUSED, CONNECT
-    │   └── ProxyError                            PROXY
+    ├── ConnectError (also builtins.ConnectionError)   DNS, CONNECT_REFUSED, CONNECT
+    │   ├── ProxyError                            PROXY
+    │   └── TLSError (also ssl.SSLError)          TLS
     ├── TimeoutError (also builtins.TimeoutError) CONNECT_TIMEOUT, TIMEOUT,
     │                                             HEADERS_TIMEOUT, BODY_TIMEOUT
-    ├── TLSError                                  TLS
     ├── ProtocolError                             PROTOCOL, CONNECTION_RESET,
     │   │                                         CONNECTION_CLOSED, BROKEN_PIPE
     │   ├── StreamResetError                      STREAM_RESET
     │   └── ResponseTooLargeError                 RESPONSE_TOO_LARGE
     ├── StaleConnectionError                      STALE_CONNECTION
     ├── BodySourceError                           BODY_SOURCE
-    └── CancelledError                            CANCELLED
+    ├── CancelledError                            CANCELLED
+    └── HTTPStatusError                           (none: raised by raise_for_status())
 
 Other codes (WOULD_BLOCK, FORKED, PANIC, INTERNAL, ...) raise AgentError itself.
+
+``ConnectError``, ``TLSError`` and ``TimeoutError`` are also ``OSError``s, so code written
+for the standard library's exceptions catches them: ``except ConnectionError`` catches a
+refused or unreachable connection, a proxy's refusal and a failed TLS handshake;
+``except ssl.SSLError`` a failed handshake; ``except TimeoutError`` (the builtin) every
+timeout. (The method resolution order of ``TLSError`` is TLSError, ConnectError,
+AgentError, ConnectionError, SSLError, OSError: ``ssl.SSLError`` and ``ConnectionError``
+are both plain ``OSError`` subclasses, so one class can derive from both.) Their
+``errno`` is ``None``: the library reports its own codes (``.code``), not the system's.
+
+:class:`HTTPStatusError` is not a failure of the library: a response with a status of 400
+or more, turned into an exception by ``Response.raise_for_status()`` (its ``.response``
+is that response).
 Bad arguments found by the binding before anything reaches C raise
 :class:`InvalidArgumentError`/:class:`InvalidOptionError` (``ValueError``) or ``TypeError``.
 
@@ -33,7 +47,13 @@ example because the agent was closed while it was in flight).
 from __future__ import annotations
 
 import builtins
-from typing import Any, Tuple
+import http
+import ssl
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._response import Response
+    from ._stream import AsyncStreamResponse, StreamResponse
 
 __all__ = [
     "AgentError",
@@ -50,6 +70,7 @@ __all__ = [
     "StaleConnectionError",
     "BodySourceError",
     "CancelledError",
+    "HTTPStatusError",
 ]
 
 
@@ -93,8 +114,10 @@ class InvalidOptionError(InvalidArgumentError):
     """An agent option is out of range or unknown (raised by ``Agent(...)``)."""
 
 
-class ConnectError(AgentError):
-    """The connection could not be made: DNS, refused, unreachable."""
+class ConnectError(AgentError, builtins.ConnectionError):
+    """The connection could not be made: DNS, refused, unreachable, a proxy's refusal
+    (:class:`ProxyError`), a failed TLS handshake (:class:`TLSError`). Also the builtin
+    ``ConnectionError`` (an ``OSError``)."""
 
 
 class ProxyError(ConnectError):
@@ -111,8 +134,11 @@ class TimeoutError(AgentError, builtins.TimeoutError):  # noqa: A001 - deliberat
         AgentError.__init__(self, code, message)
 
 
-class TLSError(AgentError):
-    """The TLS handshake failed (untrusted, expired or wrong-host certificate, protocol)."""
+class TLSError(ConnectError, ssl.SSLError):
+    """The TLS handshake failed (untrusted, expired or wrong-host certificate, protocol);
+    the message says why in words. A :class:`ConnectError` (and so a builtin
+    ``ConnectionError``) and an ``ssl.SSLError``; it has no ``reason``/``library``
+    attributes of OpenSSL (the engine's TLS is rustls)."""
 
 
 class ProtocolError(AgentError):
@@ -143,3 +169,42 @@ class BodySourceError(AgentError):
 
 class CancelledError(AgentError):
     """The library cancelled the request (e.g. the agent was closed while it ran)."""
+
+
+_Responses = Union["Response", "StreamResponse", "AsyncStreamResponse"]
+
+
+class HTTPStatusError(AgentError):
+    """``raise_for_status()`` of a response whose status is 400 or more (``not r.ok``),
+    as requests' ``HTTPError``: ``.response`` is that response, and the message reads
+    ``404 Client Error: Not Found for url: http://...``. ``.code`` is 0
+    (``AGENT_CODE_OK``): the exchange itself succeeded."""
+
+    response: Optional["_Responses"]
+
+    def __init__(self, message: str, response: Optional["_Responses"] = None) -> None:
+        AgentError.__init__(self, 0, message)
+        self.response = response
+
+    @classmethod
+    def _for(cls, response: "_Responses") -> "HTTPStatusError":
+        status = response.status
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        kind = "Client Error" if 400 <= status < 500 else "Server Error" if 500 <= status < 600 else "Error"
+        return cls(f"{status} {kind}: {reason} for url: {response.url}", response)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        from ._response import Response  # late: _response imports _native, which imports us
+
+        # A streamed response holds a native handle: it is not pickled along.
+        response = self.response if isinstance(self.response, Response) else None
+        return (type(self), (self.message, response))
