@@ -72,7 +72,8 @@ def stock_differs(kind: str, reason: str) -> None:
 
 
 class CannedServer:
-    """Answers the request for each path with the given bytes as they are, then closes."""
+    """Answers the request for each path with the given bytes as they are, then closes
+    (give them ``Connection: close`` when a client may send more than one request)."""
 
     def __init__(self, responses: Dict[str, bytes]) -> None:
         self.responses = responses
@@ -306,6 +307,18 @@ def test_environment_ca_bundle_is_verify(srv, adapter_kind, monkeypatch) -> None
             s.get(srv.https_url, verify=True)
 
 
+def test_environment_ca_bundle_with_the_adapters_own_ca(srv, adapter_kind, monkeypatch, tmp_path) -> None:
+    stock_differs(adapter_kind, "HTTPAdapter has no CA configuration of its own for the environment to override")
+    other = tmp_path / "other-bundle.pem"
+    other.write_bytes(open(srv.ca_file, "rb").read())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    s, adapter = mounted(adapter_kind, ca_file=srv.ca_file)
+    with s:
+        assert s.get(srv.https_url).status_code == 200
+        assert adapter._agents == {} and adapter.agent.stats().requests == 1  # the adapter's own agent
+        assert s.get(srv.https_url, verify=str(other)).status_code == 200  # the same path given: the same
+
+
 def test_an_agent_per_tls_setting(srv, adapter_kind, no_ca_bundle_env) -> None:
     stock_differs(adapter_kind, "urllib3 keeps a pool per TLS setting inside its PoolManager; this checks our agents")
     s, adapter = mounted(adapter_kind)
@@ -523,9 +536,11 @@ def test_pickled_session_works(srv, adapter_kind) -> None:
 
 def test_redirect_to_non_ascii_location(canned, session) -> None:
     server = canned({
-        "/start": "HTTP/1.1 302 Found\r\nLocation: /caf\u00e9/\u00fc?q=\u00e9\r\nContent-Length: 0\r\n\r\n".encode("utf-8"),
-        "/caf%C3%A9/%C3%BC?q=%C3%A9": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlanded",
-        "/latin1": "HTTP/1.1 302 Found\r\nLocation: /caf\u00e9\r\nContent-Length: 0\r\n\r\n".encode("latin-1"),
+        "/start": "HTTP/1.1 302 Found\r\nLocation: /caf\u00e9/\u00fc?q=\u00e9\r\nContent-Length: 0\r\n"
+                  "Connection: close\r\n\r\n".encode("utf-8"),
+        "/caf%C3%A9/%C3%BC?q=%C3%A9": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlanded",
+        "/latin1": "HTTP/1.1 302 Found\r\nLocation: /caf\u00e9\r\nContent-Length: 0\r\n"
+                   "Connection: close\r\n\r\n".encode("latin-1"),
     })
     r = session.get(server.url + "/start")
     assert (r.status_code, r.text) == (200, "landed")

@@ -34,11 +34,14 @@ against both). What maps to what:
 - TLS per request, as urllib3 keeps a pool per TLS setting: ``verify`` and ``cert``
   choose an agent, made on first use with the options of :attr:`~KeepAliveAdapter.agent`
   and cached by ``(proxy, verify, cert)``. ``verify=True`` is the adapter's agent as
-  configured (``ca_file``, ``ca_pem``, ``use_system_roots``; the environment's
-  ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` reach the adapter as a path, as with
-  requests); ``verify=False`` accepts any certificate (``danger_accept_invalid_certs``);
-  ``verify="/path/ca.pem"`` trusts that bundle only (a directory: the PEM certificates in
-  it); ``cert="/path/client.pem"`` (certificate and key in one file) or ``cert=(cert,
+  configured (``ca_file``, ``ca_pem``, ``use_system_roots``); ``verify=False`` accepts
+  any certificate (``danger_accept_invalid_certs``); ``verify="/path/ca.pem"`` trusts
+  that bundle instead of the system roots (a directory: the PEM certificates in it),
+  plus the CAs given to the adapter itself (``ca_file``, ``ca_pem``). requests passes
+  the environment's ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` as ``verify`` (with
+  ``trust_env``): it is such a path, unless the adapter has CAs of its own, whose
+  configuration then wins (the adapter's agent is used, as for ``verify=True``);
+  ``cert="/path/client.pem"`` (certificate and key in one file) or ``cert=(cert,
   key)`` is the client certificate. Missing files raise requests' ``OSError`` ("Could
   not find a suitable TLS CA certificate bundle, invalid path: ...", "Could not find the
   TLS certificate file, ...", "... TLS key file, ...") before anything is sent; files
@@ -199,10 +202,18 @@ def _lower(name: Union[str, bytes]) -> str:
 # TLS per request: requests' checks of verify and cert, and the agent options they mean.
 
 
-def _tls_key(url: str, proxy: Optional[str], verify: Any, cert: Any) -> Tuple[Union[bool, str], Any]:
+def _environment_ca_bundle() -> Optional[str]:
+    """What requests passes as ``verify`` instead of True when ``trust_env`` is on."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+
+
+def _tls_key(url: str, proxy: Optional[str], verify: Any, cert: Any,
+             own_ca: bool = False) -> Tuple[Union[bool, str], Any]:
     """``HTTPAdapter.cert_verify``'s checks (the same ``OSError``s), then ``(verify,
     cert)`` normalised for the agent cache; ``(True, None)`` when TLS is not used (plain
-    http, not through an https proxy)."""
+    http, not through an https proxy). With ``own_ca`` (the adapter's agent has CAs of
+    its own), the environment's CA bundle is requests' stand-in for ``verify=True``, and
+    means the adapter's agent: its configuration wins over the environment."""
     https = url[:6].lower() == "https:"
     if https and verify and verify is not True:
         path = os.fsdecode(verify)
@@ -224,6 +235,8 @@ def _tls_key(url: str, proxy: Optional[str], verify: Any, cert: Any) -> Tuple[Un
     if not https and not (proxy and proxy[:6].lower() == "https:"):
         return True, None  # no TLS: the checks above were made all the same, as requests does
     v: Union[bool, str] = True if verify is True else (os.fsdecode(verify) if verify else False)
+    if own_ca and isinstance(v, str) and v == _environment_ca_bundle():
+        v = True
     return v, c
 
 
@@ -717,7 +730,8 @@ class KeepAliveAdapter(BaseAdapter):
         proxy = select_proxy(url, proxies) if proxies else None
         if proxy:
             proxy = prepend_scheme_if_needed(proxy, "http")
-        tls_verify, tls_cert = _tls_key(url, proxy, verify, cert)
+        own_ca = self.agent_options.get("ca_file") is not None or self.agent_options.get("ca_pem") is not None
+        tls_verify, tls_cert = _tls_key(url, proxy, verify, cert, own_ca)
         try:
             agent = self._agent_for((proxy or None, tls_verify, tls_cert), request)
         except errors.AgentError as e:
