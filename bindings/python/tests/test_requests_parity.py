@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import pickle
 import re
 import shutil
