@@ -493,7 +493,8 @@ def test_requests_adapter_maps_a_reset_as_a_connection_reset(resetting) -> None:
         assert (r.status_code, r.raw.version) == (200, 20)
         with pytest.raises(requests.exceptions.ChunkedEncodingError) as e2:
             _ = r.content
-        assert isinstance(e2.value.__cause__, errors.StreamResetError)
+        # requests wraps urllib3's ProtocolError, which raw raised from the engine's error
+        assert isinstance(e2.value.__context__.__cause__, errors.StreamResetError)
         r = session.get(srv.url, timeout=10)
         assert (r.status_code, r.content, r.raw.version) == (200, b"ok", 20)
     assert srv.connections == 1

@@ -310,18 +310,19 @@ def test_requests_proxies_argument(proxies, nginx, session) -> None:
         r = s.get(nginx.NGINX_HTTP_URL, proxies=p, timeout=10)
         assert r.status_code == 200 and "x-cache" in r.headers
         assert s.get(nginx.NGINX_HTTPS_URL, proxies=p, timeout=10).text == "hello, world\n"
-    assert list(adapter._proxy_agents) == [proxies.squid_url]  # one engine agent per proxy
-    proxy_agent = adapter._proxy_agents[proxies.squid_url]
+    assert list(adapter.proxy_manager) == [proxies.squid_url]  # one engine agent per proxy
+    proxy_agent = adapter.proxy_manager[proxies.squid_url]
     st = proxy_agent.stats()
     assert (st.requests, st.connections_opened) == (6, 2)  # one connection, one tunnel
     assert adapter.agent.stats().requests == 0
     s.close()  # frees the proxy agents: the tunnel closes
-    assert adapter._proxy_agents == {} and proxy_agent.closed and adapter.agent.closed
+    assert adapter.proxy_manager == {} and proxy_agent.closed and adapter.agent.closed
     lines = squid_lines(proxies, mark, 4)
     assert sorted((x.method, x.status) for x in lines) == [("CONNECT", 200)] + [("GET", 200)] * 3
     assert len(clients(lines)) == 2
-    with pytest.raises(requests.exceptions.RequestException):
-        s.get(nginx.NGINX_HTTP_URL, proxies=p, timeout=10)  # closed
+    # usable after close(), as requests' HTTPAdapter: a new agent for the proxy
+    assert s.get(nginx.NGINX_HTTP_URL, proxies=p, timeout=10).status_code == 200
+    assert adapter.proxy_manager[proxies.squid_url] is not proxy_agent
 
 
 def test_requests_environment_and_trust_env(proxies, nginx, session, monkeypatch) -> None:
@@ -342,7 +343,7 @@ def test_requests_environment_and_trust_env(proxies, nginx, session, monkeypatch
         mark = proxies.mark()
         assert "x-cache" not in s2.get(nginx.NGINX_HTTP_URL, timeout=10).headers
         assert s2.get(nginx.NGINX_HTTPS_URL, timeout=10).status_code == 200
-        assert a2._proxy_agents == {}
+        assert a2.proxy_manager == {}
     assert_went_direct(proxies, nginx, mark)
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")  # requests' own no_proxy handling
@@ -351,7 +352,7 @@ def test_requests_environment_and_trust_env(proxies, nginx, session, monkeypatch
         s3.mount("https://", a3)
         mark = proxies.mark()
         assert s3.get(nginx.NGINX_HTTPS_URL, timeout=10).status_code == 200
-        assert a3._proxy_agents == {}
+        assert a3.proxy_manager == {}
     assert_went_direct(proxies, nginx, mark)
 
 
@@ -383,7 +384,7 @@ def test_requests_adapter_with_a_given_agent(proxies, nginx) -> None:
             mark = proxies.mark()
             r = s.get(nginx.NGINX_HTTPS_URL, proxies={"https": proxies.squid_url}, timeout=10)
             assert r.status_code == 200  # the proxy's agent has the given agent's ca_file
-            proxy_agent = adapter._proxy_agents[proxies.squid_url]
+            proxy_agent = adapter.proxy_manager[proxies.squid_url]
             assert proxy_agent is not agent and proxy_agent.stats().requests == 1
         assert proxy_agent.closed and not agent.closed  # the given agent stays open
         assert agent.stats().requests == 1

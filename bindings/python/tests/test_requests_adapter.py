@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 import requests
+import urllib3
 
 from keepalive_agent import Agent
 from keepalive_agent.requests_adapter import KeepAliveAdapter
@@ -82,11 +83,15 @@ def test_errors_map_to_requests_exceptions(srv) -> None:
             s.get(f"http://127.0.0.1:{free_port()}/")
         with pytest.raises(requests.exceptions.SSLError):
             s.get(srv.https_url)
-        with pytest.raises(requests.exceptions.ConnectionError):
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):  # the body broke
             s.get(srv.http_url + "?rst_mid=1&bytes=100000")
-        with pytest.raises(requests.exceptions.SSLError):
-            s.get(srv.https_url, verify=False)  # TLS trust is the agent's: never less checking
-        with pytest.raises(ValueError):
+        with pytest.raises(requests.exceptions.ConnectionError):  # before the head
+            s.get(srv.http_url + "?rst=1")
+        # verify and cert per request, as requests (tests/test_requests_parity.py)
+        with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+            assert s.get(srv.https_url, verify=False).status_code == 200
+        assert s.get(srv.https_url, verify=srv.ca_file).status_code == 200
+        with pytest.raises(OSError, match="Could not find the TLS certificate file"):
             s.get(srv.https_url, cert="/nonexistent/client.pem")
 
 
