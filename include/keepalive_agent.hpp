@@ -263,6 +263,14 @@ public:
     KEEPALIVE_HPP_SETTER(dns_cache_msecs, std::uint32_t)
     KEEPALIVE_HPP_SETTER(happy_eyeballs_delay_msecs, std::uint32_t)
     KEEPALIVE_HPP_SETTER(http_version, std::uint32_t)
+    KEEPALIVE_HPP_SETTER(event_mask, std::uint32_t)
+
+    /* Events from inside (see agent_options_set_events): `callback` runs on library threads
+     * (or yours inside a blocking call) with `userdata`, which must outlive the agent. */
+    Options &events(agent_trace_callback callback, void *userdata) {
+        detail::check(agent_options_set_events(o_.get(), callback, userdata));
+        return *this;
+    }
 #undef KEEPALIVE_HPP_SETTER
 
     /* Extra trust anchors as PEM text (copied). */
@@ -428,6 +436,12 @@ public:
     }
 
     bool keep_alive_enabled() const noexcept { return agent_keep_alive_enabled(a_.get()); }
+    /* Opens connections to url's origin in the background until it has `count` (see
+     * agent_preconnect); returns at once. */
+    void preconnect(const std::string &url, std::uint32_t count) {
+        detail::check(agent_preconnect(a_.get(), detail::c_string(url, "url").c_str(), count));
+    }
+
     /* What decided keep_alive_enabled(), and the same in words (SPEC §3's read-back). */
     agent_setting_source keep_alive_source() const noexcept {
         return agent_keep_alive_source(a_.get());

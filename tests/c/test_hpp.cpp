@@ -141,6 +141,15 @@ void test_hpp_keep_alive_on_off() {
           "off: environment, KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED=\"false\"");
     CHECK(escape.keep_alive_enabled());
     CHECK(escape.keep_alive_source() == AGENT_SOURCE_ARGUMENT);
+
+    // Pre-warming from C++: two idle connections before any request; a bad URL throws.
+    keepalive::Agent warm(true);
+    warm.preconnect(url("http", ts_srv.http_port, "/"), 2);
+    for (int i = 0; i < 500 && warm.stats().idle < 2; i++) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(warm.stats().idle == 2);
+    CHECK(throws_code([&] { warm.preconnect("not a url", 1); }, AGENT_CODE_INVALID_URL));
 }
 
 void test_hpp_errors() {
