@@ -363,10 +363,15 @@ class Dispatch {
     this.abortFn = (reason) => this.abort(reason);
   }
 
-  /** For the old form, undici's own checks of a handler (assertRequestHandler). */
-  static check(handler) {
+  /**
+   * For the old form, undici's own checks of a handler (assertRequestHandler): an upgrade
+   * handler needs no onHeaders, onData or onComplete (its request is refused anyway).
+   */
+  static check(handler, opts) {
     if (handler.onRequestStart) return;
-    for (const m of ['onConnect', 'onError', 'onHeaders', 'onData', 'onComplete']) {
+    const upgrade = opts !== null && typeof opts === 'object' && (opts.upgrade || opts.method === 'CONNECT');
+    const methods = upgrade ? ['onConnect', 'onError'] : ['onConnect', 'onError', 'onHeaders', 'onData', 'onComplete'];
+    for (const m of methods) {
       if (typeof handler[m] !== 'function') throw invalidArgument(`invalid ${m} method`);
     }
   }
@@ -528,8 +533,53 @@ class Dispatch {
   }
 }
 
+// Headers {name: value | value[]} as the old form takes them: [Buffer, Buffer | Buffer[], ...].
+function recordToRaw(record) {
+  const raw = [];
+  for (const [key, val] of Object.entries(record || {})) {
+    raw.push(Buffer.from(key), Array.isArray(val) ? val.map((v) => Buffer.from(v)) : Buffer.from(val));
+  }
+  return raw;
+}
+
+/**
+ * An old-form handler seen through the new form, for interceptors (compose()), which
+ * expect undici 7's form, as undici's WrapHandler does.
+ */
+class ModernHandler {
+  #h;
+  constructor(handler) {
+    this.#h = handler;
+  }
+  static wrap(handler) {
+    return handler !== null && typeof handler === 'object' && !handler.onRequestStart ? new ModernHandler(handler) : handler;
+  }
+  onRequestStart(controller, context) {
+    this.#h.onConnect?.((reason) => controller.abort(reason), context);
+  }
+  onRequestUpgrade(controller, statusCode, headers, socket) {
+    this.#h.onUpgrade?.(statusCode, recordToRaw(headers), socket);
+  }
+  onResponseStart(controller, statusCode, headers, statusMessage) {
+    if (this.#h.onHeaders?.(statusCode, recordToRaw(headers), () => controller.resume(), statusMessage) === false) {
+      controller.pause();
+    }
+  }
+  onResponseData(controller, chunk) {
+    if (this.#h.onData?.(chunk) === false) controller.pause();
+  }
+  onResponseEnd(controller, trailers) {
+    this.#h.onComplete?.(recordToRaw(trailers));
+  }
+  onResponseError(controller, err) {
+    if (typeof this.#h.onError !== 'function') throw invalidArgument('invalid onError method');
+    this.#h.onError(err);
+  }
+}
+
 module.exports = {
   Dispatch,
+  ModernHandler,
   dispatchOptions,
   undiciError,
   invalidArgument,

@@ -13,7 +13,7 @@ const EventEmitter = require('node:events');
 const { STATUS_CODES } = require('node:http');
 const { Readable, finished } = require('node:stream');
 const { inspect } = require('node:util');
-const { Dispatch, dispatchOptions, invalidArgument, clientClosed, clientDestroyed } = require('./dispatcher.js');
+const { Dispatch, ModernHandler, dispatchOptions, invalidArgument, clientClosed, clientDestroyed } = require('./dispatcher.js');
 
 let native;
 try {
@@ -1122,7 +1122,7 @@ class Agent extends EventEmitter {
    */
   dispatch(options, handler) {
     if (handler === null || typeof handler !== 'object') throw invalidArgument('handler must be an object');
-    Dispatch.check(handler);
+    Dispatch.check(handler, options);
     const d = new Dispatch(handler, this.#dispatchHooks);
     let o;
     try {
@@ -1154,8 +1154,10 @@ class Agent extends EventEmitter {
       if (typeof interceptor !== 'function') {
         throw new TypeError(`invalid interceptor, expected function received ${typeof interceptor}`);
       }
-      dispatch = interceptor(dispatch);
-      if (typeof dispatch !== 'function' || dispatch.length !== 2) throw new TypeError('invalid interceptor');
+      const intercepted = interceptor(dispatch);
+      if (typeof intercepted !== 'function' || intercepted.length !== 2) throw new TypeError('invalid interceptor');
+      // Interceptors are written for undici 7's handler form: an old-form handler is adapted.
+      dispatch = (opts, handler) => intercepted(opts, ModernHandler.wrap(handler));
     }
     return new Proxy(this, {
       get: (target, key) => {
@@ -1173,3 +1175,4 @@ const version = native.version();
 module.exports = { Agent, AbortError, codes, limits, version };
 // Internal, for the binding's own tests.
 Object.defineProperty(module.exports, '_native', { value: native, enumerable: false });
+Object.defineProperty(module.exports, '_nodeOptionNames', { value: nodeOptionNames, enumerable: false });
