@@ -167,6 +167,10 @@ for (const [name, doFetch] of FETCHES) {
     const next = await doFetch(`${srv.http}?bytes=3`, { dispatcher: agent });
     assert.equal(await next.text(), 'abc');
     assert.equal(agent.stats().connectionsOpened, 2, 'the aborted connection was not reused');
+    // Before the head: fetch rejects with the signal's AbortError and the engine lets go.
+    const early = await doFetch(`${srv.http}?delay_ms=3000`, { dispatcher: agent, signal: AbortSignal.timeout(100) }).catch((e) => e);
+    assert.equal(early.name, 'TimeoutError');
+    await waitFor(() => agent.stats().active === 0, 'the agent to cancel the request');
     await agent.destroy();
   });
 
