@@ -358,7 +358,7 @@ test('undici.request: per-request headersTimeout, a signal, and refused options 
 
 test('the old handler form by hand: onConnect, raw Buffer headers, onHeaders/onData returning false pause until resume()', async () => {
   const agent = new Agent();
-  const total = 16 << 20;
+  const total = 64 << 20;
   const events = [];
   let got = 0;
   let resume;
