@@ -2,6 +2,7 @@
 
 /// <reference types="node" />
 
+import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 
 /** Options of {@link Agent}: Node's names where Node has one (http.Agent, agentkeepalive, undici). */
@@ -171,6 +172,8 @@ export interface Timings {
 
 export interface Response {
   statusCode: number;
+  /** Whether the status is in 200-299, as fetch's Response.ok. */
+  ok: boolean;
   /** Standard reason phrase for the status (http.STATUS_CODES), '' if none. */
   statusMessage: string;
   /** '1.1', '1.0' or '2.0' (HTTP/2), as Node's IncomingMessage. */
@@ -288,7 +291,96 @@ export class AbortError extends Error {
   readonly name: 'AbortError';
 }
 
-export class Agent {
+/**
+ * What {@link Agent.dispatch} takes: undici's `Dispatcher.DispatchOptions`, the parts the
+ * engine serves. `origin` + `path` (+ `query`) make the URL; a `path` that is an absolute
+ * http(s) URL is used as it is.
+ */
+export interface DispatchOptions {
+  origin?: string | URL;
+  /** Starts with '/' (or is an absolute http:// or https:// URL). */
+  path: string;
+  method: string;
+  /** An object (array values repeat the header), [name, value] pairs, a flat [name, value, ...] list, or an iterable of pairs. */
+  headers?: RequestHeaders | Iterable<readonly [string, string]> | null;
+  /** Added to `path` with node:querystring (the path must then hold no '?' or '#'). */
+  query?: Record<string, unknown> | null;
+  /**
+   * Sent whole (string, Buffer, Uint8Array, ArrayBuffer) or streamed (Readable, web
+   * ReadableStream, async or sync iterable of chunks, Blob, FormData).
+   */
+  body?: RequestBody | Iterable<BodyChunk> | Blob | FormData | null;
+  /** Aborts the request, as the handler's abort would, with `signal.reason`. */
+  signal?: AbortSignal | null;
+  /** ms until the response head, for this request (0 or left out: the agent's `headersTimeout`). */
+  headersTimeout?: number | null;
+  /** ms between two body chunks while not paused, for this request (0 or left out: the agent's `bodyTimeout`). */
+  bodyTimeout?: number | null;
+  /** Refused (UND_ERR_NOT_SUPPORTED): the engine does not hand out connections. */
+  upgrade?: string | null;
+  /** Only 0: redirects are followed by fetch, or by undici's redirect interceptor through compose(). */
+  maxRedirections?: number | null;
+  /** undici's other options (idempotent, blocking, reset, opaque, ...) are accepted and ignored. */
+  [option: string]: unknown;
+}
+
+/** What a handler of undici 7's form is given to steer its request. */
+export interface DispatchController {
+  readonly aborted: boolean;
+  readonly paused: boolean;
+  /** The reason given to abort(), or null. */
+  readonly reason: Error | null;
+  /** Ends the request at once: onResponseError(controller, reason ?? an UND_ERR_ABORTED error). */
+  abort(reason?: Error): void;
+  /** No more onResponseData until resume(); the engine stops reading the socket. */
+  pause(): void;
+  resume(): void;
+}
+
+/** undici 7's handler form (recognised, as by undici, by having `onRequestStart`). */
+export interface DispatchHandlerModern {
+  onRequestStart(controller: DispatchController, context: object): void;
+  onRequestUpgrade?(controller: DispatchController, statusCode: number, headers: Record<string, string | string[]>, socket: unknown): void;
+  /** Header names lowercase; a repeated header's values in an array. */
+  onResponseStart?(controller: DispatchController, statusCode: number, headers: Record<string, string | string[]>, statusMessage?: string): void;
+  onResponseData?(controller: DispatchController, chunk: Buffer): void;
+  /** Trailers are not passed on by the engine: always `{}`. */
+  onResponseEnd?(controller: DispatchController, trailers: Record<string, string | string[]>): void;
+  onResponseError?(controller: DispatchController, error: Error): void;
+}
+
+/** The older handler form, which undici's fetch, request() and stream() (and Node's fetch) use. */
+export interface DispatchHandlerLegacy {
+  onConnect(abort: (reason?: Error) => void, context?: object): void;
+  /** Return false to pause until `resume()`. rawHeaders: [name, value, ...] as Buffers. */
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean | void;
+  /** Called before onHeaders when present (undici's fetch takes its timing there). */
+  onResponseStarted?(): void;
+  /** Return false to pause until the `resume` given to onHeaders is called. */
+  onData(chunk: Buffer): boolean | void;
+  /** Trailers are not passed on by the engine: always `[]`. */
+  onComplete(rawTrailers: Buffer[]): void;
+  onError(error: Error): void;
+  /** Never called: upgrades are refused through onError (UND_ERR_NOT_SUPPORTED). */
+  onUpgrade?(statusCode: number, rawHeaders: Buffer[], socket: unknown): void;
+}
+
+export type DispatchHandler = DispatchHandlerModern | DispatchHandlerLegacy;
+
+/** An undici interceptor: takes a dispatch function, returns one (undici.interceptors.redirect(), ...). */
+export type DispatchInterceptor = (
+  dispatch: (options: DispatchOptions, handler: DispatchHandler) => boolean,
+) => (options: DispatchOptions, handler: DispatchHandler) => boolean;
+
+/**
+ * A connection-pooling HTTP agent on the keepalive-agent engine. It is also an undici
+ * Dispatcher (dispatch, close, destroy, compose, and an EventEmitter as undici's base
+ * class): pass it as `dispatcher` to fetch, undici.fetch, undici.request, undici.stream,
+ * or to undici.setGlobalDispatcher. TypeScript sees undici's `Dispatcher` as a class with
+ * more methods than the engine serves (its own `request`/`stream` are this package's), so
+ * say `agent as unknown as Dispatcher` where undici's types ask for one.
+ */
+export class Agent extends EventEmitter {
   /** @throws TypeError (ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE) or RangeError (ERR_OUT_OF_RANGE) for bad options. */
   constructor(options?: AgentOptions);
   /** The effective keep-alive setting (after the environment switch). */
@@ -296,6 +388,8 @@ export class Agent {
   /** The options as given. */
   readonly options: Readonly<AgentOptions>;
   readonly destroyed: boolean;
+  /** Whether close() or destroy() was called: new requests are refused (ERR_AGENT_CLOSED, or UND_ERR_CLOSED from dispatch). */
+  readonly closed: boolean;
   /** Sends a request; resolves once the whole response body has arrived. Never blocks the event loop. */
   request(options: RequestOptions): Promise<Response>;
   request(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<Response>;
@@ -307,8 +401,31 @@ export class Agent {
   stream(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<StreamResponse>;
   /** Counters and gauges of the agent, or of one origin such as 'https://example.com'. */
   stats(origin?: string | URL): AgentStats;
-  /** Closes every connection, rejects in-flight requests and fails open response bodies (AGENT_CODE_CANCELLED). Idempotent. */
-  destroy(): void;
+  /**
+   * Closes every connection at once, rejects in-flight requests and fails open response
+   * bodies (AGENT_CODE_CANCELLED); dispatched requests fail with `error`, or undici's
+   * ClientDestroyedError (UND_ERR_DESTROYED). Idempotent, done when it returns; the promise
+   * (or callback) is undici's form.
+   */
+  destroy(): Promise<void>;
+  destroy(error: Error | null): Promise<void>;
+  destroy(callback: (err: null, data: null) => void): void;
+  destroy(error: Error | null, callback: (err: null, data: null) => void): void;
+  /**
+   * Refuses new requests, waits for those in flight (their bodies read or dropped), then
+   * destroys the agent. undici's Dispatcher.close.
+   */
+  close(): Promise<void>;
+  close(callback: (err: Error | null, data: null) => void): void;
+  /**
+   * undici's Dispatcher.dispatch: sends the request and drives `handler` through it, in
+   * either handler form. Returns true, or false when the request was refused (the
+   * handler's onError / onResponseError was called).
+   */
+  dispatch(options: DispatchOptions, handler: DispatchHandler): boolean;
+  /** undici's Dispatcher.compose: this agent with `interceptors` in front of dispatch(). */
+  compose(interceptors: ReadonlyArray<DispatchInterceptor | null | undefined>): Agent;
+  compose(...interceptors: Array<DispatchInterceptor | null | undefined>): Agent;
 }
 
 /** Library result codes by short name, e.g. codes.CONNECT_REFUSED === 11. */

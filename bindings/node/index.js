@@ -9,9 +9,11 @@
 // here, as with Node's own http, and every completed request or body read of a batch is
 // settled in one JavaScript turn. Nothing blocks the event loop; no thread is crossed.
 
+const EventEmitter = require('node:events');
 const { STATUS_CODES } = require('node:http');
 const { Readable, finished } = require('node:stream');
 const { inspect } = require('node:util');
+const { Dispatch, ModernHandler, dispatchOptions, invalidArgument, clientClosed, clientDestroyed } = require('./dispatcher.js');
 
 let native;
 try {
@@ -238,6 +240,52 @@ function normalizeAgentOptions(options) {
   return out;
 }
 
+// The library's messages about options name its C options (SPEC §2 and §8); an agent made
+// from Node says Node's names instead. Longest names first, so that no name is replaced
+// inside a longer one.
+const C_OPTION_NAMES = [
+  ['keep_alive_timeout_buffer_msecs', 'keepAliveTimeoutBuffer'],
+  ['max_keep_alive_timeout_msecs', 'keepAliveMaxTimeout'],
+  ['max_socket_lifetime_msecs', 'socketActiveTTL'],
+  ['keep_alive_interval_msecs', 'keepAliveInterval'],
+  ['free_socket_timeout_msecs', 'timeout'],
+  ['happy_eyeballs_delay_msecs', 'happyEyeballsDelay'],
+  ['danger_accept_invalid_certs', 'rejectUnauthorized'],
+  ['headers_timeout_msecs', 'headersTimeout'],
+  ['connect_timeout_msecs', 'connectTimeout'],
+  ['body_timeout_msecs', 'bodyTimeout'],
+  ['max_response_bytes', 'maxResponseSize'],
+  ['ignore_environment', 'ignoreEnvironment'],
+  ['max_total_sockets', 'maxTotalSockets'],
+  ['keep_alive_probes', 'keepAliveProbes'],
+  ['max_free_sockets', 'maxFreeSockets'],
+  ['keep_alive_msecs', 'keepAliveMsecs'],
+  ['use_system_roots', 'useSystemRoots'],
+  ['client_cert_file', 'cert'],
+  ['client_cert_pem', 'cert'],
+  ['client_key_file', 'key'],
+  ['client_key_pem', 'key'],
+  ['dns_cache_msecs', 'dnsCacheMsecs'],
+  ['proxy_from_env', 'proxyFromEnv'],
+  ['http_version', 'httpVersion'],
+  ['max_sockets', 'maxSockets'],
+  ['retry_stale', 'retryStale'],
+  ['user_agent', 'userAgent'],
+  ['keep_alive', 'keepAlive'],
+  ['no_proxy', 'noProxy'],
+  ['ca_file', 'ca'],
+  ['ca_pem', 'ca'],
+];
+const C_OPTION_NAME = new RegExp(`\\b(${C_OPTION_NAMES.map(([c]) => c).join('|')})\\b`, 'g');
+const NODE_OPTION_NAME = new Map(C_OPTION_NAMES);
+
+/** A library message about options, with Node's option names ("ca_pem holds no PEM ..." -> "ca holds ..."). */
+function nodeOptionNames(message) {
+  return message
+    .replace(C_OPTION_NAME, (c) => NODE_OPTION_NAME.get(c))
+    .replace(/\b(\w+) or \1\b/g, '$1'); // "client_key_pem or client_key_file" -> "key"
+}
+
 // A string, or an array of strings, as an array.
 function stringList(value, name) {
   if (typeof value === 'string') return [value];
@@ -437,6 +485,7 @@ function finishResponse(raw) {
   return {
     statusCode: raw.statusCode,
     statusMessage: STATUS_CODES[raw.statusCode] || '',
+    ok: raw.statusCode >= 200 && raw.statusCode <= 299,
     httpVersion: raw.httpVersion,
     httpVersionMajor: raw.httpVersionMajor,
     httpVersionMinor: raw.httpVersionMinor,
@@ -478,6 +527,7 @@ function makeResponse(status, version, block, reused, body, queued, dns, connect
   return {
     statusCode: status,
     statusMessage: STATUS_CODES[status] || '',
+    ok: status >= 200 && status <= 299,
     httpVersion: httpVersion(version),
     httpVersionMajor: Math.floor(version / 10),
     httpVersionMinor: version % 10,
@@ -748,6 +798,10 @@ function destroyedError() {
   return withCode(new Error('The agent was destroyed'), 'ERR_AGENT_DESTROYED');
 }
 
+function closedError() {
+  return withCode(new Error('The agent was closed'), 'ERR_AGENT_CLOSED');
+}
+
 // Subscribes to an AbortSignal (or an AWS SDK-style signal with only `onabort`).
 function onAbort(signal, fn) {
   if (typeof signal.addEventListener === 'function') {
@@ -767,12 +821,28 @@ function onAbort(signal, fn) {
 // ----------------------------------------------------------------------------------------
 // Agent
 
-class Agent {
+/**
+ * The agent. Besides its own API (request, stream, stats), it is an undici Dispatcher
+ * (dispatch, close, destroy, compose, and EventEmitter as undici's base class is), so
+ * fetch, undici.request, undici.stream and setGlobalDispatcher run on the engine.
+ */
+class Agent extends EventEmitter {
   #handle;
   #destroyed = false;
+  #closed = false;
   #keepAlive;
   #options;
   #bodies = new Set(); // WeakRefs to response bodies whose native stream is open
+  #pending = 0; // request() calls and dispatches not yet settled
+  #dispatches = new Set(); // dispatches not yet ended
+  #onIdle = []; // close() callbacks waiting for #pending and #bodies to empty
+  #dispatchHooks = {
+    open: (o, signal) => this.#stream({ ...o, signal }),
+    onAbort,
+    ended: (d) => {
+      if (this.#dispatches.delete(d)) this.#settled();
+    },
+  };
 
   /**
    * @param {object} [options] Node's option names (see index.d.ts). `keepAlive` left out
@@ -780,8 +850,16 @@ class Agent {
    *   AWS_NODEJS_CONNECTION_REUSE_ENABLED = false/0 turn reuse off; default on).
    */
   constructor(options = undefined) {
+    super();
     const normalized = normalizeAgentOptions(options);
-    this.#handle = native.create(normalized);
+    try {
+      this.#handle = native.create(normalized);
+    } catch (e) {
+      if (e && e.agentCode === codes.INVALID_OPTION && typeof e.message === 'string') {
+        e.message = nodeOptionNames(e.message);
+      }
+      throw e;
+    }
     this.#keepAlive = native.keepAlive(this.#handle);
     this.#options = Object.freeze({ ...(options || {}) });
   }
@@ -801,6 +879,18 @@ class Agent {
     return this.#destroyed;
   }
 
+  /** Whether close() (or destroy()) was called: no new request is taken. */
+  get closed() {
+    return this.#closed || this.#destroyed;
+  }
+
+  // Why a new request is refused, or null.
+  #refusal() {
+    if (this.#destroyed) return destroyedError();
+    if (this.#closed) return closedError();
+    return null;
+  }
+
   /**
    * Sends a request; resolves with the whole response once its body has arrived.
    * `agent.request(options)` or `agent.request(url, options)`.
@@ -809,18 +899,30 @@ class Agent {
     // Not an async function: without a signal, the addon's own promise is returned as it
     // is (every failure still comes as a rejection, never a throw).
     let o;
+    let promise;
     try {
       o = normalizeRequest(input, extra);
-      if (this.#destroyed) throw destroyedError();
+      const refused = this.#refusal();
+      if (refused !== null) throw refused;
       if (o.bodyStream === undefined && o.signal === undefined) {
-        return native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
+        promise = native.request(this.#handle, o.method, o.url, o.headers, o.body, o.timeout);
       }
     } catch (e) {
       return Promise.reject(e);
     }
-    if (o.bodyStream !== undefined) return this.#stream(o).then((res) => this.#collect(res));
-    return this.#requestWithSignal(o);
+    if (promise === undefined) {
+      promise = o.bodyStream !== undefined ? this.#stream(o).then((res) => this.#collect(res)) : this.#requestWithSignal(o);
+    }
+    // close() waits for it; the caller gets the promise as it is.
+    this.#pending++;
+    promise.then(this.#requestSettled, this.#requestSettled);
+    return promise;
   }
+
+  #requestSettled = () => {
+    this.#pending--;
+    this.#settled();
+  };
 
   async #requestWithSignal(o) {
     const signal = o.signal;
@@ -846,8 +948,14 @@ class Agent {
    */
   async stream(input, extra = undefined) {
     const o = normalizeRequest(input, extra);
-    if (this.#destroyed) throw destroyedError();
-    return this.#stream(o);
+    const refused = this.#refusal();
+    if (refused !== null) throw refused;
+    this.#pending++; // close() waits for the head; then for the body (#bodies)
+    try {
+      return await this.#stream(o);
+    } finally {
+      this.#requestSettled();
+    }
   }
 
   async #stream(o) {
@@ -881,6 +989,7 @@ class Agent {
     const body = new ResponseBody(raw.stream, res.timings, () => {
       this.#bodies.delete(ref);
       if (unsubscribe !== null) unsubscribe();
+      this.#settled();
     });
     ref = new WeakRef(body);
     this.#bodies.add(ref);
@@ -942,19 +1051,121 @@ class Agent {
   }
 
   /**
-   * Closes every connection, rejects in-flight requests and fails open response bodies
-   * (AGENT_CODE_CANCELLED). Idempotent. Without it, the agent is freed when
-   * garbage-collected or at exit.
+   * Closes every connection at once, rejects in-flight requests and fails open response
+   * bodies (AGENT_CODE_CANCELLED); dispatched requests get `err`, or undici's
+   * ClientDestroyedError (UND_ERR_DESTROYED). Idempotent; the work is done when it returns.
+   * As undici's: `destroy([err][, callback])`, a promise without a callback. Without it,
+   * the agent is freed when garbage-collected or at exit.
    */
-  destroy() {
-    if (this.#destroyed) return;
-    this.#destroyed = true;
-    for (const ref of this.#bodies) {
-      const body = ref.deref();
-      if (body !== undefined) body.destroy(native.makeError(codes.CANCELLED, 'the agent was destroyed'));
+  destroy(err = undefined, callback = undefined) {
+    if (typeof err === 'function') {
+      callback = err;
+      err = undefined;
     }
-    this.#bodies.clear();
-    native.destroy(this.#handle);
+    if (callback !== undefined && typeof callback !== 'function') throw invalidArgument('invalid callback');
+    if (!this.#destroyed) {
+      this.#destroyed = true;
+      const reason = err instanceof Error ? err : clientDestroyed();
+      for (const d of [...this.#dispatches]) d.fail(reason);
+      for (const ref of this.#bodies) {
+        const body = ref.deref();
+        if (body !== undefined) body.destroy(native.makeError(codes.CANCELLED, 'the agent was destroyed'));
+      }
+      this.#bodies.clear();
+      native.destroy(this.#handle);
+      this.#settled();
+    }
+    if (callback === undefined) return Promise.resolve();
+    queueMicrotask(() => callback(null, null));
+    return undefined;
+  }
+
+  /**
+   * Takes no new request, waits for those in flight (dispatched or not, their bodies read
+   * to the end or dropped), then destroys the agent: its idle connections close. As
+   * undici's: `close([callback])`, a promise without a callback.
+   */
+  close(callback = undefined) {
+    if (callback === undefined) {
+      return new Promise((resolve, reject) => this.close((e) => (e ? reject(e) : resolve())));
+    }
+    if (typeof callback !== 'function') throw invalidArgument('invalid callback');
+    if (this.#destroyed && !this.#closed) {
+      queueMicrotask(() => callback(clientDestroyed(), null));
+      return undefined;
+    }
+    this.#closed = true;
+    this.#onIdle.push(callback);
+    this.#settled();
+    return undefined;
+  }
+
+  // Something in flight ended: a close() waiting for the last one finishes.
+  #settled() {
+    if (this.#onIdle.length === 0) return;
+    if (!this.#destroyed && (this.#pending > 0 || this.#dispatches.size > 0 || this.#bodies.size > 0)) return;
+    const callbacks = this.#onIdle;
+    this.#onIdle = [];
+    this.destroy();
+    queueMicrotask(() => {
+      for (const cb of callbacks) cb(null, null);
+    });
+  }
+
+  /**
+   * undici's Dispatcher.dispatch: sends `options` (origin, path, method, headers, query,
+   * body, signal, headersTimeout, bodyTimeout) and drives `handler` through it, in
+   * undici 7's form (onRequestStart, onResponseStart, onResponseData, onResponseEnd,
+   * onResponseError, with a controller) or the older one (onConnect, onHeaders, onData,
+   * onComplete, onError). Returns true (requests queue in the engine, never here), or
+   * false when the request was refused (the handler was told).
+   */
+  dispatch(options, handler) {
+    if (handler === null || typeof handler !== 'object') throw invalidArgument('handler must be an object');
+    Dispatch.check(handler, options);
+    const d = new Dispatch(handler, this.#dispatchHooks);
+    let o;
+    try {
+      const refused = this.#refusal();
+      if (refused !== null) throw refused.code === 'ERR_AGENT_DESTROYED' ? clientDestroyed() : clientClosed();
+      const u = dispatchOptions(options);
+      o = normalizeRequest({ method: u.method, url: u.url, headers: u.headers, body: u.body });
+      o.headersTimeout = u.headersTimeout;
+      o.bodyTimeout = u.bodyTimeout;
+      o.signal = u.signal;
+    } catch (e) {
+      d.refuse(e);
+      return false;
+    }
+    this.#dispatches.add(d);
+    d.start(o);
+    return true;
+  }
+
+  /**
+   * undici's Dispatcher.compose: a dispatcher whose dispatch runs through `interceptors`
+   * (e.g. undici's interceptors.redirect(), retry(), dump()) before this agent's.
+   */
+  compose(...args) {
+    const interceptors = Array.isArray(args[0]) ? args[0] : args;
+    let dispatch = this.dispatch.bind(this);
+    for (const interceptor of interceptors) {
+      if (interceptor == null) continue;
+      if (typeof interceptor !== 'function') {
+        throw new TypeError(`invalid interceptor, expected function received ${typeof interceptor}`);
+      }
+      const intercepted = interceptor(dispatch);
+      if (typeof intercepted !== 'function' || intercepted.length !== 2) throw new TypeError('invalid interceptor');
+      // Interceptors are written for undici 7's handler form: an old-form handler is adapted.
+      dispatch = (opts, handler) => intercepted(opts, ModernHandler.wrap(handler));
+    }
+    return new Proxy(this, {
+      get: (target, key) => {
+        if (key === 'dispatch') return dispatch;
+        const value = Reflect.get(target, key, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
   }
 }
 
@@ -964,3 +1175,4 @@ const version = native.version();
 module.exports = { Agent, AbortError, codes, limits, version };
 // Internal, for the binding's own tests.
 Object.defineProperty(module.exports, '_native', { value: native, enumerable: false });
+Object.defineProperty(module.exports, '_nodeOptionNames', { value: nodeOptionNames, enumerable: false });
