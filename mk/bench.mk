@@ -52,3 +52,14 @@ bench: deps lib
 	$(MAKE) bench-build
 	ulimit -n $$(ulimit -Hn) 2>/dev/null; $(BENCH_PY) $(ROOT)/bench/run.py $(BENCH_ARGS) \
 	  --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS=\"$(BENCH_ARGS)\")"
+
+# make bench-events: what events cost at c=1 (off, on, masked out), in alternating rounds.
+BENCH_EVENTS := $(BENCH_BUILD)/events-cost
+.PHONY: bench-events
+$(BENCH_EVENTS): $(ROOT)/bench/events/cost.c $(HEADER) $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(BENCH_CFLAGS) -I$(ROOT)/include $< -L$(LIB_DIR) -lkeepalive_agent \
+	  -Wl,-rpath,$(LIB_DIR) -o $@
+
+bench-events: $(BENCH_EVENTS) $(TESTSERVER)
+	$(ROOT)/bench/events/run.sh $(BENCH_EVENTS) $(TESTSERVER) 1 5
