@@ -1581,6 +1581,32 @@ agent_code agent_response_header_at(const agent_response *response,
                                     size_t *value_len);
 
 /**
+ * The number of trailer lines after the body (HTTP/2, or a chunked HTTP/1.1 body); 0 for
+ * none and for NULL.
+ *
+ * # Safety
+ * `response` is NULL or a live response.
+ */
+size_t agent_response_trailer_count(const agent_response *response);
+
+/**
+ * The trailer line at `index` (< `agent_response_trailer_count`), as
+ * `agent_response_header_at` gives header lines: lowercase name and value as pointer +
+ * length, not NUL-terminated, valid until the response is freed. Out of range:
+ * `AGENT_CODE_NOT_FOUND`.
+ *
+ * # Safety
+ * `response` is NULL or a live response; each out pointer must be writable (NULL is
+ * refused with `AGENT_CODE_INVALID_ARGUMENT`).
+ */
+agent_code agent_response_trailer_at(const agent_response *response,
+                                     size_t index,
+                                     const char **name,
+                                     size_t *name_len,
+                                     const char **value,
+                                     size_t *value_len);
+
+/**
  * Looks up the first value of header `name` (case-insensitive). The value is pointer +
  * length, NOT NUL-terminated, valid until the response is freed. Absent:
  * `AGENT_CODE_NOT_FOUND` (outputs untouched). To read every value of a repeated header,
@@ -1727,6 +1753,31 @@ agent_code agent_stream_trailer(const agent_stream *stream,
                                 const char *name,
                                 const char **value,
                                 size_t *value_len);
+
+/**
+ * The number of trailer lines that followed the body: known once a read has returned the
+ * end of the body; 0 before, for none, while an async read is in flight, and for NULL.
+ *
+ * # Safety
+ * `stream` is NULL or live.
+ */
+size_t agent_stream_trailer_count(const agent_stream *stream);
+
+/**
+ * The trailer line at `index` (< `agent_stream_trailer_count`), as
+ * `agent_response_trailer_at`; valid until the next call on this stream or its free.
+ * `AGENT_CODE_NOT_FOUND` out of range, `AGENT_CODE_WOULD_BLOCK` while an async read is in
+ * flight.
+ *
+ * # Safety
+ * `stream` is NULL or live; out pointers must be writable.
+ */
+agent_code agent_stream_trailer_at(const agent_stream *stream,
+                                   size_t index,
+                                   const char **name,
+                                   size_t *name_len,
+                                   const char **value,
+                                   size_t *value_len);
 
 /**
  * Reads the next bytes of the body into `buf` (at most `cap`, which must be > 0), blocking

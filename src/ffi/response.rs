@@ -227,22 +227,80 @@ pub unsafe extern "C" fn agent_response_header_at(
     guard(|| {
         // SAFETY: forwarded contract.
         let r = &unsafe { borrow(response, "response") }?.resp;
-        let (name, name_len) = (out_ptr(name, "name")?, out_ptr(name_len, "name_len")?);
-        let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
-        let (k, v) = r.headers.iter().nth(index).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "header index {index} out of range ({} headers)",
-                    r.headers.len()
-                ),
+        // SAFETY: forwarded contract.
+        unsafe {
+            write_field(
+                &r.headers, "header", index, name, name_len, value, value_len,
             )
-        })?;
-        name.write(k.as_str().as_ptr().cast());
-        name_len.write(k.as_str().len());
-        value.write(v.as_bytes().as_ptr().cast());
-        value_len.write(v.as_bytes().len());
-        Ok(())
+        }
+    })
+}
+
+/// Writes field `index` of `map` (a header or trailer block) through the out pointers.
+///
+/// # Safety
+/// Each out pointer is NULL (refused) or writable.
+pub(crate) unsafe fn write_field(
+    map: &http::HeaderMap,
+    what: &str,
+    index: usize,
+    name: *mut *const c_char,
+    name_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> crate::error::Result<()> {
+    let (name, name_len) = (out_ptr(name, "name")?, out_ptr(name_len, "name_len")?);
+    let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+    let (k, v) = map.iter().nth(index).ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("{what} index {index} out of range ({} {what}s)", map.len()),
+        )
+    })?;
+    name.write(k.as_str().as_ptr().cast());
+    name_len.write(k.as_str().len());
+    value.write(v.as_bytes().as_ptr().cast());
+    value_len.write(v.as_bytes().len());
+    Ok(())
+}
+
+/// The number of trailer lines after the body (HTTP/2, or a chunked HTTP/1.1 body); 0 for
+/// none and for NULL.
+///
+/// # Safety
+/// `response` is NULL or a live response.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_trailer_count(response: *const agent_response) -> usize {
+    // SAFETY: forwarded contract.
+    guard_value(0, || {
+        unsafe { resp(response) }.map_or(0, |r| r.trailers.as_ref().map_or(0, |t| t.len()))
+    })
+}
+
+/// The trailer line at `index` (< `agent_response_trailer_count`), as
+/// `agent_response_header_at` gives header lines: lowercase name and value as pointer +
+/// length, not NUL-terminated, valid until the response is freed. Out of range:
+/// `AGENT_CODE_NOT_FOUND`.
+///
+/// # Safety
+/// `response` is NULL or a live response; each out pointer must be writable (NULL is
+/// refused with `AGENT_CODE_INVALID_ARGUMENT`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_trailer_at(
+    response: *const agent_response,
+    index: usize,
+    name: *mut *const c_char,
+    name_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = &unsafe { borrow(response, "response") }?.resp;
+        let empty = http::HeaderMap::new();
+        let map = r.trailers.as_deref().unwrap_or(&empty);
+        // SAFETY: forwarded contract.
+        unsafe { write_field(map, "trailer", index, name, name_len, value, value_len) }
     })
 }
 

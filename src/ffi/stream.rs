@@ -546,6 +546,61 @@ pub unsafe extern "C" fn agent_stream_trailer(
     })
 }
 
+/// The number of trailer lines that followed the body: known once a read has returned the
+/// end of the body; 0 before, for none, while an async read is in flight, and for NULL.
+///
+/// # Safety
+/// `stream` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stream_trailer_count(stream: *const agent_stream) -> usize {
+    guard_value(0, || {
+        // SAFETY: forwarded contract.
+        let Some(s) = (unsafe { stream.as_ref() }) else {
+            return 0;
+        };
+        let st = s.shared.lock();
+        match &*st {
+            State::Idle { stream, .. } => stream.trailers().map_or(0, |t| t.len()),
+            _ => 0,
+        }
+    })
+}
+
+/// The trailer line at `index` (< `agent_stream_trailer_count`), as
+/// `agent_response_trailer_at`; valid until the next call on this stream or its free.
+/// `AGENT_CODE_NOT_FOUND` out of range, `AGENT_CODE_WOULD_BLOCK` while an async read is in
+/// flight.
+///
+/// # Safety
+/// `stream` is NULL or live; out pointers must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_stream_trailer_at(
+    stream: *const agent_stream,
+    index: usize,
+    name: *mut *const c_char,
+    name_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let s = unsafe { borrow(stream, "stream") }?;
+        let st = s.shared.lock();
+        let State::Idle { stream, .. } = &*st else {
+            return Err(Error::new(
+                ErrorKind::WouldBlock,
+                "an async read is in flight on this stream",
+            ));
+        };
+        let empty = http::HeaderMap::new();
+        let map = stream.trailers().unwrap_or(&empty);
+        // SAFETY: forwarded contract.
+        unsafe {
+            super::response::write_field(map, "trailer", index, name, name_len, value, value_len)
+        }
+    })
+}
+
 /// Reads the next bytes of the body into `buf` (at most `cap`, which must be > 0), blocking
 /// until some arrive; `*n` receives how many, 0 at the end of the body (the connection has
 /// then gone back to the pool). After a failure, later reads fail with the same code.

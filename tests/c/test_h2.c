@@ -137,11 +137,43 @@ void test_h2_big_stream_in_constant_memory_with_trailers(void) {
     CHECK_EQ(total, size);
     CHECK_CODE(agent_stream_trailer(s, "x-checksum", &v, &vlen), AGENT_CODE_OK);
     CHECK_EQ(vlen, 16);
+    {
+        /* The trailer block enumerated, as bindings read it. */
+        const char *name = NULL, *value = NULL;
+        size_t nlen = 0, i, count = agent_stream_trailer_count(s);
+        bool found = false;
+        CHECK(count >= 1);
+        for (i = 0; i < count; i++) {
+            CHECK_CODE(agent_stream_trailer_at(s, i, &name, &nlen, &value, &vlen), AGENT_CODE_OK);
+            if (nlen == 10 && memcmp(name, "x-checksum", 10) == 0 && vlen == 16) found = true;
+        }
+        CHECK(found);
+        CHECK_CODE(agent_stream_trailer_at(s, count, &name, &nlen, &value, &vlen),
+                   AGENT_CODE_NOT_FOUND);
+        CHECK_CODE(agent_stream_trailer_at(s, 0, NULL, &nlen, &value, &vlen),
+                   AGENT_CODE_INVALID_ARGUMENT);
+    }
     if (ts_time_scale() == 1 && !H2_ASAN) {
         CHECK_MSG(after - before < 32 * 1024, "RSS grew by %ld KiB over a %llu MiB HTTP/2 stream",
                   after - before, (unsigned long long)(size / MIB));
     }
     agent_stream_free(s);
+    {
+        /* A whole response keeps its trailers too. */
+        agent_response *r = NULL;
+        const char *name = NULL, *value = NULL;
+        size_t nlen = 0;
+        ts_url(url, sizeof url, "http", ts_srv.h2c_port, "/?bytes=100&trailers=1");
+        CHECK_CODE(t_get(a, url, &r), AGENT_CODE_OK);
+        CHECK_EQ(agent_response_trailer_count(r), 1);
+        CHECK_CODE(agent_response_trailer_at(r, 0, &name, &nlen, &value, &vlen), AGENT_CODE_OK);
+        CHECK(nlen == 10 && memcmp(name, "x-checksum", 10) == 0);
+        CHECK_EQ(vlen, 16);
+        CHECK_CODE(agent_response_trailer_at(r, 1, &name, &nlen, &value, &vlen),
+                   AGENT_CODE_NOT_FOUND);
+        agent_response_free(r);
+        CHECK_EQ(agent_response_trailer_count(NULL), 0);
+    }
     agent_free(a);
 }
 
