@@ -433,6 +433,19 @@ fn map_hyper_error(e: &hyper::Error) -> Error {
                 format!("the server reset the HTTP/2 stream (RST_STREAM {reason})"),
             );
         }
+        if h.is_go_away() && !h.is_remote() {
+            // Our side ended the connection: what the server sent was not HTTP/2 (an
+            // HTTP/1.1-only server answering the preface of prior knowledge, typically).
+            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
+            return Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the server's answer is not HTTP/2 (this client ended the connection with GOAWAY {reason}); \
+                     with http_version h2c-prior-knowledge the server must speak HTTP/2 on plain http — \
+                     an HTTP/1.1-only server fails this way"
+                ),
+            );
+        }
         if h.is_go_away() {
             let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
             return Error::new(

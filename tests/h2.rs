@@ -123,6 +123,16 @@ fn refused_streams_are_sent_again_on_the_same_connection() {
 }
 
 #[test]
+fn prior_knowledge_to_an_http1_server_says_so() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let e = a.get(url(&s, "/")).unwrap_err();
+    assert_eq!(e.code, AGENT_CODE_PROTOCOL, "{}", e.message);
+    assert!(e.message.contains("not HTTP/2"), "{}", e.message);
+    assert!(e.message.contains("h2c-prior-knowledge"), "{}", e.message);
+}
+
+#[test]
 fn rst_stream_has_its_own_code_and_leaves_the_connection_serving() {
     let s = Server::start();
     let a = h2c_agent(|o| o);
