@@ -128,7 +128,7 @@ def test_environment_switch_is_a_kill_switch(srv, env, switch_off: bool) -> None
     (var, value), = env.items() if env else ((None, None),)
 
     if switch_off:
-        for name in ("default", "explicit_on"):
+        for name in ("default", "explicit_on", "explicit_off"):
             assert _behaviour(out[name]) == OFF, name  # N requests, N connections
             assert out[name]["source"] == "environment"
             assert out[name]["describe"] == f'off: environment, {var}="{value}"'
@@ -136,14 +136,15 @@ def test_environment_switch_is_a_kill_switch(srv, env, switch_off: bool) -> None
         assert _behaviour(out["default"]) == ON
         assert _behaviour(out["explicit_on"]) == ON
         assert out["explicit_on"]["source"] == "argument"
-    assert _behaviour(out["explicit_off"]) == OFF
-    assert out["explicit_off"]["source"] == "argument"
-    assert out["explicit_off"]["describe"].startswith("off: argument")
+        assert _behaviour(out["explicit_off"]) == OFF
+        assert out["explicit_off"]["source"] == "argument"
+        assert out["explicit_off"]["describe"].startswith("off: argument")
     assert _behaviour(out["ignore_environment"]) == ON  # one connection, whatever the switch
     assert out["ignore_environment"]["source"] == "default"
     assert _behaviour(out["ignore_environment_on"]) == ON
     assert out["ignore_environment_on"]["source"] == "argument"
-    assert _behaviour(out["ignore_environment_off"]) == OFF
+    assert _behaviour(out["ignore_environment_off"]) == OFF  # keep_alive=False always wins
+    assert out["ignore_environment_off"]["source"] == "argument"
 
     if not env:
         assert out["default"]["source"] == "default"
