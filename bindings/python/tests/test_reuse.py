@@ -180,3 +180,37 @@ def test_switch_is_read_when_the_agent_is_created(monkeypatch) -> None:
         assert (b.keep_alive, b.keep_alive_source) == (True, "default")
     with pytest.raises(TypeError):
         Agent(ignore_environment="yes")
+
+
+def test_adapters_pass_the_new_options_through(monkeypatch) -> None:
+    pytest.importorskip("requests")
+    from keepalive_agent.requests_adapter import KeepAliveAdapter
+
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED", "false")
+    adapter = KeepAliveAdapter(ignore_environment=True, events=True)
+    try:
+        assert adapter.agent.keep_alive and adapter.agent.keep_alive_source == "default"
+        assert adapter.agent.events
+    finally:
+        adapter.close()
+    adapter = KeepAliveAdapter(keep_alive=True)
+    try:
+        assert not adapter.agent.keep_alive and adapter.agent.keep_alive_source == "environment"
+    finally:
+        adapter.close()
+
+    pytest.importorskip("httpx")
+    from keepalive_agent.httpx import AsyncKeepAliveTransport, KeepAliveTransport
+
+    t = KeepAliveTransport(ignore_environment=True, events=False)
+    try:
+        assert t.agent.keep_alive and not t.agent.events
+    finally:
+        t.close()
+    at = AsyncKeepAliveTransport(keep_alive=True)
+    try:
+        assert not at.agent.keep_alive
+    finally:
+        at.agent.close()
