@@ -20,6 +20,12 @@ requests: ``session.mount("https://", keepalive_agent.requests_adapter.KeepAlive
 httpx: ``httpx.Client(transport=keepalive_agent.httpx.KeepAliveTransport())`` (and
 ``AsyncKeepAliveTransport`` for ``httpx.AsyncClient``; ``pip install keepalive_agent[httpx]``).
 Errors: :mod:`keepalive_agent.errors`.
+
+Diagnostics: ``agent.keep_alive``, ``agent.keep_alive_source`` and
+``agent.keep_alive_describe()`` say what decided reuse (the process switch
+KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED=false turns it off unless
+``ignore_environment=True``); events from inside go to ``logging.getLogger("keepalive_agent")``
+at DEBUG; ``agent.preconnect(url, n)`` warms connections before the first request.
 """
 
 from ._version import __version__
@@ -28,6 +34,7 @@ from ._native import LIBRARY_PATH as library_path, LIBRARY_VERSION as library_ve
 from ._response import Headers, PoolStats, Response, Timings
 from ._stream import AsyncStreamResponse, StreamResponse
 from ._agent import Agent
+from ._events import EVENT_KINDS
 from .errors import (
     AgentError,
     BodySourceError,
@@ -51,6 +58,7 @@ __all__ = [
     "library_path",
     "library_version",
     "Agent",
+    "EVENT_KINDS",
     "Response",
     "StreamResponse",
     "AsyncStreamResponse",

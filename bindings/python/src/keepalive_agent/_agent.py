@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import ctypes
 import json as _json
+import logging
 import math
 import os
 import re
@@ -27,7 +28,7 @@ from typing import (
     Union,
 )
 
-from . import _body, _loop, _native, errors
+from . import _body, _events, _loop, _native, errors
 from ._native import lib
 from ._response import Headers, PoolStats, Response, Timings, make_response
 from ._stream import AsyncStreamResponse, StreamResponse
@@ -332,6 +333,8 @@ class _AsyncStreamContext:
 # and given fresh locks in a forked child.
 
 _live: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+# Event callbacks of agents left unfreed at exit (a call still running): kept for good.
+_leaked_callbacks: List[Any] = []
 
 
 def _close_all_at_exit() -> None:
@@ -427,10 +430,14 @@ class Agent:
 
     Every option of the C options builder is a keyword argument (SPEC §2)::
 
-        keep_alive                    None = as the environment says (default on; off when
-                                      KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or
-                                      AWS_NODEJS_CONNECTION_REUSE_ENABLED is false/0);
-                                      True/False always wins over the environment
+        keep_alive=None               None = on; False = off (always). The process switch
+                                      KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or its alias
+                                      AWS_NODEJS_CONNECTION_REUSE_ENABLED) = false/0 turns
+                                      reuse off even with keep_alive=True (SPEC §3); read
+                                      back with keep_alive, keep_alive_source and
+                                      keep_alive_describe()
+        ignore_environment=False      True: that process switch does not apply to this agent
+                                      (the rare client that must keep reuse on)
         keep_alive_msecs=1000         TCP keep-alive probe delay (0 = default)
         keep_alive_interval_msecs=0   TCP_KEEPINTVL (0 = OS default)
         keep_alive_probes=0           TCP_KEEPCNT, 1..127 (0 = OS default)
@@ -483,6 +490,15 @@ class Agent:
                                       default: HTTP/2 costs about 2.5x the CPU of HTTP/1.1
                                       per request one at a time; it pays when many
                                       requests run at once to one origin
+        events=None                   events from inside (connecting, TLS, requests sent,
+                                      reuse, retries, closes) as DEBUG records of
+                                      logging.getLogger("keepalive_agent"); None = on when
+                                      that logger is enabled for DEBUG now, at creation;
+                                      True = on; False = off (no callback at all)
+        event_mask=None               which events: an int of 1 << kind bits or a list of
+                                      names from keepalive_agent.EVENT_KINDS (None = all)
+        event_headers=False           request_sent / response_head records carry the
+                                      headers (record.headers; credentials redacted)
 
     Bad values raise :class:`~keepalive_agent.errors.InvalidOptionError` (a ``ValueError``)
     or ``TypeError`` here, never at the first request.
@@ -528,12 +544,18 @@ class Agent:
         client_key_pem: Union[bytes, str, None] = None,
         client_key_file: Union[str, "os.PathLike[str]", None] = None,
         http_version: str = "http1",
+        ignore_environment: bool = False,
+        events: Optional[bool] = None,
+        event_mask: _events.EventMaskArg = None,
+        event_headers: bool = False,
     ) -> None:
         # The keywords as given (before anything else is a local): what another agent with
         # the same options is made from (the requests adapter's one agent per proxy).
         options = dict(locals())
         del options["self"]
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
+        # The C event callback, when events are on: it must outlive the native agent.
+        self._event_callback: Any = None
         self._options: Dict[str, Any] = options
         self._cond = threading.Condition(threading.Lock())
         # One item per native call in progress. list.append and list.pop are atomic under
@@ -571,6 +593,13 @@ class Agent:
         _opt_bool("use_system_roots", use_system_roots)
         _opt_bool("danger_accept_invalid_certs", danger_accept_invalid_certs)
         _opt_bool("proxy_from_env", proxy_from_env)
+        _opt_bool("ignore_environment", ignore_environment)
+        if events is not None:
+            _opt_bool("events", events)
+        _opt_bool("event_headers", event_headers)
+        mask = _events.event_mask(event_mask, event_headers)
+        if events is None:
+            events = _events.logger.isEnabledFor(logging.DEBUG)
         if not isinstance(scheduling, str):
             raise TypeError(f"scheduling must be 'lifo' or 'fifo', not {type(scheduling).__name__}")
         sched = _native.SCHEDULING.get(scheduling.lower())
@@ -611,6 +640,11 @@ class Agent:
         try:
             if keep_alive is not None:
                 lib.agent_options_set_keep_alive(opts, keep_alive)
+            lib.agent_options_set_ignore_environment(opts, ignore_environment)
+            if events:
+                callback = _events.make_callback()
+                lib.agent_options_set_events(opts, callback, None)
+                lib.agent_options_set_event_mask(opts, mask)
             for name, value, _ in u32_options:
                 getattr(lib, "agent_options_set_" + name)(opts, value)
             lib.agent_options_set_scheduling(opts, sched)
@@ -640,6 +674,8 @@ class Agent:
             lib.agent_new_with_options(opts, byref(out))
         finally:
             lib.agent_options_free(opts)
+        if events:
+            self._event_callback = callback
         self._handle = out.value
         _live.add(self)
 
@@ -683,14 +719,22 @@ class Agent:
                 while self._users:
                     cond.wait(0.1)
             elif self._users:
+                self._leak()
                 return  # interpreter exit with a request still running: leak, never race
             streams = list(self._streams)  # no stream is added once the handle is None
         # Free the open streams first: agent_free would otherwise wait up to 5 s for them.
         for s in streams:
             if not s._close_for_agent(wait=wait_for_users):
+                self._leak()
                 return  # interpreter exit while another thread reads a stream: leak, never race
         _live.discard(self)
         lib.agent_free(handle)
+        self._event_callback = None  # after agent_free: no event comes any more
+
+    def _leak(self) -> None:
+        # The native agent stays alive, so its event callback must too.
+        if self._event_callback is not None:
+            _leaked_callbacks.append(self._event_callback)
 
     @property
     def closed(self) -> bool:
@@ -729,10 +773,58 @@ class Agent:
 
     @property
     def keep_alive(self) -> bool:
-        """The effective keep-alive setting (after the environment switch)."""
+        """The effective keep-alive setting: what ``keep_alive``, the process switch
+        (unless ``ignore_environment``) or the default decided."""
         handle = self._acquire()
         try:
             return bool(lib.agent_keep_alive_enabled(handle))
+        finally:
+            self._release()
+
+    @property
+    def keep_alive_source(self) -> str:
+        """What decided :attr:`keep_alive`: ``"default"`` (nothing was said),
+        ``"argument"`` (``keep_alive=``) or ``"environment"`` (the process switch
+        KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or AWS_NODEJS_CONNECTION_REUSE_ENABLED)."""
+        handle = self._acquire()
+        try:
+            source = lib.agent_keep_alive_source(handle)
+        finally:
+            self._release()
+        return _native.SETTING_SOURCES.get(source, str(source))
+
+    def keep_alive_describe(self) -> str:
+        """The keep-alive setting in one line for people, with what decided it and what the
+        environment said, e.g. ``off: environment,
+        KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED="false"``."""
+        handle = self._acquire()
+        try:
+            return _native.keep_alive_describe(handle)
+        finally:
+            self._release()
+
+    @property
+    def events(self) -> bool:
+        """Whether this agent delivers events to ``logging.getLogger("keepalive_agent")``."""
+        return self._event_callback is not None
+
+    def preconnect(self, url: str, count: int = 1) -> None:
+        """Opens connections to the origin of ``url`` in the background, TLS included,
+        until that origin has ``count`` (idle, busy or opening; within ``max_sockets``), so
+        that the first requests find them warm. Returns at once; they appear in
+        :meth:`stats` (``idle``) as they open. An HTTP/2 origin gets one. Does nothing when
+        keep-alive is off or ``count`` is 0. Failures are not raised here (the events show
+        them; the next requests raise theirs); a bad URL raises
+        :class:`~keepalive_agent.errors.InvalidURLError`."""
+        u = _encode_url(url)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int, not {type(count).__name__}")
+        if not 0 <= count <= _MAX_SOCKETS:
+            raise _invalid(f"count = {count} is out of range (0..={_MAX_SOCKETS})")
+        n = count
+        handle = self._acquire()
+        try:
+            lib.agent_preconnect(handle, u, n)
         finally:
             self._release()
 

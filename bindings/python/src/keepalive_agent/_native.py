@@ -195,6 +195,54 @@ SCHEDULING = {"lifo": 0, "fifo": 1}
 #   AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE 3   (agent_options_set_http_version)
 HTTP_VERSIONS = {"auto": 0, "http1": 1, "http2": 2, "h2c-prior-knowledge": 3}
 
+# enum agent_setting_source { AGENT_SOURCE_DEFAULT = 0, AGENT_SOURCE_ARGUMENT = 1,
+#   AGENT_SOURCE_ENVIRONMENT = 2 };   (agent_keep_alive_source)
+SETTING_SOURCES = {0: "default", 1: "argument", 2: "environment"}
+
+# enum agent_trace_kind { AGENT_TRACE_QUEUED = 0, AGENT_TRACE_DEQUEUED = 1,
+#   AGENT_TRACE_CONNECT_START = 2, AGENT_TRACE_CONNECT_DONE = 3, AGENT_TRACE_TLS_DONE = 4,
+#   AGENT_TRACE_REQUEST_SENT = 5, AGENT_TRACE_RESPONSE_HEAD = 6, AGENT_TRACE_RETRY = 7,
+#   AGENT_TRACE_CONNECTION_CLOSED = 8 };   bit 1 << kind selects one in the event mask
+TRACE_KINDS: Tuple[str, ...] = (
+    "queued",
+    "dequeued",
+    "connect_start",
+    "connect_done",
+    "tls_done",
+    "request_sent",
+    "response_head",
+    "retry",
+    "connection_closed",
+)
+# #define AGENT_TRACE_MASK_ALL 511
+TRACE_MASK_ALL = 511
+# #define AGENT_TRACE_WITH_HEADERS 2147483648
+TRACE_WITH_HEADERS = 1 << 31
+assert TRACE_MASK_ALL == (1 << len(TRACE_KINDS)) - 1
+
+
+class agent_trace_event(Structure):
+    # typedef struct { agent_trace_kind kind; uint64_t connection; const char *origin;
+    #   const char *address; uint32_t family; uint32_t status; uint32_t version; bool reused;
+    #   agent_code code; const char *detail; const char *headers; } agent_trace_event;
+    _fields_ = [
+        ("kind", c_uint32),
+        ("connection", c_uint64),
+        ("origin", c_char_p),
+        ("address", c_char_p),
+        ("family", c_uint32),
+        ("status", c_uint32),
+        ("version", c_uint32),
+        ("reused", c_bool),
+        ("code", c_uint32),
+        ("detail", c_char_p),
+        ("headers", c_char_p),
+    ]
+
+
+# typedef void (*agent_trace_callback)(void *userdata, const agent_trace_event *event);
+agent_trace_callback = CFUNCTYPE(None, c_void_p, POINTER(agent_trace_event))
+
 # ---------------------------------------------------------------------------------------
 # Error checking
 
@@ -206,6 +254,16 @@ def last_error() -> str:
     if n >= len(buf):
         buf = ctypes.create_string_buffer(n + 1)
         n = lib.agent_last_error(buf, len(buf))
+    return buf.raw[: min(n, len(buf) - 1)].decode("utf-8", "replace")
+
+
+def keep_alive_describe(handle: int) -> str:
+    """``agent_keep_alive_describe``: the keep-alive setting and what decided it, in words."""
+    buf = ctypes.create_string_buffer(256)
+    n = lib.agent_keep_alive_describe(handle, buf, len(buf))
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        n = lib.agent_keep_alive_describe(handle, buf, len(buf))
     return buf.raw[: min(n, len(buf) - 1)].decode("utf-8", "replace")
 
 
@@ -317,6 +375,12 @@ _declare(
 )
 # bool agent_keep_alive_enabled(const agent *agent);
 _declare("agent_keep_alive_enabled", c_bool, [agent_p])
+# agent_setting_source agent_keep_alive_source(const agent *agent);
+_declare("agent_keep_alive_source", c_uint32, [agent_p])
+# size_t agent_keep_alive_describe(const agent *agent, char *buf, size_t cap);
+_declare("agent_keep_alive_describe", c_size_t, [agent_p, c_char_p, c_size_t])
+# agent_code agent_preconnect(const agent *agent, const char *url, uint32_t count);
+_declare("agent_preconnect", agent_code, [agent_p, c_char_p, c_uint32], _check)
 
 # agent_options *agent_options_new(void);
 _declare("agent_options_new", agent_options_p, [], _check_not_null)
@@ -324,6 +388,13 @@ _declare("agent_options_new", agent_options_p, [], _check_not_null)
 _declare("agent_options_free", None, [agent_options_p])
 # agent_code agent_options_set_keep_alive(agent_options *options, bool keep_alive);
 _declare("agent_options_set_keep_alive", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_ignore_environment(agent_options *options, bool ignore);
+_declare("agent_options_set_ignore_environment", agent_code, [agent_options_p, c_bool], _check)
+# agent_code agent_options_set_events(agent_options *options, agent_trace_callback callback,
+#     void *userdata);
+_declare("agent_options_set_events", agent_code, [agent_options_p, agent_trace_callback, c_void_p], _check)
+# agent_code agent_options_set_event_mask(agent_options *options, uint32_t mask);
+_declare("agent_options_set_event_mask", agent_code, [agent_options_p, c_uint32], _check)
 # agent_code agent_options_set_keep_alive_msecs(agent_options *options, uint32_t msecs);
 _declare("agent_options_set_keep_alive_msecs", agent_code, [agent_options_p, c_uint32], _check)
 # agent_code agent_options_set_keep_alive_interval_msecs(agent_options *options,
