@@ -18,6 +18,9 @@
  *   sourceState(source)                      -> a request body fed from JS (see below)
  *   cancel(handle, id)                       -> boolean
  *   stats(handle, origin?), keepAlive(handle), destroy(handle), version(), codeName(code)
+ *   keepAliveSource(handle) -> AGENT_SOURCE_*, keepAliveDescribe(handle) -> the sentence
+ *   preconnect(handle, url, count)           -> agent_preconnect (returns at once)
+ *   setEventPublisher(fn), eventsOn(handle)  -> the engine's events (see below)
  *   makeError(code, message)                 -> the Error a library failure becomes
  *   limits                                   -> {maxMsecs, ...}, from agent_limit
  *   httpVersions                             -> {auto, http1, http2, 'h2c-prior-knowledge'}:
@@ -46,6 +49,22 @@
  * The poll handle is referenced only while a request or read is in flight
  * (uv_ref/uv_unref), so idle pooled connections never keep the process alive (like
  * http.Agent's unref'd free sockets).
+ *
+ * Events (agent_options_set_events), only for an agent created with `events` (an id that
+ * index.js gives it, nonzero: events.js asks for them when a diagnostics_channel channel
+ * has subscribers, or when the agent's `events` option is true). The callback runs on any
+ * thread (library threads, or this one inside agent_queue_drain): it copies the event, its
+ * strings included, into one allocation, appends it to the env's list under `mu` and wakes
+ * the JS thread through the env's `wake` async handle (unref'd, so it never keeps the
+ * process alive) when the list was empty. The JS thread takes the whole list at once (at
+ * the end of every drain, and from the wake callback) and calls the publisher
+ * (setEventPublisher) once with a flat array, EVENT_FIELDS values per event. The
+ * callback's userdata (ev_sink) must outlive agent_free, which runs on a detached thread
+ * and may end after the box and the env: it goes with the agent to free_agent_in_background,
+ * which frees it once agent_free has returned, and it holds a reference to the env state
+ * (whose `mu` and list the callback uses). Once the env is
+ * closing, events are dropped. The list is bounded (EVENT_QUEUE_MAX; beyond it events are
+ * dropped and counted) so that a JS thread that never turns cannot make it grow forever.
  *
  * Request bodies from JS (body_src). The library calls the source's read() while it drives
  * the request, on the draining thread (inside agent_queue_drain). read() never calls into
@@ -152,6 +171,13 @@ void uv_unref(uv_handle_t *handle);
  * descriptor is level-triggered: work left over is seen at the next iteration). */
 #define DRAIN_ROUNDS 16
 
+/* Events waiting for the JS thread, at most (beyond: dropped, counted in ev_dropped). */
+#define EVENT_QUEUE_MAX 65536
+
+/* Values per event in the publisher's flat array: agent id, kind, connection, origin,
+ * address, family, status, version, reused, code, detail, headers. */
+#define EVENT_FIELDS 12
+
 /* What a pending context is: the first field of req_ctx and stream_ctx. */
 enum pend_kind {
   PEND_REQUEST = 1, /* req_ctx: a whole response (agent_queue_submit) */
@@ -171,6 +197,8 @@ enum src_stop {
 
 typedef struct agent_box agent_box;
 typedef struct body_src body_src;
+typedef struct ev_sink ev_sink;
+typedef struct ev_rec ev_rec;
 typedef struct stream_ctx stream_ctx;
 
 /* A submission waiting for its event: linked on env_state.pending (JS thread only). Its
@@ -209,11 +237,18 @@ typedef struct env_state {
   size_t stat_count;             /* agent_stats_field_count(), read at init */
   char **stat_keys;              /* stat_count camelCase keys (malloc'd) */
   uint64_t *stat_values;         /* JS thread only: scratch for agent_stats_values */
+  napi_ref publish;              /* events.js's publisher (setEventPublisher) */
+  ev_rec *ev_head;               /* under mu: events waiting for the JS thread, oldest first */
+  ev_rec *ev_tail;
+  size_t ev_count;
+  uint64_t ev_dropped;           /* under mu: events dropped because the list was full */
   agent_event events[EVENT_BATCH];
 } env_state;
 
 struct agent_box {
   agent *handle;  /* NULL after destroy() or env teardown */
+  ev_sink *sink;  /* the event callback's userdata while `handle` is live, or NULL */
+  bool events;    /* the agent was made with an event callback */
   env_state *st;  /* NULL once the env is being torn down */
   agent_box *prev;
   agent_box *next;
@@ -239,6 +274,30 @@ struct stream_ctx {
   stream_ctx *prev;      /* st->streams, while `stream` is open */
   stream_ctx *next;
   size_t refs;           /* the external + one while a read is in flight */
+};
+
+/* The userdata of one agent's event callback: freed after agent_free returns. */
+struct ev_sink {
+  env_state *st;   /* holds one reference to it */
+  uint32_t id;     /* the agent's events id (index.js) */
+};
+
+/* One event copied off the library's thread: the strings follow the struct. */
+struct ev_rec {
+  ev_rec *next;
+  uint64_t connection;
+  uint32_t id;
+  uint32_t kind;
+  uint32_t family;
+  uint32_t status;
+  uint32_t version;
+  uint32_t code;
+  bool reused;
+  const char *origin;  /* into text; NULL when the library gave none */
+  const char *address;
+  const char *detail;
+  const char *headers;
+  char text[];
 };
 
 struct body_src {
@@ -275,6 +334,11 @@ static void state_free(env_state *st) {
     free(st->stat_keys);
   }
   free(st->stat_values);
+  while (st->ev_head != NULL) {
+    ev_rec *next = st->ev_head->next;
+    free(st->ev_head);
+    st->ev_head = next;
+  }
   free(st->poll);
   free(st->wake);
   pthread_mutex_destroy(&st->mu);
@@ -1139,6 +1203,188 @@ static void settle_event(napi_env env, env_state *st, const agent_event *ev) {
   report_pending_exception(env);
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* Events (agent_options_set_events)                                                    */
+
+static ev_sink *sink_new(env_state *st, uint32_t id) {
+  ev_sink *k = calloc(1, sizeof *k);
+  if (k == NULL) {
+    return NULL;
+  }
+  k->st = st;
+  k->id = id;
+  pthread_mutex_lock(&st->mu);
+  st->refs++;
+  pthread_mutex_unlock(&st->mu);
+  return k;
+}
+
+/* Only once the library can no longer call the callback (agent_free returned, or the
+ * agent was never made). */
+static void sink_free(ev_sink *k) {
+  if (k == NULL) {
+    return;
+  }
+  env_state *st = k->st;
+  free(k);
+  state_unref(st);
+}
+
+static size_t text_size(const char *s) {
+  return s == NULL ? 0 : strlen(s) + 1;
+}
+
+/* Copies `s` to *at and returns where it went (NULL for NULL). */
+static const char *text_put(char **at, const char *s) {
+  if (s == NULL) {
+    return NULL;
+  }
+  size_t n = strlen(s) + 1;
+  char *out = *at;
+  memcpy(out, s, n);
+  *at += n;
+  return out;
+}
+
+/* The event callback: any thread, possibly several at once. Copies and queues; never
+ * calls into JS. */
+static void on_trace(void *userdata, const agent_trace_event *event) {
+  ev_sink *k = userdata;
+  env_state *st = k->st;
+  if (event == NULL) {
+    return;
+  }
+  size_t len = text_size(event->origin) + text_size(event->address) + text_size(event->detail) +
+               text_size(event->headers);
+  ev_rec *r = malloc(sizeof *r + len);
+  if (r == NULL) {
+    return;
+  }
+  char *at = r->text;
+  r->next = NULL;
+  r->connection = event->connection;
+  r->id = k->id;
+  r->kind = (uint32_t)event->kind;
+  r->family = event->family;
+  r->status = event->status;
+  r->version = event->version;
+  r->code = (uint32_t)event->code;
+  r->reused = event->reused;
+  r->origin = text_put(&at, event->origin);
+  r->address = text_put(&at, event->address);
+  r->detail = text_put(&at, event->detail);
+  r->headers = text_put(&at, event->headers);
+  pthread_mutex_lock(&st->mu);
+  if (st->closed || !st->wake_open || st->ev_count >= EVENT_QUEUE_MAX) {
+    if (!st->closed) {
+      st->ev_dropped++;
+    }
+    pthread_mutex_unlock(&st->mu);
+    free(r);
+    return;
+  }
+  bool first = st->ev_head == NULL;
+  if (first) {
+    st->ev_head = r;
+  } else {
+    st->ev_tail->next = r;
+  }
+  st->ev_tail = r;
+  st->ev_count++;
+  if (first) {
+    uv_async_send(st->wake);
+  }
+  pthread_mutex_unlock(&st->mu);
+}
+
+static bool events_waiting(env_state *st) {
+  pthread_mutex_lock(&st->mu);
+  bool any = st->ev_head != NULL;
+  pthread_mutex_unlock(&st->mu);
+  return any;
+}
+
+static ev_rec *events_take(env_state *st) {
+  pthread_mutex_lock(&st->mu);
+  ev_rec *list = st->ev_head;
+  st->ev_head = st->ev_tail = NULL;
+  st->ev_count = 0;
+  pthread_mutex_unlock(&st->mu);
+  return list;
+}
+
+static void events_free(ev_rec *list) {
+  while (list != NULL) {
+    ev_rec *next = list->next;
+    free(list);
+    list = next;
+  }
+}
+
+static napi_status set_text(napi_env env, napi_value arr, uint32_t i, const char *s) {
+  napi_value v;
+  napi_status status = s == NULL ? napi_get_null(env, &v) : napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  return status != napi_ok ? status : napi_set_element(env, arr, i, v);
+}
+
+static napi_status set_u32(napi_env env, napi_value arr, uint32_t i, uint32_t x) {
+  napi_value v;
+  napi_status status = napi_create_uint32(env, x, &v);
+  return status != napi_ok ? status : napi_set_element(env, arr, i, v);
+}
+
+/* One event's EVENT_FIELDS values at arr[base...]. */
+static napi_status event_values(napi_env env, napi_value arr, uint32_t base, const ev_rec *r) {
+  napi_value v;
+  napi_status s;
+  if ((s = set_u32(env, arr, base, r->id)) != napi_ok || (s = set_u32(env, arr, base + 1, r->kind)) != napi_ok ||
+      (s = napi_create_double(env, (double)r->connection, &v)) != napi_ok ||
+      (s = napi_set_element(env, arr, base + 2, v)) != napi_ok ||
+      (s = set_text(env, arr, base + 3, r->origin)) != napi_ok ||
+      (s = set_text(env, arr, base + 4, r->address)) != napi_ok ||
+      (s = set_u32(env, arr, base + 5, r->family)) != napi_ok ||
+      (s = set_u32(env, arr, base + 6, r->status)) != napi_ok ||
+      (s = set_u32(env, arr, base + 7, r->version)) != napi_ok ||
+      (s = napi_get_boolean(env, r->reused, &v)) != napi_ok ||
+      (s = napi_set_element(env, arr, base + 8, v)) != napi_ok ||
+      (s = set_u32(env, arr, base + 9, r->code)) != napi_ok ||
+      (s = set_text(env, arr, base + 10, r->detail)) != napi_ok) {
+    return s;
+  }
+  return set_text(env, arr, base + 11, r->headers);
+}
+
+/* Publishes every queued event (JS thread, inside an open turn): one call of the publisher
+ * per batch, with a flat array. */
+static void deliver_events(napi_env env, env_state *st) {
+  ev_rec *list = events_take(st);
+  if (list == NULL) {
+    return;
+  }
+  if (st->publish == NULL) {
+    events_free(list);
+    return;
+  }
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+    events_free(list);
+    return;
+  }
+  napi_value arr;
+  bool ok = napi_create_array(env, &arr) == napi_ok;
+  uint32_t base = 0;
+  for (ev_rec *r = list; ok && r != NULL; r = r->next, base += EVENT_FIELDS) {
+    ok = event_values(env, arr, base, r) == napi_ok;
+  }
+  events_free(list);
+  if (ok) {
+    call_js(env, st->publish, 1, &arr);
+  } else {
+    report_pending_exception(env);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
 /* Drains the queue and settles what completed, batch by batch (see the top of the
  * file). JS thread, from a libuv callback. */
 static void run_queue(env_state *st) {
@@ -1169,6 +1415,8 @@ static void run_queue(env_state *st) {
     for (size_t i = 0; i < n; i++) {
       settle_event(env, st, &st->events[i]);
     }
+    /* Published before the promises of this batch run their continuations. */
+    deliver_events(env, st);
     deliver_pulls(env, st);
     turn_close(st, &turn);
     /* Another drain only when this one was full, or JS submitted while settling (so its
@@ -1187,14 +1435,15 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
 }
 
 /* Pulls posted outside a drain (a source released on another thread, or by a stream's
- * free). */
+ * free), and events. */
 static void on_wake(uv_async_t *handle) {
   env_state *st = uv_handle_get_data((uv_handle_t *)handle);
-  if (!pulls_waiting(st)) {
+  if (!pulls_waiting(st) && !events_waiting(st)) {
     return;
   }
   js_turn turn;
   if (turn_open(st, &turn)) {
+    deliver_events(st->env, st);
     deliver_pulls(st->env, st);
     turn_close(st, &turn);
   }
@@ -1219,8 +1468,17 @@ static void box_unlink(agent_box *b) {
   b->st = NULL;
 }
 
+/* What a freeing thread frees: the agent, then its event callback's userdata. */
+typedef struct free_job {
+  agent *a;
+  ev_sink *sink;
+} free_job;
+
 static void *free_agent_thread(void *arg) {
-  agent_free(arg);
+  free_job *job = arg;
+  agent_free(job->a);
+  sink_free(job->sink);
+  free(job);
   return NULL;
 }
 
@@ -1228,21 +1486,36 @@ static void *free_agent_thread(void *arg) {
  * while; the JS thread must never wait for it. It runs on a short-lived detached thread
  * instead (synchronously only if no thread can be made). Safe: nothing uses the agent
  * afterwards; its requests still on the queue are reported cancelled at the next drain. */
-static void free_agent_in_background(agent *a) {
+static void free_agent_in_background(agent *a, ev_sink *sink) {
   if (a == NULL) {
+    sink_free(sink);
     return;
   }
   pthread_attr_t attr;
   pthread_t t;
   bool started = false;
-  if (pthread_attr_init(&attr) == 0) {
+  free_job *job = malloc(sizeof *job);
+  if (job != NULL && pthread_attr_init(&attr) == 0) {
+    job->a = a;
+    job->sink = sink;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    started = pthread_create(&t, &attr, free_agent_thread, a) == 0;
+    started = pthread_create(&t, &attr, free_agent_thread, job) == 0;
     pthread_attr_destroy(&attr);
   }
   if (!started) {
+    free(job);
     agent_free(a);
+    sink_free(sink);
   }
+}
+
+/* Takes the box's agent (and its event userdata) and frees them off the JS thread. */
+static void box_free_agent(agent_box *b) {
+  agent *a = b->handle;
+  ev_sink *sink = b->sink;
+  b->handle = NULL;
+  b->sink = NULL;
+  free_agent_in_background(a, sink);
 }
 
 /* The external was collected (or the env is being torn down). No request is in flight:
@@ -1256,9 +1529,7 @@ static void box_finalize(napi_env env, void *data, void *hint) {
     napi_delete_reference(env, b->self);
   }
   b->self = NULL;
-  agent *a = b->handle;
-  b->handle = NULL;
-  free_agent_in_background(a);
+  box_free_agent(b);
   free(b);
 }
 
@@ -1297,6 +1568,7 @@ static const struct {
     {"useSystemRoots", agent_options_set_use_system_roots},
     {"dangerAcceptInvalidCerts", agent_options_set_danger_accept_invalid_certs},
     {"proxyFromEnv", agent_options_set_proxy_from_env},
+    {"ignoreEnvironment", agent_options_set_ignore_environment},
 };
 
 typedef agent_code (*str_setter)(agent_options *, const char *);
@@ -1379,13 +1651,16 @@ static bool option_ok(napi_env env, agent_code code) {
  * comma-separated string, resolve an array of strings, rejectUnauthorized is turned into
  * dangerAcceptInvalidCerts, httpVersion is one of httpVersions' values). Keys left
  * undefined keep the library's defaults; an undefined keepAlive lets the environment
- * switch decide. */
+ * switch decide (which turns reuse off even for keepAlive true, unless ignoreEnvironment).
+ * `events` (a nonzero id) installs the event callback, with every kind, and
+ * `eventHeaders` adds the headers (AGENT_TRACE_WITH_HEADERS). */
 static napi_value js_create(napi_env env, napi_callback_info info) {
   env_state *st = NULL;
   size_t argc = 1;
   napi_value argv[1], v, ext;
   agent_options *o = NULL;
   agent_box *b = NULL;
+  ev_sink *sink = NULL;
   kept_strings kept = {NULL, 0, 0};
   NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
   if (argc < 1) {
@@ -1492,6 +1767,37 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     }
   }
 
+  has = get_opt(env, argv[0], "events", &v);
+  if (has < 0) {
+    ensure_exception(env, "events");
+    goto fail;
+  }
+  if (has) {
+    uint32_t id = 0;
+    bool headers = false;
+    NAPI_TRY_GOTO(env, napi_get_value_uint32(env, v, &id), fail);
+    has = get_opt(env, argv[0], "eventHeaders", &v);
+    if (has < 0) {
+      ensure_exception(env, "eventHeaders");
+      goto fail;
+    }
+    if (has) {
+      NAPI_TRY_GOTO(env, napi_get_value_bool(env, v, &headers), fail);
+    }
+    if (id != 0) {
+      sink = sink_new(st, id);
+      if (sink == NULL) {
+        napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+        goto fail;
+      }
+      uint32_t mask = (uint32_t)AGENT_TRACE_MASK_ALL | (headers ? (uint32_t)AGENT_TRACE_WITH_HEADERS : 0u);
+      if (!option_ok(env, agent_options_set_events(o, on_trace, sink)) ||
+          !option_ok(env, agent_options_set_event_mask(o, mask))) {
+        goto fail;
+      }
+    }
+  }
+
   b = calloc(1, sizeof *b);
   if (b == NULL) {
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
@@ -1505,9 +1811,13 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   agent_options_free(o);
   o = NULL;
   strings_free(&kept);
+  b->sink = sink;
+  b->events = sink != NULL;
+  sink = NULL; /* goes with the agent from here on */
   if (napi_create_external(env, b, box_finalize, NULL, &ext) != napi_ok) {
     ensure_exception(env, "napi_create_external");
     agent_free(b->handle);
+    sink_free(b->sink);
     free(b);
     return NULL;
   }
@@ -1530,6 +1840,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
 fail:
   agent_options_free(o);
   strings_free(&kept);
+  sink_free(sink); /* no agent was made with it */
   free(b);
   return NULL;
 }
@@ -1543,7 +1854,9 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
     return NULL;
   }
   agent *a = b->handle;
+  ev_sink *sink = b->sink;
   b->handle = NULL;
+  b->sink = NULL;
   env_state *st = b->st;
   if (st != NULL) {
     /* Its open streams are aborted (a read in flight is reported cancelled) and its body
@@ -1560,7 +1873,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   }
   /* Its requests on the queue are reported cancelled at the next drain (their promises
    * reject with AGENT_CODE_CANCELLED); every connection is closed, off the JS thread. */
-  free_agent_in_background(a);
+  free_agent_in_background(a, sink);
   return NULL;
 }
 
@@ -1574,6 +1887,106 @@ static napi_value js_keep_alive(napi_env env, napi_callback_info info) {
   }
   NAPI_TRY(env, napi_get_boolean(env, agent_keep_alive_enabled(b->handle), &out));
   return out;
+}
+
+/* keepAliveSource(handle): AGENT_SOURCE_DEFAULT, _ARGUMENT or _ENVIRONMENT. */
+static napi_value js_keep_alive_source(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  agent_box *b = argc < 1 ? NULL : get_box(env, argv[0]);
+  if (b == NULL) {
+    return NULL;
+  }
+  NAPI_TRY(env, napi_create_uint32(env, (uint32_t)agent_keep_alive_source(b->handle), &out));
+  return out;
+}
+
+/* keepAliveDescribe(handle): agent_keep_alive_describe's sentence. */
+static napi_value js_keep_alive_describe(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  char small[256];
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  agent_box *b = argc < 1 ? NULL : get_box(env, argv[0]);
+  if (b == NULL) {
+    return NULL;
+  }
+  size_t n = agent_keep_alive_describe(b->handle, small, sizeof small);
+  if (n < sizeof small) {
+    NAPI_TRY(env, napi_create_string_utf8(env, small, n, &out));
+    return out;
+  }
+  char *big = malloc(n + 1);
+  if (big == NULL) {
+    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
+    return NULL;
+  }
+  size_t m = agent_keep_alive_describe(b->handle, big, n + 1);
+  napi_status status = napi_create_string_utf8(env, big, m < n ? m : n, &out);
+  free(big);
+  NAPI_TRY(env, status);
+  return out;
+}
+
+/* preconnect(handle, url, count): agent_preconnect; throws the library's error. */
+static napi_value js_preconnect(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  agent_box *b = argc < 3 ? NULL : get_box(env, argv[0]);
+  if (b == NULL) {
+    return NULL;
+  }
+  if (b->handle == NULL) {
+    napi_throw_error(env, "ERR_AGENT_DESTROYED", "the agent was destroyed");
+    return NULL;
+  }
+  uint32_t count = 0;
+  NAPI_TRY(env, napi_get_value_uint32(env, argv[2], &count));
+  char *url = dup_js_string(env, argv[1], "url");
+  if (url == NULL) {
+    return NULL;
+  }
+  agent_code code = agent_preconnect(b->handle, url, count);
+  free(url);
+  if (code != AGENT_CODE_OK) {
+    throw_agent_error(env, code);
+  }
+  return NULL;
+}
+
+/* eventsOn(handle): whether the agent was made with an event callback. */
+static napi_value js_events_on(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  agent_box *b = argc < 1 ? NULL : get_box(env, argv[0]);
+  if (b == NULL) {
+    return NULL;
+  }
+  NAPI_TRY(env, napi_get_boolean(env, b->events, &out));
+  return out;
+}
+
+/* setEventPublisher(fn): called with each batch of events (a flat array, EVENT_FIELDS
+ * values per event). */
+static napi_value js_set_event_publisher(napi_env env, napi_callback_info info) {
+  env_state *st = NULL;
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_valuetype t;
+  NAPI_TRY(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&st));
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "setEventPublisher(fn) takes a function");
+    return NULL;
+  }
+  if (st->publish != NULL) {
+    napi_delete_reference(env, st->publish);
+    st->publish = NULL;
+  }
+  NAPI_TRY(env, napi_create_reference(env, argv[0], 1, &st->publish));
+  return NULL;
 }
 
 static napi_status set_double(napi_env env, napi_value obj, const char *key, double v) {
@@ -2596,7 +3009,9 @@ static void env_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
     }
   }
   pthread_mutex_unlock(&st->mu);
-  napi_ref *refs[] = {&st->resource, &st->make_response, &st->make_head};
+  /* `closed` is set: no event is queued from here on. */
+  events_free(events_take(st));
+  napi_ref *refs[] = {&st->resource, &st->make_response, &st->make_head, &st->publish};
   for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
     if (*refs[i] != NULL) {
       napi_delete_reference(env, *refs[i]);
@@ -2607,16 +3022,14 @@ static void env_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
   st->agents = NULL;
   while (b != NULL) {
     agent_box *next = b->next;
-    agent *a = b->handle;
     if (b->self != NULL) {
       napi_delete_reference(env, b->self);
       b->self = NULL;
     }
-    b->handle = NULL;
     b->st = NULL;
     b->prev = b->next = NULL;
     /* Not waited for: an exiting process must not linger. */
-    free_agent_in_background(a);
+    box_free_agent(b);
     b = next;
   }
   if (st->async_ctx != NULL) {
@@ -2740,6 +3153,11 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"cancel", NULL, js_cancel, NULL, NULL, NULL, napi_default, st},
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, st},
       {"keepAlive", NULL, js_keep_alive, NULL, NULL, NULL, napi_default, st},
+      {"keepAliveSource", NULL, js_keep_alive_source, NULL, NULL, NULL, napi_default, st},
+      {"keepAliveDescribe", NULL, js_keep_alive_describe, NULL, NULL, NULL, napi_default, st},
+      {"preconnect", NULL, js_preconnect, NULL, NULL, NULL, napi_default, st},
+      {"eventsOn", NULL, js_events_on, NULL, NULL, NULL, napi_default, st},
+      {"setEventPublisher", NULL, js_set_event_publisher, NULL, NULL, NULL, napi_default, st},
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_default, st},
       {"version", NULL, js_version, NULL, NULL, NULL, napi_default, st},
       {"codeName", NULL, js_code_name, NULL, NULL, NULL, napi_default, st},
