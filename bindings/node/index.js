@@ -14,6 +14,7 @@ const { STATUS_CODES } = require('node:http');
 const { Readable, finished } = require('node:stream');
 const { inspect } = require('node:util');
 const { Dispatch, ModernHandler, dispatchOptions, invalidArgument, clientClosed, clientDestroyed } = require('./dispatcher.js');
+const eventChannels = require('./events.js');
 
 let native;
 try {
@@ -166,6 +167,9 @@ function normalizeAgentOptions(options) {
   if (typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const out = {};
   if (options.keepAlive !== undefined) out.keepAlive = validateBoolean(options.keepAlive, 'options.keepAlive');
+  for (const key of ['ignoreEnvironment', 'events', 'eventHeaders']) {
+    if (options[key] !== undefined) out[key] = validateBoolean(options[key], `options.${key}`);
+  }
   for (const [key, min, max, infinity] of INTEGER_OPTIONS) {
     const v = options[key];
     if (v !== undefined) out[key] = validateInteger(v, `options.${key}`, min, max, { infinity });
@@ -566,6 +570,9 @@ function makeHead(status, version, block, reused, stream, queued, dns, connect, 
 }
 
 native.setFactories(makeResponse, makeHead);
+const events = eventChannels.install(native);
+// agent_keep_alive_source's values (AGENT_SOURCE_*).
+const KEEP_ALIVE_SOURCES = ['default', 'argument', 'environment'];
 
 // Why a body source stopped (the addon's enum src_stop).
 const SRC_FAILED = 1;
@@ -831,6 +838,7 @@ class Agent extends EventEmitter {
   #destroyed = false;
   #closed = false;
   #keepAlive;
+  #keepAliveFrom; // [source, description]
   #options;
   #bodies = new Set(); // WeakRefs to response bodies whose native stream is open
   #pending = 0; // request() calls and dispatches not yet settled
@@ -845,13 +853,15 @@ class Agent extends EventEmitter {
   };
 
   /**
-   * @param {object} [options] Node's option names (see index.d.ts). `keepAlive` left out
-   *   means "as the environment says" (KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED or
-   *   AWS_NODEJS_CONNECTION_REUSE_ENABLED = false/0 turn reuse off; default on).
+   * @param {object} [options] Node's option names (see index.d.ts). The process switch
+   *   KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or AWS_NODEJS_CONNECTION_REUSE_ENABLED) =
+   *   false/0 turns reuse off for every agent, `keepAlive: true` included, unless
+   *   `ignoreEnvironment: true`; `keepAlive: false` is always off. Default on.
    */
   constructor(options = undefined) {
     super();
     const normalized = normalizeAgentOptions(options);
+    const eventsId = events.reserve(normalized);
     try {
       this.#handle = native.create(normalized);
     } catch (e) {
@@ -862,11 +872,43 @@ class Agent extends EventEmitter {
     }
     this.#keepAlive = native.keepAlive(this.#handle);
     this.#options = Object.freeze({ ...(options || {}) });
+    this.#keepAliveFrom = [KEEP_ALIVE_SOURCES[native.keepAliveSource(this.#handle)], native.keepAliveDescribe(this.#handle)];
+    events.attach(eventsId, this);
   }
 
   /** The effective keep-alive setting (after the environment switch). */
   get keepAlive() {
     return this.#keepAlive;
+  }
+
+  /** What decided `keepAlive`: 'default', 'argument' (the keepAlive option) or 'environment'. */
+  get keepAliveSource() {
+    return this.#keepAliveFrom[0];
+  }
+
+  /** `keepAlive` in one sentence, with what decided it and what the environment said. */
+  get keepAliveDescription() {
+    return this.#keepAliveFrom[1];
+  }
+
+  /** Whether the engine's events reach diagnostics_channel for this agent (decided at creation). */
+  get eventsEnabled() {
+    return native.eventsOn(this.#handle);
+  }
+
+  /**
+   * Opens connections to the origin of `url` in the background (TLS included) until it has
+   * `count` (idle, busy or opening; within maxSockets), so that the first requests find
+   * them warm. Returns at once; they appear in stats().idle as they open. Nothing happens
+   * with keep-alive off or `count` 0; failures show in the events, not here.
+   */
+  preconnect(url, count = 1) {
+    const refusal = this.#refusal();
+    if (refusal !== null) throw refusal;
+    if (url instanceof URL) url = url.href;
+    validateString(url, 'url');
+    validateInteger(count, 'count', 0, 0xffffffff);
+    native.preconnect(this.#handle, url, count);
   }
 
   /** The options this agent was created with (as given). */
@@ -1172,7 +1214,7 @@ class Agent extends EventEmitter {
 /** The version of the native library, e.g. '0.1.0'. */
 const version = native.version();
 
-module.exports = { Agent, AbortError, codes, limits, version };
+module.exports = { Agent, AbortError, codes, limits, version, channels: eventChannels.channels };
 // Internal, for the binding's own tests.
 Object.defineProperty(module.exports, '_native', { value: native, enumerable: false });
 Object.defineProperty(module.exports, '_nodeOptionNames', { value: nodeOptionNames, enumerable: false });
