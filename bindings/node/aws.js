@@ -8,8 +8,9 @@
 // Options are the Agent's (keepAlive, maxSockets, connectTimeout, ca, proxy, noProxy,
 // proxyFromEnv, httpVersion, ...) plus the names @smithy/node-http-handler users already pass:
 // requestTimeout (ms, per request; 0 = none) and connectionTimeout (ms, an alias of
-// connectTimeout). keepAlive left out: the environment decides
-// (AWS_NODEJS_CONNECTION_REUSE_ENABLED / KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED). proxy
+// connectTimeout). AWS_NODEJS_CONNECTION_REUSE_ENABLED (or
+// KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED) = false/0 turns reuse off for every handler,
+// keepAlive: true included, unless ignoreEnvironment: true. proxy
 // left out: the environment's proxy variables decide, as for the Agent (http_proxy,
 // https_proxy, no_proxy, ... as curl reads them); proxy: '' means none.
 //
@@ -29,6 +30,9 @@ const { Agent, limits } = require('./index.js');
 // Option names that configure the Agent itself (a change re-creates it).
 const AGENT_OPTIONS = new Set([
   'keepAlive',
+  'ignoreEnvironment',
+  'events',
+  'eventHeaders',
   'keepAliveMsecs',
   'keepAliveInterval',
   'keepAliveProbes',

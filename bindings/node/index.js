@@ -872,7 +872,7 @@ class Agent extends EventEmitter {
     }
     this.#keepAlive = native.keepAlive(this.#handle);
     this.#options = Object.freeze({ ...(options || {}) });
-    this.#keepAliveFrom = [KEEP_ALIVE_SOURCES[native.keepAliveSource(this.#handle)], native.keepAliveDescribe(this.#handle)];
+    this.#keepAliveFrom = [KEEP_ALIVE_SOURCES[native.keepAliveSource(this.#handle)], nodeOptionNames(native.keepAliveDescribe(this.#handle))];
     events.attach(eventsId, this);
   }
 
