@@ -65,7 +65,7 @@ export interface AbortSignalLike {
 }
 
 export class KeepAliveHttpHandler {
-  /** keepAlive left out: the environment decides (AWS_NODEJS_CONNECTION_REUSE_ENABLED, ...). */
+  /** AWS_NODEJS_CONNECTION_REUSE_ENABLED=false (or KEEPALIVE_AGENT_...) turns reuse off, keepAlive: true included, unless ignoreEnvironment: true. */
   constructor(options?: KeepAliveHttpHandlerOptions);
   static create(instanceOrOptions?: KeepAliveHttpHandler | KeepAliveHttpHandlerOptions): KeepAliveHttpHandler;
   readonly metadata: { handlerProtocol: 'http/1.1' };

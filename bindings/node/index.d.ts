@@ -8,11 +8,23 @@ import type { Readable } from 'node:stream';
 /** Options of {@link Agent}: Node's names where Node has one (http.Agent, agentkeepalive, undici). */
 export interface AgentOptions {
   /**
-   * Pool and reuse connections. `false`: every request sends `Connection: close` on a fresh
-   * connection. Left out: on, unless KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or its alias
-   * AWS_NODEJS_CONNECTION_REUSE_ENABLED) is `false`/`0`. An explicit value always wins.
+   * Pool and reuse connections (default true). `false`: every request sends
+   * `Connection: close` on a fresh connection, whatever the environment says.
+   * KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED (or its alias AWS_NODEJS_CONNECTION_REUSE_ENABLED)
+   * set to `false`/`0` is a kill switch: reuse is off even with `true` here, unless
+   * `ignoreEnvironment`. `agent.keepAliveSource` tells what decided.
    */
   keepAlive?: boolean;
+  /** The process switch KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED does not apply to this agent (default false). */
+  ignoreEnvironment?: boolean;
+  /**
+   * Publish the engine's events on the `keepalive-agent:*` diagnostics channels (see
+   * `channels`). Left out: on when one of those channels has a subscriber when the agent is
+   * made. `false`: never (no callback in the engine at all).
+   */
+  events?: boolean;
+  /** The events `request_sent` and `response_head` carry the header lines (credentials `[redacted]`). Default false. */
+  eventHeaders?: boolean;
   /** Initial delay of TCP keep-alive probes, ms (TCP_KEEPIDLE = ceil(ms/1000) s). 0 = 1000. Max 32767000. */
   keepAliveMsecs?: number;
   /** Interval between TCP keep-alive probes, ms (TCP_KEEPINTVL). 0 = the OS default. */
@@ -385,6 +397,12 @@ export class Agent extends EventEmitter {
   constructor(options?: AgentOptions);
   /** The effective keep-alive setting (after the environment switch). */
   readonly keepAlive: boolean;
+  /** What decided `keepAlive`: nothing ('default'), the keepAlive option ('argument') or the process switch ('environment'). */
+  readonly keepAliveSource: 'default' | 'argument' | 'environment';
+  /** `keepAlive` in one sentence, e.g. `off: environment, KEEPALIVE_AGENT_CONNECTION_REUSE_ENABLED="false"`. */
+  readonly keepAliveDescription: string;
+  /** Whether this agent publishes the engine's events (decided when it was made: `events`, or a subscriber then). */
+  readonly eventsEnabled: boolean;
   /** The options as given. */
   readonly options: Readonly<AgentOptions>;
   readonly destroyed: boolean;
@@ -401,6 +419,14 @@ export class Agent extends EventEmitter {
   stream(url: string | URL, options?: Omit<RequestOptions, 'url'>): Promise<StreamResponse>;
   /** Counters and gauges of the agent, or of one origin such as 'https://example.com'. */
   stats(origin?: string | URL): AgentStats;
+  /**
+   * Opens connections to the origin of `url` in the background, TLS included, until it has
+   * `count` (default 1; idle, busy or opening, within maxSockets). Returns at once; they
+   * show in `stats().idle` as they open. Nothing with keep-alive off or `count` 0; failures
+   * show in the events. An HTTP/2 origin gets one connection.
+   * @throws AgentError (AGENT_CODE_INVALID_URL) for a bad URL; ERR_AGENT_DESTROYED / ERR_AGENT_CLOSED.
+   */
+  preconnect(url: string | URL, count?: number): void;
   /**
    * Closes every connection at once, rejects in-flight requests and fails open response
    * bodies (AGENT_CODE_CANCELLED); dispatched requests fail with `error`, or undici's
@@ -427,6 +453,58 @@ export class Agent extends EventEmitter {
   compose(interceptors: ReadonlyArray<DispatchInterceptor | null | undefined>): Agent;
   compose(...interceptors: Array<DispatchInterceptor | null | undefined>): Agent;
 }
+
+/** One event of the engine, as published on a `keepalive-agent:*` diagnostics channel. */
+export interface AgentEvent {
+  kind:
+    | 'queued'
+    | 'dequeued'
+    | 'connect_start'
+    | 'connect_done'
+    | 'tls_done'
+    | 'request_sent'
+    | 'response_head'
+    | 'retry'
+    | 'connection_closed';
+  /** The agent (undefined once it was collected). */
+  agent: Agent | undefined;
+  /** The connection's id, unique in the process; 0 for none (queued). */
+  connection: number;
+  /** `scheme://host:port` (with `(through the proxy ...)` when a proxy carries it). */
+  origin: string | null;
+  /** Connect events: `127.0.0.1:8080` or `[::1]:8080`; else null. */
+  address: string | null;
+  /** Connect events: 4 or 6; else 0. */
+  family: number;
+  /** response_head: the status code; else 0. */
+  status: number;
+  /** '1.1' or '2' once known; else null. */
+  version: string | null;
+  /** request_sent / response_head: the connection had served a request before. */
+  reused: boolean;
+  /** 0, or the library's code of what failed (connect_done, tls_done, retry); see `codes`. */
+  code: number;
+  /** e.g. 'AGENT_CODE_TLS'; null when code is 0. */
+  codeName: string | null;
+  /** Words for people ('' when there are none): 'GET / HTTP/1.1', 'a request on it failed', ... */
+  detail: string;
+  /** With `eventHeaders`, request_sent / response_head: 'Name: value\r\n' lines, credentials redacted; else null. */
+  headers: string | null;
+}
+
+/** The diagnostics_channel names the events are published on. */
+export const channels: Readonly<{
+  /** kind 'queued' and 'dequeued'. */
+  queue: 'keepalive-agent:queue';
+  connectStart: 'keepalive-agent:connect:start';
+  connectDone: 'keepalive-agent:connect:done';
+  /** kind 'tls_done'. */
+  tls: 'keepalive-agent:tls';
+  requestSent: 'keepalive-agent:request:sent';
+  responseHead: 'keepalive-agent:response:head';
+  retry: 'keepalive-agent:retry';
+  connectionClosed: 'keepalive-agent:connection:closed';
+}>;
 
 /** Library result codes by short name, e.g. codes.CONNECT_REFUSED === 11. */
 export const codes: Readonly<Record<string, number>>;
