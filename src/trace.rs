@@ -107,25 +107,24 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in the order of their values.
+    const ALL: [CloseReason; 12] = [
+        CloseReason::Unfinished,
+        CloseReason::ServerClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::Lifetime,
+        CloseReason::KeepAliveOff,
+        CloseReason::NotReusable,
+        CloseReason::PoolFull,
+        CloseReason::Evicted,
+        CloseReason::Error,
+        CloseReason::Timeout,
+        CloseReason::AgentClosed,
+        CloseReason::Http2Ended,
+    ];
+
     pub(crate) fn from_u8(v: u8) -> CloseReason {
-        use CloseReason::*;
-        [
-            Unfinished,
-            ServerClosed,
-            IdleTimeout,
-            Lifetime,
-            KeepAliveOff,
-            NotReusable,
-            PoolFull,
-            Evicted,
-            Error,
-            Timeout,
-            AgentClosed,
-            Http2Ended,
-        ]
-        .get(usize::from(v))
-        .copied()
-        .unwrap_or_default()
+        Self::ALL.get(usize::from(v)).copied().unwrap_or_default()
     }
 
     pub fn describe(self) -> &'static str {
@@ -440,8 +439,9 @@ mod tests {
 
     #[test]
     fn close_reasons_round_trip() {
-        for v in 0..=11u8 {
-            assert_eq!(CloseReason::from_u8(v) as u8, v);
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(CloseReason::from_u8(i as u8), *r);
         }
         assert_eq!(CloseReason::from_u8(200), CloseReason::Unfinished);
     }

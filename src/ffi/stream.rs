@@ -530,13 +530,7 @@ pub unsafe extern "C" fn agent_stream_trailer(
         // SAFETY: forwarded contract.
         let name = unsafe { c_str(name, "name") }?;
         let st = s.shared.lock();
-        let State::Idle { stream, .. } = &*st else {
-            return Err(Error::new(
-                ErrorKind::WouldBlock,
-                "an async read is in flight on this stream",
-            ));
-        };
-        let found = stream.trailers().and_then(|t| t.get(name));
+        let found = idle_trailers(&st)?.and_then(|t| t.get(name));
         // SAFETY: forwarded contract.
         unsafe {
             write_value(found, value, value_len, || {
@@ -544,6 +538,18 @@ pub unsafe extern "C" fn agent_stream_trailer(
             })
         }
     })
+}
+
+/// The trailers of a stream no async read holds (`None` before the body's end or when there
+/// are none); `AGENT_CODE_WOULD_BLOCK` while an async read is in flight.
+fn idle_trailers(st: &State) -> Result<Option<&http::HeaderMap>> {
+    match st {
+        State::Idle { stream, .. } => Ok(stream.trailers()),
+        _ => Err(Error::new(
+            ErrorKind::WouldBlock,
+            "an async read is in flight on this stream",
+        )),
+    }
 }
 
 /// The number of trailer lines that followed the body: known once a read has returned the
@@ -559,10 +565,7 @@ pub unsafe extern "C" fn agent_stream_trailer_count(stream: *const agent_stream)
             return 0;
         };
         let st = s.shared.lock();
-        match &*st {
-            State::Idle { stream, .. } => stream.trailers().map_or(0, |t| t.len()),
-            _ => 0,
-        }
+        idle_trailers(&st).ok().flatten().map_or(0, |t| t.len())
     })
 }
 
@@ -586,14 +589,8 @@ pub unsafe extern "C" fn agent_stream_trailer_at(
         // SAFETY: forwarded contract.
         let s = unsafe { borrow(stream, "stream") }?;
         let st = s.shared.lock();
-        let State::Idle { stream, .. } = &*st else {
-            return Err(Error::new(
-                ErrorKind::WouldBlock,
-                "an async read is in flight on this stream",
-            ));
-        };
         let empty = http::HeaderMap::new();
-        let map = stream.trailers().unwrap_or(&empty);
+        let map = idle_trailers(&st)?.unwrap_or(&empty);
         // SAFETY: forwarded contract.
         unsafe {
             super::response::write_field(map, "trailer", index, name, name_len, value, value_len)
