@@ -20,7 +20,7 @@ STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 # Debian packages the tests, demo and benchmarks use. Installed only when missing.
 APT_PACKAGES := nginx-light valgrind clang libclang-rt-14-dev cmake pkg-config wrk curl \
                 libcurl4-openssl-dev openssl iproute2 python3-venv tinyproxy squid \
-                nghttp2-client
+                nghttp2-client gdb
 
 .PHONY: all lib testserver test-hooks-lib deps deps-apt test test-rust fmt-check clippy header-check \
         cargo-test demo bench clean
@@ -38,6 +38,10 @@ SONAME      := libkeepalive_agent.so.$(shell sed -n 's/^version = "\([0-9]*\)\..
 
 $(SO) $(STATIC_LIB): $(RUST_SOURCES)
 	$(CARGO) build --release -p keepalive-agent
+	@# Debug info leaves the shipped libraries: the shared one keeps a link to
+	@# libkeepalive_agent.so.debug beside it (gdb, valgrind and addr2line find it there, and
+	@# make install puts it in lib/.debug/), so crash reports still symbolize.
+	$(ROOT)/scripts/split-debug.sh $(SO) $(STATIC_LIB)
 	@# Programs linked with -lkeepalive_agent record the SONAME; make it resolvable in place.
 	ln -sf libkeepalive_agent.so $(LIB_DIR)/$(SONAME)
 	@touch $(SO) $(STATIC_LIB)

@@ -18,8 +18,8 @@ NODE_DEMO       := $(BUILD)/demo-node.sh
 
 node-build: $(NODE_ADDON)
 
-# Dependencies exactly as locked; scripts are skipped because the addon is built below
-# (against the library make just built) rather than by the package's install script.
+# Dependencies exactly as locked (the package itself has no install script: the addon is
+# built below, against the library make just built; dependencies' scripts are skipped).
 $(NODE_NPM_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
 	cd $(NODE_DIR) && $(NPM) ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -40,6 +40,9 @@ test-node: node-build $(TESTSERVER) $(HOOKS_SO) node-moto
 	cd $(NODE_DIR) && KEEPALIVE_AGENT_TEST_HOOKS_LIB=$(HOOKS_SO) KEEPALIVE_NODE_MOTO_PYTHON=$(NODE_MOTO_VENV)/bin/python \
 	  KEEPALIVE_NODE_REQUIRE_MOTO=1 KEEPALIVE_TESTSERVER=$(TESTSERVER) \
 	  $(NODE) --test --expose-gc test/*.test.js
+	@# The npm tarball installs and runs with no compiler and no install script.
+	KEEPALIVE_TESTSERVER=$(TESTSERVER) ROOT=$(ROOT) NODE=$(NODE) NPM=$(NPM) \
+	  $(ROOT)/scripts/c-with-server.sh $(ROOT)/scripts/node-pack-test.sh
 
 TEST_SUITES += test-node
 

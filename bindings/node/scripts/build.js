@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 'use strict';
-// Builds build/Release/keepalive_agent.node offline: no node-gyp, no header download.
+// Builds build/Release/keepalive_agent.node offline: no node-gyp, no header download. Run by
+// `npm run build` (from source) and by `npm pack` (prepack), which ships the result: the
+// package has no install script, so installing the tarball needs no compiler.
 //
 //   1. Finds libkeepalive_agent.so: $KEEPALIVE_AGENT_LIB_DIR, else <repo>/target/release
 //      (running `cargo build --release -p keepalive-agent` in the repo when it is missing).
@@ -149,7 +151,9 @@ function copyAtomic(src, dest) {
 
 function main() {
   const { root, tried: rootTried } = findRoot();
-  const prebuilt = exists(addon) && exists(path.join(outDir, 'libkeepalive_agent.so'));
+  // The npm tarball ships the addon and the library under its SONAME (what the addon's
+  // rpath $ORIGIN loads); nothing to build then.
+  const prebuilt = exists(addon) && exists(path.join(outDir, 'libkeepalive_agent.so.0'));
   if (!root && !process.env.KEEPALIVE_AGENT_LIB_DIR && prebuilt && !force) {
     return; // an installed copy that ships its build
   }
