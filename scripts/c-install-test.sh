@@ -40,7 +40,8 @@ step "layout (version $ver)"
 readelf -d "$lib/libkeepalive_agent.so.$ver" | grep -q "Library soname: \[libkeepalive_agent.so.$major\]" \
   || fail "SONAME is not libkeepalive_agent.so.$major"
 for f in lib/libkeepalive_agent.a include/keepalive_agent.h include/keepalive_agent.hpp \
-         lib/pkgconfig/keepalive-agent.pc lib/cmake/keepalive_agent/keepalive_agentConfig.cmake \
+         lib/pkgconfig/keepalive-agent.pc lib/pkgconfig/keepalive-agent-static.pc \
+         lib/.debug/libkeepalive_agent.so.debug lib/cmake/keepalive_agent/keepalive_agentConfig.cmake \
          lib/cmake/keepalive_agent/keepalive_agentConfigVersion.cmake; do
   [ -f "$prefix/$f" ] || fail "missing $f"
 done
@@ -63,29 +64,50 @@ ok "$ver; --static adds $(pc --static --libs | sed 's/.*-lkeepalive_agent //')"
 out="$tmp/pc"
 mkdir -p "$out"
 libdir=$(pc --variable=libdir)
-step "pkg-config: build shared and static (C, C++)"
+# The README's lines, word for word (shared: with the rpath; static: keepalive-agent-static).
+step "pkg-config: build shared and static (C, C++), as the README writes it"
 for ex in c_client c_threads c_async; do
   # shellcheck disable=SC2046
-  cc -std=c11 "${CW[@]}" "$src/$ex.c" $(pc --cflags --libs) -Wl,-rpath,"$libdir" -pthread \
+  cc -std=c11 "${CW[@]}" "$src/$ex.c" $(pkg-config --cflags --libs keepalive-agent) \
+    -Wl,-rpath,$(pkg-config --variable=libdir keepalive-agent) -pthread \
     -o "$out/$ex-shared" || fail "pkg-config shared build of $ex"
   # shellcheck disable=SC2046
-  cc -std=c11 "${CW[@]}" "$src/$ex.c" $(pc --cflags) $(pc --variable=static_libs) -pthread \
+  cc -std=c11 "${CW[@]}" "$src/$ex.c" $(pkg-config --cflags --libs keepalive-agent-static) -pthread \
     -o "$out/$ex-static" || fail "pkg-config static build of $ex"
 done
 # shellcheck disable=SC2046
-c++ -std=c++17 "${CW[@]}" "$src/cpp_client.cpp" $(pc --cflags --libs) -Wl,-rpath,"$libdir" \
+c++ -std=c++17 "${CW[@]}" "$src/cpp_client.cpp" $(pkg-config --cflags --libs keepalive-agent) \
+  -Wl,-rpath,$(pkg-config --variable=libdir keepalive-agent) \
   -o "$out/cpp_client-shared" || fail "pkg-config shared build of cpp_client"
 # shellcheck disable=SC2046
-c++ -std=c++17 "${CW[@]}" "$src/cpp_client.cpp" $(pc --cflags) $(pc --variable=static_libs) \
+c++ -std=c++17 "${CW[@]}" "$src/cpp_client.cpp" $(pkg-config --cflags --libs --static keepalive-agent-static) \
   -o "$out/cpp_client-static" || fail "pkg-config static build of cpp_client"
+# Why the README asks for the rpath: without it (and without ldconfig) the loader does not
+# look in the prefix.
+# shellcheck disable=SC2046
+cc -std=c11 "${CW[@]}" "$src/c_client.c" $(pkg-config --cflags --libs keepalive-agent) \
+  -o "$out/c_client-no-rpath" || fail "pkg-config shared build without rpath"
+if "$out/c_client-no-rpath" "$KA_HTTP_URL" > "$tmp/norpath.log" 2>&1; then
+  fail "a program linked without the rpath found the library anyway"
+fi
+grep -q 'error while loading shared libraries: libkeepalive_agent.so' "$tmp/norpath.log" \
+  || { cat "$tmp/norpath.log"; fail "not the loader's error without the rpath"; }
+LD_LIBRARY_PATH="$libdir" "$out/c_client-no-rpath" "$KA_HTTP_URL" > /dev/null \
+  || fail "the no-rpath build with LD_LIBRARY_PATH"
 # shellcheck disable=SC2046
 clang++ -std=c++17 "${CW[@]}" -g -fsanitize=address,undefined -fno-omit-frame-pointer \
   "$src/cpp_client.cpp" $(pc --cflags --libs) -Wl,-rpath,"$libdir" \
   -o "$out/cpp_client-asan" || fail "pkg-config ASan build of cpp_client"
 ok
+step "symbolized: gdb finds agent_new's line through lib/.debug"
+gline=$(gdb -nx -batch -ex 'info line agent_new' "$lib/libkeepalive_agent.so.$ver" 2>&1)
+grep -q 'src/ffi/agent.rs' <<< "$gline" || { echo "$gline"; fail "no source line for agent_new"; }
+[ "$(stat -c %s "$lib/libkeepalive_agent.so.$ver")" -le 4194304 ] || fail "the installed library is over 4 MiB"
+ok "$(sed 's/ starts at.*//' <<< "$gline")"
 
 # ---------------------------------------------------------------------------------------
 step "cmake: configure + build shared (find_package)"
+
 cmake -S "$src" -B "$tmp/cmake-shared" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
   > "$tmp/cmake-shared.log" 2>&1 && cmake --build "$tmp/cmake-shared" -j2 >> "$tmp/cmake-shared.log" 2>&1 \
   || { cat "$tmp/cmake-shared.log"; fail "cmake shared build"; }

@@ -3,9 +3,10 @@
 #
 # Layout under $DESTDIR$PREFIX (PREFIX absolute; DESTDIR optional, for staging/packaging):
 #   lib/libkeepalive_agent.so.X.Y.Z, .so.X -> .so.X.Y.Z, .so -> .so.X     (SONAME .so.X)
+#   lib/.debug/libkeepalive_agent.so.debug   debug info of the shared library (its .gnu_debuglink)
 #   lib/libkeepalive_agent.a
 #   include/keepalive_agent.h, include/keepalive_agent.hpp
-#   lib/pkgconfig/keepalive-agent.pc
+#   lib/pkgconfig/keepalive-agent.pc, keepalive-agent-static.pc
 #   lib/cmake/keepalive_agent/keepalive_agentConfig.cmake (+ ConfigVersion.cmake)
 #   share/keepalive-agent/install-manifest.txt   every file, link and directory created
 # `uninstall` removes exactly what the manifest lists (directories only when empty).
@@ -79,10 +80,15 @@ install_all() {
   put "$SO" "lib/libkeepalive_agent.so.$VERSION" 755
   link "libkeepalive_agent.so.$VERSION" "lib/$soname"
   link "$soname" "lib/libkeepalive_agent.so"
+  # gdb, valgrind and addr2line look for the debug link's name in lib/.debug/.
+  if [ -f "$SO.debug" ]; then
+    put "$SO.debug" "lib/.debug/libkeepalive_agent.so.debug" 644
+  fi
   put "$STATIC_LIB" "lib/libkeepalive_agent.a" 644
   put "$HEADER" "include/keepalive_agent.h" 644
   put "$HPP" "include/keepalive_agent.hpp" 644
   gen "$ROOT/cmake/keepalive-agent.pc.in" "lib/pkgconfig/keepalive-agent.pc"
+  gen "$ROOT/cmake/keepalive-agent-static.pc.in" "lib/pkgconfig/keepalive-agent-static.pc"
   gen "$ROOT/cmake/keepalive_agentConfig.cmake.in" "lib/cmake/keepalive_agent/keepalive_agentConfig.cmake"
   gen "$ROOT/cmake/keepalive_agentConfigVersion.cmake.in" \
       "lib/cmake/keepalive_agent/keepalive_agentConfigVersion.cmake"
