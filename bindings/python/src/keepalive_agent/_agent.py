@@ -222,6 +222,7 @@ _request_raw = _raw("agent_request")
 _submit_raw = _raw("agent_queue_submit")
 _response_read_raw = _raw("agent_response_read")
 _response_free = _raw("agent_response_free")
+_response_trailer_count = _raw("agent_response_trailer_count")
 _string_at = ctypes.string_at
 _STRING_AT_MAX = (1 << 31) - 1  # ctypes.string_at takes a C int length
 
@@ -256,8 +257,13 @@ def _copy(addr: int, n: int) -> bytes:
 
 def make_response_from_handle(handle: int, method: str, url: str) -> Response:
     """Copies a native response into a Response and frees the native one: one
-    ``agent_response_read``, one copy of the header block, one of the body."""
+    ``agent_response_read``, one copy of the header block, one of the body.
+
+    Trailers can only follow an HTTP/2 body or a chunked HTTP/1.1 one (which has a
+    ``transfer-encoding`` header): only those responses cost one call more
+    (``agent_response_trailer_count``), and one per trailer line when there are some."""
     s = _scratch
+    trailers = None
     try:
         code = _response_read_raw(handle, s.parts_ref)
         if code:
@@ -265,12 +271,16 @@ def make_response_from_handle(handle: int, method: str, url: str) -> Response:
         v = _unpack_parts(s.parts_view)
         body = _copy(v[3], v[4])
         block = _copy(v[5], v[6])
+        if v[1] >= 20 or b"transfer-encoding:" in block:
+            n = _response_trailer_count(handle)
+            if n:
+                trailers = _native.response_trailers(handle, n)
     finally:
         _response_free(handle)
     version = v[1]
     return make_response(
         v[0], _VERSIONS.get(version) or str(version), Headers._from_block(block), body, v[2],
-        v[8:15], url, method,
+        v[8:15], url, method, trailers,
     )
 
 
@@ -291,6 +301,7 @@ def _whole_response(s: Any, body: bytes) -> Response:
         timings=s.timings,
         url=s.url,
         method=s.method,
+        trailers=s.trailers,
     )
 
 

@@ -497,6 +497,17 @@ _declare(
     agent_code,
     [agent_response_p, c_char_p, POINTER(c_void_p), POINTER(c_size_t)],
 )
+# size_t agent_response_trailer_count(const agent_response *response);
+_declare("agent_response_trailer_count", c_size_t, [agent_response_p])
+# agent_code agent_response_trailer_at(const agent_response *response, size_t index,
+#     const char **name, size_t *name_len, const char **value, size_t *value_len);
+_declare(
+    "agent_response_trailer_at",
+    agent_code,
+    [agent_response_p, c_size_t, POINTER(c_void_p), POINTER(c_size_t), POINTER(c_void_p),
+     POINTER(c_size_t)],
+    _check,
+)
 # agent_code agent_response_body(const agent_response *response, const uint8_t **data,
 #     size_t *len);
 _declare("agent_response_body", agent_code, [agent_response_p, POINTER(c_void_p), POINTER(c_size_t)], _check)
@@ -537,6 +548,17 @@ _declare(
 )
 # agent_code agent_stream_head(const agent_stream *stream, agent_response_parts *out);
 _declare("agent_stream_head", agent_code, [agent_stream_p, POINTER(agent_response_parts)], _check)
+# size_t agent_stream_trailer_count(const agent_stream *stream);
+_declare("agent_stream_trailer_count", c_size_t, [agent_stream_p])
+# agent_code agent_stream_trailer_at(const agent_stream *stream, size_t index,
+#     const char **name, size_t *name_len, const char **value, size_t *value_len);
+_declare(
+    "agent_stream_trailer_at",
+    agent_code,
+    [agent_stream_p, c_size_t, POINTER(c_void_p), POINTER(c_size_t), POINTER(c_void_p),
+     POINTER(c_size_t)],
+    _check,
+)
 # agent_code agent_stream_read(agent_stream *stream, uint8_t *buf, size_t cap, size_t *n);
 #   (no errcheck: the caller maps the code, to tell a body source's own failure apart)
 _declare("agent_stream_read", agent_code, [agent_stream_p, c_void_p, c_size_t, POINTER(c_size_t)])
@@ -730,6 +752,30 @@ def stream_timings(handle: int) -> agent_timings:
     p = agent_response_parts()
     lib.agent_stream_head(handle, byref(p))
     return p.timings
+
+
+def _read_trailers(at: Any, handle: int, count: int) -> List[Tuple[str, str]]:
+    name, name_len, value, value_len = c_void_p(), c_size_t(), c_void_p(), c_size_t()
+    out: List[Tuple[str, str]] = []
+    for i in range(count):
+        at(handle, i, byref(name), byref(name_len), byref(value), byref(value_len))
+        n = ctypes.string_at(name, name_len.value) if name_len.value else b""
+        v = ctypes.string_at(value, value_len.value) if value_len.value else b""
+        out.append((n.decode("latin-1"), _decode_value(v)))
+    return out
+
+
+def response_trailers(handle: int, count: int) -> List[Tuple[str, str]]:
+    """The ``count`` trailer lines of a response (``agent_response_trailer_at``), copied
+    out as ``(lowercase name, value)`` pairs, decoded as header values are."""
+    return _read_trailers(lib.agent_response_trailer_at, handle, count)
+
+
+def stream_trailers(handle: int) -> List[Tuple[str, str]]:
+    """The trailer lines of a stream whose body has ended (``agent_stream_trailer_count``
+    and ``agent_stream_trailer_at``); [] when there are none."""
+    count = lib.agent_stream_trailer_count(handle)
+    return _read_trailers(lib.agent_stream_trailer_at, handle, count) if count else []
 
 
 def parse_header_block(block: bytes) -> List[Tuple[str, str]]:

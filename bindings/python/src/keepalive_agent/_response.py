@@ -159,12 +159,17 @@ else:
     )
 
 
+_NO_TRAILERS: List[Tuple[str, str]] = []
+
+
 class Response:
     """A complete response. Everything is plain Python data: the native response was
     copied and freed before this object was made. ``http_version`` is ``"1.1"``, or
     ``"2"`` for HTTP/2."""
 
-    __slots__ = ("status", "http_version", "headers", "body", "reused", "_timings", "url", "method")
+    __slots__ = (
+        "status", "http_version", "headers", "body", "reused", "_timings", "url", "method", "_trailers",
+    )
 
     status: int
     http_version: str
@@ -185,6 +190,7 @@ class Response:
         timings: Any,
         url: str,
         method: str,
+        trailers: Union[Headers, Iterable[Tuple[str, str]], None] = None,
     ) -> None:
         self.status = status
         self.http_version = http_version
@@ -194,6 +200,17 @@ class Response:
         self._timings = timings  # a Timings, or the raw values until first read
         self.url = url
         self.method = method
+        self._trailers = trailers  # a Headers, or the (name, value) pairs (None: none)
+
+    @property
+    def trailers(self) -> Headers:
+        """The trailer fields that followed the body (HTTP/2, or a chunked HTTP/1.1
+        body), as a read-only :class:`Headers`: case-insensitive, repeated names kept.
+        Empty when the response had none."""
+        t = self._trailers
+        if not isinstance(t, Headers):
+            t = self._trailers = Headers(t or _NO_TRAILERS)
+        return t
 
     @property
     def timings(self) -> Timings:
@@ -253,9 +270,10 @@ _new_response = Response.__new__
 
 def make_response(
     status: int, http_version: str, headers: Headers, body: bytes, reused: bool, timings: Any,
-    url: str, method: str,
+    url: str, method: str, trailers: Optional[List[Tuple[str, str]]] = None,
 ) -> Response:
-    """A Response without keyword parsing (the per-request path)."""
+    """A Response without keyword parsing (the per-request path). ``trailers``: the
+    pairs copied out of the native response, None when it had none."""
     r = _new_response(Response)
     r.status = status
     r.http_version = http_version
@@ -265,4 +283,5 @@ def make_response(
     r._timings = timings
     r.url = url
     r.method = method
+    r._trailers = trailers
     return r

@@ -86,6 +86,7 @@ class _StreamBase:
         self.url = url
         self.method = method
         self.bytes_read = 0
+        self._trailers: Optional[Headers] = None  # set when the body has ended
         # The announced length, used to read the end as soon as the last byte has come.
         self._length: Optional[int] = None
         if method.upper() != "HEAD" and status >= 200 and status not in _BODILESS:
@@ -132,6 +133,18 @@ class _StreamBase:
         return t
 
     @property
+    def trailers(self) -> Headers:
+        """The trailer fields that followed the body (HTTP/2, or a chunked HTTP/1.1
+        body), as a read-only :class:`Headers` (case-insensitive, repeated names kept).
+        They come after the last byte, so this is empty until the body has been read to
+        its end (as ``timings.total_us`` is 0 until then), and stays empty when the
+        response had none or the stream was closed or failed before its end."""
+        t = self._trailers
+        if t is None:
+            return Headers()
+        return t
+
+    @property
     def closed(self) -> bool:
         """True once the body has been read to its end, the stream failed, or it was closed."""
         return self._handle is None
@@ -157,11 +170,15 @@ class _StreamBase:
             lib.agent_stream_free(h)
 
     def _finish_locked(self) -> None:
-        """The body has ended: its connection is back in the pool; keep the final timings."""
+        """The body has ended: its connection is back in the pool; keep the final timings
+        and the trailers (read now: they go with the native stream)."""
         h = self._handle
         if h is not None:
             try:
                 self._timings = _timings(_native.stream_timings(h))
+                trailers = _native.stream_trailers(h)
+                if trailers:
+                    self._trailers = Headers(trailers)
             except errors.AgentError:  # pragma: no cover - defensive
                 pass
         self._eof = True
