@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -28,7 +29,7 @@ use crate::http::{Origin, ReqBody};
 use crate::options::Config;
 
 pub(crate) type Sender = http2::SendRequest<ReqBody>;
-type H2Connection = http2::Connection<TokioIo<Stream>, ReqBody, TokioExecutor>;
+type H2Connection = http2::Connection<TokioIo<Stream>, ReqBody, Inline>;
 
 /// A PING that gets no answer within this long (at least) retires the connection.
 const MIN_PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +93,9 @@ pub(crate) struct Session {
     wake: Notify,
     /// One stream only (keep-alive off): retired as soon as that stream is handed out.
     single_use: bool,
+    /// hyper's tasks for this connection (its HTTP/2 driver, one per request waiting for
+    /// its response head, one per request body still being sent), run by the monitor.
+    tasks: Inline,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -275,7 +279,8 @@ impl Sessions {
         keep: impl Send + 'static,
         ended: impl FnOnce() + Send + 'static,
     ) -> Result<()> {
-        let mut b = http2::Builder::new(TokioExecutor::new());
+        let tasks = Inline::default();
+        let mut b = http2::Builder::new(tasks.clone());
         b.timer(TokioTimer::new());
         if self.cfg.keep_alive {
             let every = Duration::from_millis(u64::from(self.cfg.keep_alive_msecs));
@@ -303,6 +308,7 @@ impl Sessions {
             created: Instant::now(),
             wake: Notify::new(),
             single_use: !self.cfg.keep_alive,
+            tasks,
         });
         {
             let mut st = lock(&self.state);
@@ -345,6 +351,8 @@ impl Sessions {
             r
         });
         let mut conn = std::pin::pin!(conn);
+        // hyper's own tasks for this connection run here too (see [`Inline`]).
+        let mut tasks = InlineTasks::new(s.tasks.clone());
         let idle_limit = self.cfg.free_socket_timeout;
         let lifetime = self.cfg.max_socket_lifetime.map(|d| s.created + d);
         let mut retired = false;
@@ -362,8 +370,13 @@ impl Sessions {
                 .min()
             };
             let woken = s.wake.notified();
+            let run_tasks = std::future::poll_fn(|cx| {
+                let _ = tasks.poll(cx);
+                std::task::Poll::<()>::Pending
+            });
             tokio::select! {
-                _ = &mut conn => return,
+                _ = &mut conn => break,
+                _ = run_tasks => {}
                 _ = woken => continue,
                 _ = sleep_until(deadline) => {
                     let expired = lifetime.is_some_and(|l| Instant::now() >= l);
@@ -374,6 +387,11 @@ impl Sessions {
                 }
             }
         }
+        // The dispatch ended (GOAWAY, an error, or nothing left to send). Dropping it lets
+        // go of its handle on the connection; the streams still in flight finish, or fail,
+        // in hyper's tasks, which end with the connection.
+        lock(&s.conn).take();
+        std::future::poll_fn(|cx| tasks.poll(cx)).await;
     }
 
     fn remove(&self, s: &Arc<Session>) {
@@ -414,5 +432,134 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// hyper's executor for one session: what hyper would spawn on the runtime (the HTTP/2
+/// connection's driver, a task per request that waits for its response head, a task per
+/// request body being sent) is handed to the session's monitor, which polls it in its own
+/// task. A response then wakes the monitor and the request's caller, not a new task on
+/// another runtime thread in between.
+#[derive(Clone, Default)]
+pub(crate) struct Inline {
+    shared: Arc<InlineShared>,
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+struct InlineShared {
+    /// Tasks handed over, not yet taken by the monitor.
+    inbox: Mutex<Vec<Task>>,
+    /// Slots woken since the monitor last looked.
+    ready: Mutex<Vec<usize>>,
+    /// The monitor's waker.
+    monitor: Mutex<Option<Waker>>,
+}
+
+impl InlineShared {
+    fn wake_monitor(&self) {
+        if let Some(w) = lock(&self.monitor).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Inline
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        lock(&self.shared.inbox).push(Box::pin(fut));
+        self.shared.wake_monitor();
+    }
+}
+
+/// Wakes one task slot: marks it ready and wakes the monitor.
+struct SlotWaker {
+    slot: usize,
+    shared: Arc<InlineShared>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.shared.ready).push(self.slot);
+        self.shared.wake_monitor();
+    }
+}
+
+/// The monitor's side of [`Inline`]: the tasks in slots, each polled only when woken.
+struct InlineTasks {
+    shared: Arc<InlineShared>,
+    slots: Vec<Option<(Task, Waker)>>,
+    free: Vec<usize>,
+}
+
+/// Polls per [`InlineTasks::poll`] before yielding to the runtime.
+const INLINE_BUDGET: usize = 1024;
+
+impl InlineTasks {
+    fn new(inline: Inline) -> InlineTasks {
+        InlineTasks {
+            shared: inline.shared,
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Polls every task that is new or was woken. Ready when no task is left.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut m = lock(&self.shared.monitor);
+            if !m.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *m = Some(cx.waker().clone());
+            }
+        }
+        let mut budget = INLINE_BUDGET;
+        loop {
+            let new: Vec<Task> = std::mem::take(&mut *lock(&self.shared.inbox));
+            let mut ready = std::mem::take(&mut *lock(&self.shared.ready));
+            for task in new {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                let waker = Waker::from(Arc::new(SlotWaker {
+                    slot,
+                    shared: self.shared.clone(),
+                }));
+                self.slots[slot] = Some((task, waker));
+                ready.push(slot);
+            }
+            if ready.is_empty() {
+                if self.free.len() == self.slots.len() {
+                    return Poll::Ready(()); // every slot is free
+                }
+                return Poll::Pending;
+            }
+            for slot in ready {
+                let Some(Some((task, waker))) = self.slots.get_mut(slot) else {
+                    continue; // woken after it finished
+                };
+                let waker = waker.clone();
+                if task
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+                {
+                    self.slots[slot] = None;
+                    self.free.push(slot);
+                }
+                budget = budget.saturating_sub(1);
+            }
+            if budget == 0 {
+                // Fair to the runtime's other tasks: come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
     }
 }
