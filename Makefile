@@ -31,9 +31,11 @@ all: lib
 # Build
 
 lib: $(SO)
+	@# Also after a cargo build outside make (it links target/release's copy again).
+	@$(ROOT)/scripts/split-debug.sh $(SO) $(STATIC_LIB)
 testserver: $(TESTSERVER)
 
-RUST_SOURCES := $(shell find src -name '*.rs') build.rs cbindgen.toml Cargo.toml
+RUST_SOURCES := $(shell find src -name '*.rs') build.rs cbindgen.toml Cargo.toml Cargo.lock
 SONAME      := libkeepalive_agent.so.$(shell sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -1)
 
 $(SO) $(STATIC_LIB): $(RUST_SOURCES)
