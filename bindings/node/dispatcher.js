@@ -466,9 +466,11 @@ class Dispatch {
   #end() {
     if (this.done) return;
     this.#finish();
+    // The body sets its trailers before 'end': undici's forms of them, new objects each time.
+    const raw = this.body.rawTrailers;
     try {
-      if (this.modern) this.handler.onResponseEnd?.(this.controller, {});
-      else this.handler.onComplete([]);
+      if (this.modern) this.handler.onResponseEnd?.(this.controller, headersRecord(raw));
+      else this.handler.onComplete(rawBuffers(raw));
     } catch (err) {
       this.#error(err);
     }

@@ -209,6 +209,13 @@ export interface Response {
    */
   reusedSocket: boolean;
   timings: Timings;
+  /**
+   * The trailer fields after the body (HTTP/2, or a chunked HTTP/1.1 body), named and joined
+   * as `headers` are, like IncomingMessage.trailers. A shared frozen `{}` when there are none.
+   */
+  trailers: Record<string, string | string[]>;
+  /** The trailer lines as [name, value, ...] (names lowercase); a shared frozen `[]` when none. */
+  rawTrailers: string[];
 }
 
 /**
@@ -224,12 +231,22 @@ export interface Response {
 export interface ResponseBody extends Readable {
   /** Bytes the engine holds for this stream that were not handed to JS yet (at most hyper's window). */
   readonly engineBuffered: number;
+  /** The response's `trailers`: `{}` until the body has ended (set before 'end' is emitted). */
+  readonly trailers: Record<string, string | string[]>;
+  /** The response's `rawTrailers`: `[]` until the body has ended. */
+  readonly rawTrailers: string[];
 }
 
 /** What {@link Agent.stream} resolves with once the response head is in. */
 export interface StreamResponse extends Omit<Response, 'body'> {
   /** `timings.total` is set when the body has been read to its end. */
   timings: Timings;
+  /**
+   * `{}` / `[]` until the body has been read to its end; set before its 'end' is emitted
+   * (as IncomingMessage's, populated at 'end'). They stay empty after an early destroy().
+   */
+  trailers: Record<string, string | string[]>;
+  rawTrailers: string[];
   body: ResponseBody;
 }
 
@@ -356,7 +373,7 @@ export interface DispatchHandlerModern {
   /** Header names lowercase; a repeated header's values in an array. */
   onResponseStart?(controller: DispatchController, statusCode: number, headers: Record<string, string | string[]>, statusMessage?: string): void;
   onResponseData?(controller: DispatchController, chunk: Buffer): void;
-  /** Trailers are not passed on by the engine: always `{}`. */
+  /** The response's trailers (names lowercase, a repeated name's values in an array); `{}` when none. */
   onResponseEnd?(controller: DispatchController, trailers: Record<string, string | string[]>): void;
   onResponseError?(controller: DispatchController, error: Error): void;
 }
@@ -370,7 +387,7 @@ export interface DispatchHandlerLegacy {
   onResponseStarted?(): void;
   /** Return false to pause until the `resume` given to onHeaders is called. */
   onData(chunk: Buffer): boolean | void;
-  /** Trailers are not passed on by the engine: always `[]`. */
+  /** The response's trailer lines as [name, value, ...] Buffers; `[]` when none. */
   onComplete(rawTrailers: Buffer[]): void;
   onError(error: Error): void;
   /** Never called: upgrades are refused through onError (UND_ERR_NOT_SUPPORTED). */

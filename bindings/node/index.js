@@ -485,6 +485,10 @@ function headersObject(raw) {
   return h;
 }
 
+// What a response without trailers shares (most have none): frozen, never filled.
+const NO_TRAILERS = Object.freeze({});
+const NO_RAW_TRAILERS = Object.freeze([]);
+
 function finishResponse(raw) {
   return {
     statusCode: raw.statusCode,
@@ -498,6 +502,8 @@ function finishResponse(raw) {
     body: raw.body,
     reusedSocket: raw.reusedSocket,
     timings: raw.timings,
+    trailers: NO_TRAILERS, // set when the body ends (ResponseBody)
+    rawTrailers: NO_RAW_TRAILERS,
   };
 }
 
@@ -526,7 +532,8 @@ function httpVersion(v) {
 
 // The addon calls these once per response (timings in microseconds): the object a whole
 // response resolves with, and the raw head of a streamed one (with its stream handle).
-function makeResponse(status, version, block, reused, body, queued, dns, connect, tls, sent, ttfb, total) {
+// rawTrailers: [name, value, ...] (lowercase names), undefined when there are none.
+function makeResponse(status, version, block, reused, body, queued, dns, connect, tls, sent, ttfb, total, rawTrailers) {
   const rawHeaders = splitHeaderBlock(block);
   return {
     statusCode: status,
@@ -540,6 +547,9 @@ function makeResponse(status, version, block, reused, body, queued, dns, connect
     body,
     reusedSocket: reused,
     timings: timingsObject(queued, dns, connect, tls, sent, ttfb, total),
+    // As IncomingMessage's: named as headers are (repeats joined with ', ', set-cookie an array).
+    trailers: rawTrailers === undefined ? NO_TRAILERS : headersObject(rawTrailers),
+    rawTrailers: rawTrailers === undefined ? NO_RAW_TRAILERS : rawTrailers,
   };
 }
 
@@ -733,18 +743,29 @@ function isReadable(body) {
  * A response body read from the engine piece by piece: each _read() submits one
  * agent_queue_read and pushes what it brings. While the stream is paused or full,
  * no read is in flight and the engine does not read the socket (backpressure).
+ * The end sets the response's final timings and its trailers, before 'end' is emitted.
  */
 class ResponseBody extends Readable {
   #handle;
-  #timings;
+  #res;
   #onClose;
   #reading = false;
 
-  constructor(handle, timings, onClose) {
+  constructor(handle, res, onClose) {
     super({ highWaterMark: 64 * 1024 });
     this.#handle = handle;
-    this.#timings = timings;
+    this.#res = res;
     this.#onClose = onClose;
+  }
+
+  /** The response's trailers (as IncomingMessage's): `{}` until the body has ended. */
+  get trailers() {
+    return this.#res.trailers;
+  }
+
+  /** The response's trailers as [name, value, ...]: `[]` until the body has ended. */
+  get rawTrailers() {
+    return this.#res.rawTrailers;
   }
 
   /** Bytes the engine holds for this stream that were not handed to JS yet (bounded). */
@@ -765,13 +786,18 @@ class ResponseBody extends Readable {
     else this.destroy(native.makeError(codes.CANCELLED, 'the response stream was closed'));
   }
 
-  #onData = (err, chunk, total) => {
+  #onData = (err, chunk, total, rawTrailers) => {
     this.#reading = false;
     if (err) {
       this.#close();
       this.destroy(err);
     } else if (chunk === null) {
-      if (total !== undefined) this.#timings.total = total;
+      const res = this.#res;
+      if (total !== undefined) res.timings.total = total;
+      if (rawTrailers !== undefined) {
+        res.trailers = headersObject(rawTrailers);
+        res.rawTrailers = rawTrailers;
+      }
       this.#close();
       this.push(null);
     } else {
@@ -1028,7 +1054,7 @@ class Agent extends EventEmitter {
     const res = finishResponse(raw);
     // Weakly held: a body dropped unread is collected, and its finalizer aborts the stream.
     let ref = null;
-    const body = new ResponseBody(raw.stream, res.timings, () => {
+    const body = new ResponseBody(raw.stream, res, () => {
       this.#bodies.delete(ref);
       if (unsubscribe !== null) unsubscribe();
       this.#settled();

@@ -4,7 +4,9 @@
  * index.js validates every argument and calls the small native surface below:
  *
  *   setFactories(makeResponse, makeHead)     -> the JS functions that build response
- *                                               objects (called once per response)
+ *                                               objects (called once per response; a
+ *                                               whole response's trailers come as one
+ *                                               more argument, see below)
  *   create(options)                          -> handle (an external owning one `agent`)
  *   request(handle, method, url, headers, body, timeoutMs) -> promise of a whole response
  *   lastId()                                 -> the id of the last request() (for cancel)
@@ -12,7 +14,8 @@
  *                                            -> [promise, id, sourceHandle]; the promise
  *                                               resolves with the head and a stream handle
  *   streamRead(stream, cb)                   -> one agent_queue_read; cb(err, chunk,
- *                                               totalMs): chunk null at the end
+ *                                               totalMs, rawTrailers): chunk null at
+ *                                               the end
  *   streamFree(stream), streamBuffered(stream)
  *   sourcePush(source, bytes) -> n | -1, sourceEnd(source), sourceAbort(source, why),
  *   sourceState(source)                      -> a request body fed from JS (see below)
@@ -27,6 +30,15 @@
  *                                               the library's AGENT_HTTP_VERSION_* values
  *   statsFields                              -> the library's statistics field names
  *   testPanic()                              -> throws AGENT_CODE_PANIC (test-hooks builds)
+ *
+ * Trailers (the fields after the body: HTTP/2, or a chunked HTTP/1.1 body) reach JS as
+ * rawTrailers, a flat [name, value, ...] array of latin1 strings made here from
+ * agent_response_trailer_at / agent_stream_trailer_at (N-API copies the bytes; nothing is
+ * allocated in C), or undefined when there are none, so that JS shares one empty object
+ * for the common case. A whole response is asked for them only when it can carry them
+ * (HTTP/2, or a transfer-encoding header): an HTTP/1.1 response with a Content-Length
+ * costs no extra call. A stream's come with the read that returns the end of its body,
+ * read before the stream is freed.
  *
  * Lists the library owns are read from it, never repeated here: statistics are built from
  * agent_stats_field_name/agent_stats_values (snake_case names become camelCase keys), code
@@ -664,8 +676,9 @@ static void free_response_finalizer(napi_env env, void *data, void *hint) {
 
 /* Arguments shared by the two factories: status, version (10/11/20), the header block as one
  * latin1 string ("name: value\r\n" lines, split in JS), reused, then (after the body or
- * stream slot) the seven timings in microseconds. */
-#define FACTORY_ARGS 12
+ * stream slot) the seven timings in microseconds, then rawTrailers (undefined for a head,
+ * and for a whole response without trailers). */
+#define FACTORY_ARGS 13
 
 static bool head_args(napi_env env, const agent_response_parts *p, napi_value *argv) {
   const agent_timings *t = &p->timings;
@@ -683,7 +696,51 @@ static bool head_args(napi_env env, const agent_response_parts *p, napi_value *a
       return false;
     }
   }
+  return napi_get_undefined(env, &argv[12]) == napi_ok;
+}
+
+/* rawTrailers from the `count` trailer lines of `resp` (or, when it is NULL, of `stream`):
+ * [name, value, ...] as latin1 strings, copied by N-API; undefined when `count` is 0. False
+ * with an exception pending on failure. */
+static bool trailer_array(napi_env env, const agent_response *resp, const agent_stream *stream, size_t count,
+                          napi_value *out) {
+  if (count == 0) {
+    return napi_get_undefined(env, out) == napi_ok;
+  }
+  if (napi_create_array_with_length(env, count * 2, out) != napi_ok) {
+    ensure_exception(env, "napi_create_array_with_length");
+    return false;
+  }
+  for (size_t i = 0; i < count; i++) {
+    const char *name = NULL;
+    const char *value = NULL;
+    size_t name_len = 0;
+    size_t value_len = 0;
+    agent_code code = resp != NULL ? agent_response_trailer_at(resp, i, &name, &name_len, &value, &value_len)
+                                   : agent_stream_trailer_at(stream, i, &name, &name_len, &value, &value_len);
+    if (code != AGENT_CODE_OK) {
+      throw_agent_error(env, code);
+      return false;
+    }
+    napi_value n, v;
+    if (napi_create_string_latin1(env, name_len > 0 ? name : "", name_len, &n) != napi_ok ||
+        napi_create_string_latin1(env, value_len > 0 ? value : "", value_len, &v) != napi_ok ||
+        napi_set_element(env, *out, (uint32_t)(2 * i), n) != napi_ok ||
+        napi_set_element(env, *out, (uint32_t)(2 * i + 1), v) != napi_ok) {
+      ensure_exception(env, "trailers");
+      return false;
+    }
+  }
   return true;
+}
+
+/* Whether a whole response can have trailers: HTTP/2, or a transfer-encoding (chunked)
+ * body. Anything else (a Content-Length or close-delimited HTTP/1.x body) has none, and
+ * is not asked. */
+static bool may_have_trailers(const agent_response *resp, const agent_response_parts *p) {
+  const char *value = NULL;
+  size_t value_len = 0;
+  return p->version >= 20 || agent_response_header(resp, "transfer-encoding", &value, &value_len) == AGENT_CODE_OK;
 }
 
 /* Calls a factory; NULL with an exception pending when it (or N-API) failed. */
@@ -715,6 +772,12 @@ static napi_value build_response(napi_env env, env_state *st, agent_response *re
   if (!head_args(env, &p, argv)) {
     agent_response_free(resp);
     ensure_exception(env, "response");
+    return NULL;
+  }
+  /* Read before the body: the response may be freed just below. */
+  if (may_have_trailers(resp, &p) &&
+      !trailer_array(env, resp, NULL, agent_response_trailer_count(resp), &argv[12])) {
+    agent_response_free(resp);
     return NULL;
   }
   /* The body is copied once into a Buffer (then the response is freed at once), or, when
@@ -798,9 +861,10 @@ static void stream_finalize(napi_env env, void *data, void *hint) {
   stream_ctx_unref(c);
 }
 
-/* A read's event reaches its callback, cb(err, chunk, totalMs): an error; a Buffer; or
- * null at the end, with the request's total time. An error or the end frees the stream at
- * once (the end has given the connection back to the pool already). */
+/* A read's event reaches its callback, cb(err, chunk, totalMs, rawTrailers): an error; a
+ * Buffer; or null at the end, with the request's total time and its trailers (undefined
+ * when there were none). An error or the end frees the stream at once (the end has given
+ * the connection back to the pool already): the trailers are read before. */
 static void settle_read(napi_env env, stream_ctx *c, const agent_event *ev) {
   napi_ref cb = c->read_cb;
   c->read_cb = NULL;
@@ -812,9 +876,9 @@ static void settle_read(napi_env env, stream_ctx *c, const agent_event *ev) {
   /* A stream freed by JS while its read was in flight: nobody is waiting for the result
    * (and the piece, if any, went with the stream). */
   if (c->stream != NULL && cb != NULL) {
-    napi_value argv[3];
+    napi_value argv[4];
     bool built = napi_get_null(env, &argv[0]) == napi_ok && napi_get_null(env, &argv[1]) == napi_ok &&
-                 napi_get_undefined(env, &argv[2]) == napi_ok;
+                 napi_get_undefined(env, &argv[2]) == napi_ok && napi_get_undefined(env, &argv[3]) == napi_ok;
     if (built && ev->code != AGENT_CODE_OK) {
       argv[0] = make_agent_error(env, ev->code, ev->message);
       stream_close(env, c);
@@ -823,8 +887,9 @@ static void settle_read(napi_env env, stream_ctx *c, const agent_event *ev) {
       agent_response_parts p;
       memset(&p, 0, sizeof p);
       agent_stream_head(c->stream, &p);
+      built = trailer_array(env, NULL, c->stream, agent_stream_trailer_count(c->stream), &argv[3]) &&
+              napi_create_double(env, (double)p.timings.total_us / 1000.0, &argv[2]) == napi_ok;
       stream_close(env, c);
-      built = napi_create_double(env, (double)p.timings.total_us / 1000.0, &argv[2]) == napi_ok;
     } else if (built) {
       /* Copied into a Buffer: the piece is valid only until the next read, which the
        * callback may start. */
@@ -842,7 +907,7 @@ static void settle_read(napi_env env, stream_ctx *c, const agent_event *ev) {
       argv[0] = e;
       napi_get_null(env, &argv[1]);
     }
-    call_js(env, cb, 3, argv);
+    call_js(env, cb, 4, argv);
   }
   if (cb != NULL) {
     napi_delete_reference(env, cb);
