@@ -29,7 +29,7 @@ W9 (HTTP/2) clients, every one on one connection:
     Node    keepalive-agent new Agent({ httpVersion: 'auto' }) (a binding without the option
             skips the cell, with a note); undici Pool({ allowH2: true, connections: 1,
             pipelining: 64 }); node:http2, one session with 64 streams.
-    Python  not in W9 (the Python binding has no HTTP/2 option yet).
+    Python  not in W9 (no Python peer here speaks HTTP/2 with 64 streams on one connection).
 --workloads picks workloads (W9 alone runs in seconds); the memory test and the instruction
 counts run only in a full run, or with MEM / PROFILE in the list (--workloads W9,MEM).
 KEEPALIVE_AGENT_NODE_BINDING=<dir> makes the Node runner load the binding from <dir> instead
