@@ -245,8 +245,6 @@ impl Agent {
         ))
     }
 
-    /// Cancels an async request. Returns false if it already completed (or never existed);
-    /// a completed request's connection is never affected.
     /// Opens connections to the origin of `url` in the background and pools them, until it
     /// has `count` (idle, busy or opening), within `max_sockets`; for cold starts. Over
     /// TLS the handshakes are done too. When the origin speaks HTTP/2, one connection is
@@ -265,6 +263,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Cancels an async request. Returns false if it already completed (or never existed);
+    /// a completed request's connection is never affected.
     pub fn cancel(&self, id: u64) -> bool {
         let Ok(mut calls) = self.inner.calls.lock() else {
             return false;
@@ -280,24 +280,15 @@ impl Agent {
 
     /// Counters and gauges of the whole agent.
     pub fn stats(&self) -> Stats {
-        let mut s = self.inner.pool.stats();
-        // An HTTP/2 connection holds its pool slot while it is open: without a stream in
-        // flight it is idle, not active.
-        let idle = self.inner.h2.idle(None) as u64;
-        s.active = s.active.saturating_sub(idle);
-        s.idle += idle;
-        s
+        self.inner.with_h2_idle(self.inner.pool.stats(), None)
     }
 
     /// Counters and gauges of one origin, given as a URL (`http://host:port`).
     pub fn origin_stats(&self, url: &str) -> Result<Stats> {
         let target = crate::http::parse_url(url)?;
         let origin = self.inner.route(&target.origin);
-        let mut s = self.inner.pool.origin_stats(&origin);
-        let idle = self.inner.h2.idle(Some(&origin)) as u64;
-        s.active = s.active.saturating_sub(idle);
-        s.idle += idle;
-        Ok(s)
+        let s = self.inner.pool.origin_stats(&origin);
+        Ok(self.inner.with_h2_idle(s, Some(&origin)))
     }
 
     /// Cancels every async request (their callbacks run with `Cancelled`), closes every
@@ -837,6 +828,15 @@ async fn futures_join_all<F: Future<Output = bool>>(futs: Vec<F>) {
 }
 
 impl Inner {
+    /// The pool's statistics with its HTTP/2 connections counted right: a session holds its
+    /// pool slot while it is open, and without a stream in flight it is idle, not active.
+    fn with_h2_idle(&self, mut s: Stats, origin: Option<&Arc<Origin>>) -> Stats {
+        let idle = self.h2.idle(origin) as u64;
+        s.active = s.active.saturating_sub(idle);
+        s.idle += idle;
+        s
+    }
+
     /// The pool key of `origin`: itself, or with the proxy its connections go through.
     fn route(&self, origin: &Arc<Origin>) -> Arc<Origin> {
         let proxies = &self.cfg.proxies;
@@ -1093,14 +1093,9 @@ impl Inner {
     async fn warm(&self, slot: SlotGuard<Conn>, may_h2: bool) -> bool {
         let origin = slot.origin().clone();
         let mut t = Timings::default();
-        let open = self.open(slot, &mut t, Mode::Reactor, may_h2);
-        match tokio::time::timeout(
-            CLOSE_WAIT.max(self.cfg.connect_timeout.unwrap_or_default()),
-            open,
-        )
-        .await
-        {
-            Ok(Ok(Opened::H1(conn))) => {
+        // Bounded as any request's connect is (connect_timeout_msecs).
+        match self.open(slot, &mut t, Mode::Reactor, may_h2).await {
+            Ok(Opened::H1(conn)) => {
                 let keep = Some(self.cfg.free_socket_timeout);
                 self.pool.release(&origin, conn, keep, |_| {});
                 true

@@ -433,10 +433,16 @@ fn map_hyper_error(e: &hyper::Error) -> Error {
                 format!("the server reset the HTTP/2 stream (RST_STREAM {reason})"),
             );
         }
-        if h.is_go_away() && !h.is_remote() {
+        if h.is_go_away() {
+            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
+            if h.is_remote() {
+                return Error::new(
+                    ErrorKind::ConnectionClosed,
+                    format!("the server closed the HTTP/2 connection (GOAWAY {reason})"),
+                );
+            }
             // Our side ended the connection: what the server sent was not HTTP/2 (an
             // HTTP/1.1-only server answering the preface of prior knowledge, typically).
-            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
             return Error::new(
                 ErrorKind::Protocol,
                 format!(
@@ -444,13 +450,6 @@ fn map_hyper_error(e: &hyper::Error) -> Error {
                      with http_version h2c-prior-knowledge the server must speak HTTP/2 on plain http — \
                      an HTTP/1.1-only server fails this way"
                 ),
-            );
-        }
-        if h.is_go_away() {
-            let reason = h.reason().map_or("?".into(), |r| format!("{r:?}"));
-            return Error::new(
-                ErrorKind::ConnectionClosed,
-                format!("the server closed the HTTP/2 connection (GOAWAY {reason})"),
             );
         }
     }

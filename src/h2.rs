@@ -496,6 +496,9 @@ struct InlineTasks {
     shared: Arc<InlineShared>,
     slots: Vec<Option<(Task, Waker)>>,
     free: Vec<usize>,
+    /// Swapped with the shared inbox and ready list, so that neither allocates per round.
+    new: Vec<Task>,
+    ready: Vec<usize>,
 }
 
 /// Polls per [`InlineTasks::poll`] before yielding to the runtime.
@@ -507,6 +510,8 @@ impl InlineTasks {
             shared: inline.shared,
             slots: Vec::new(),
             free: Vec::new(),
+            new: Vec::new(),
+            ready: Vec::new(),
         }
     }
 
@@ -520,9 +525,9 @@ impl InlineTasks {
         }
         let mut budget = INLINE_BUDGET;
         loop {
-            let new: Vec<Task> = std::mem::take(&mut *lock(&self.shared.inbox));
-            let mut ready = std::mem::take(&mut *lock(&self.shared.ready));
-            for task in new {
+            std::mem::swap(&mut *lock(&self.shared.inbox), &mut self.new);
+            std::mem::swap(&mut *lock(&self.shared.ready), &mut self.ready);
+            for task in self.new.drain(..) {
                 let slot = self.free.pop().unwrap_or_else(|| {
                     self.slots.push(None);
                     self.slots.len() - 1
@@ -532,22 +537,21 @@ impl InlineTasks {
                     shared: self.shared.clone(),
                 }));
                 self.slots[slot] = Some((task, waker));
-                ready.push(slot);
+                self.ready.push(slot);
             }
-            if ready.is_empty() {
+            if self.ready.is_empty() {
                 if self.free.len() == self.slots.len() {
                     return Poll::Ready(()); // every slot is free
                 }
                 return Poll::Pending;
             }
-            for slot in ready {
+            for slot in self.ready.drain(..) {
                 let Some(Some((task, waker))) = self.slots.get_mut(slot) else {
                     continue; // woken after it finished
                 };
-                let waker = waker.clone();
                 if task
                     .as_mut()
-                    .poll(&mut Context::from_waker(&waker))
+                    .poll(&mut Context::from_waker(waker))
                     .is_ready()
                 {
                     self.slots[slot] = None;

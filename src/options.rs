@@ -231,15 +231,8 @@ impl KeepAliveSource {
     }
 }
 
-/// Reads SPEC §3's switch from an environment lookup: `Some(false)` for `false`/`0`,
-/// `Some(true)` for `true`/`1` (any case, surrounding blanks ignored), `None` otherwise.
-/// The library's own variable is read first; the AWS SDK's name is the alias.
-pub fn reuse_from_env(get: impl Fn(&str) -> Option<String>) -> Option<bool> {
-    [ENV_REUSE, ENV_REUSE_AWS]
-        .iter()
-        .find_map(|name| get(name).and_then(|v| parse_switch(&v)))
-}
-
+/// SPEC §3's switch values: `Some(false)` for `false`/`0`, `Some(true)` for `true`/`1` (any
+/// case, surrounding blanks ignored), `None` otherwise.
 fn parse_switch(value: &str) -> Option<bool> {
     let v = value.trim();
     if v.eq_ignore_ascii_case("false") || v == "0" {
@@ -289,29 +282,29 @@ impl Options {
     /// saying true; then the default (on).
     fn decide_keep_alive(&self, env: &impl Fn(&str) -> Option<String>) -> (bool, KeepAliveSource) {
         let ignore_environment = self.ignore_environment.unwrap_or(false);
-        // The first variable that is set is the one reported; the first parseable one decides.
-        let variable = [ENV_REUSE, ENV_REUSE_AWS]
-            .iter()
-            .find_map(|name| env(name).map(|v| (*name, v)));
-        let from_env = if ignore_environment {
-            None
-        } else {
-            reuse_from_env(env)
+        // The library's own variable is read first; the AWS SDK's name is the alias. The first
+        // one set is what the read-back reports, unless a parseable one decided.
+        let first = |parseable: bool| {
+            [ENV_REUSE, ENV_REUSE_AWS].iter().find_map(|name| {
+                env(name)
+                    .filter(|v| !parseable || parse_switch(v).is_some())
+                    .map(|v| (*name, v))
+            })
         };
+        let decider = first(true);
+        let from_env = decider
+            .as_ref()
+            .filter(|_| !ignore_environment)
+            .and_then(|(_, v)| parse_switch(v));
         let (keep_alive, origin) = match (from_env, self.keep_alive) {
             (Some(false), _) => (false, SettingOrigin::Environment),
             (_, Some(v)) => (v, SettingOrigin::Argument),
             (Some(true), None) => (true, SettingOrigin::Environment),
             (None, None) => (true, SettingOrigin::Default),
         };
-        // Report the variable that decided, when one did.
         let variable = match origin {
-            SettingOrigin::Environment => [ENV_REUSE, ENV_REUSE_AWS].iter().find_map(|name| {
-                env(name)
-                    .filter(|v| parse_switch(v).is_some())
-                    .map(|v| (*name, v))
-            }),
-            _ => variable,
+            SettingOrigin::Environment => decider,
+            _ => first(false),
         };
         (
             keep_alive,
