@@ -101,6 +101,11 @@ def _load() -> Tuple[ctypes.CDLL, Path]:
 
 
 lib, LIBRARY_PATH = _load()
+# The same library through ``PyDLL``: its functions keep the GIL while they run. Only for
+# calls that neither block nor call back into Python (reading or freeing what the caller
+# owns), where releasing the GIL costs more than the call and, with many threads, hands
+# the GIL to another thread at every call.
+lib_holding_gil = ctypes.PyDLL(str(LIBRARY_PATH))
 
 # ---------------------------------------------------------------------------------------
 # Types
