@@ -124,6 +124,82 @@ fn waited() {
     EPOCH.with(|e| e.set(WAIT_EPOCH.fetch_add(1, Ordering::Relaxed)));
 }
 
+/// Descriptors above this are not tracked in [`SEEN`]: their reads are retried after every
+/// wait, as before the tracking.
+const SEEN_MAX_FD: usize = 1 << 16;
+
+thread_local! {
+    /// Per descriptor, the epoch of this thread's last wait that reported an event for it
+    /// (0: none). A socket whose read came back drained (`EAGAIN`, or fewer bytes than asked
+    /// for) is not read again until a wait reports it: its registrations are
+    /// edge-triggered, so anything arriving after that read raises a new event. Without
+    /// this, a socket was read again after every wait of its thread, whichever sockets that
+    /// wait reported: with 64 connections on one queue, two `recv`s per request found
+    /// nothing.
+    static SEEN: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// The epoch of this thread's last wait that could not say which sockets it reported
+    /// (it failed): every tracked socket counts as reported then.
+    static SEEN_ALL: Cell<u64> = const { Cell::new(0) };
+}
+
+/// For an executor, after [`note_waited`]: its wait reported `event` for `fd`. An end of
+/// the stream (FIN, RST, an error) is reported once but stays: from then on that socket is
+/// always read (a read returns the end), as tokio never clears a closed state either.
+pub(crate) fn note_event(fd: RawFd, event: &mio::event::Event) {
+    let ended = event.is_read_closed() || event.is_error();
+    note_fd(fd, if ended { u64::MAX } else { wait_epoch() });
+}
+
+/// For a new socket on this thread: what an earlier socket with the same number saw does
+/// not apply.
+fn forget_fd(fd: RawFd) {
+    if let Ok(i) = usize::try_from(fd) {
+        SEEN.with(|s| {
+            if let Some(e) = s.borrow_mut().get_mut(i) {
+                *e = 0;
+            }
+        });
+    }
+}
+
+fn note_fd(fd: RawFd, epoch: u64) {
+    match usize::try_from(fd) {
+        Ok(i) if i < SEEN_MAX_FD => SEEN.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() <= i {
+                s.resize(i + 1, 0);
+            }
+            s[i] = epoch;
+        }),
+        _ => {}
+    }
+}
+
+/// For an executor, after [`note_waited`]: its wait failed or could not tell which sockets
+/// are ready, so every socket is read again.
+pub(crate) fn note_all_events() {
+    SEEN_ALL.with(|a| a.set(wait_epoch()));
+}
+
+/// For an executor whose sockets were last polled on another thread (a queue drained by
+/// another thread than last time): that thread's waits saw their events, this one's
+/// [`SEEN`] did not, so every socket is read again once.
+pub(crate) fn forget_seen() {
+    let epoch = WAIT_EPOCH.fetch_add(1, Ordering::Relaxed);
+    SEEN_ALL.with(|a| a.set(epoch));
+}
+
+/// Whether a wait of this thread after epoch `since` reported `fd` (or could not tell).
+fn seen_after(fd: RawFd, since: u64) -> bool {
+    if SEEN_ALL.with(Cell::get) > since {
+        return true;
+    }
+    match usize::try_from(fd) {
+        Ok(i) if i < SEEN_MAX_FD => SEEN.with(|s| s.borrow().get(i).is_some_and(|&e| e > since)),
+        _ => true,
+    }
+}
+
 /// Registers `fd` with `registry` under `token` for `wait`, edge-triggered. `known` says
 /// whether it was registered before (then `EPOLL_CTL_MOD` re-arms it and reports data
 /// already there); either guess is corrected when wrong (the fd was closed and its number
@@ -235,6 +311,15 @@ impl Poller {
             }
         };
         waited();
+        if res.is_err() {
+            note_all_events();
+        }
+        // Only `on` is registered under SOCKET now; an event left from a socket registered
+        // before it is counted for `on` (one read too many, never one too few: that other
+        // socket is registered again, which reports what is there, when it next waits).
+        for e in self.events.iter().filter(|e| e.token() == SOCKET) {
+            note_event(on.fd, e);
+        }
         res
     }
 }
@@ -326,6 +411,8 @@ pub(crate) fn block_on<F: Future>(handle: &Handle, make: impl FnOnce(Mode) -> F)
                         None => Ok(()),
                     });
                     if res.is_err() {
+                        waited();
+                        note_all_events();
                         std::thread::sleep(WAIT_FAILED_SLEEP);
                     }
                 }
@@ -369,6 +456,7 @@ enum Sock {
 impl Socket {
     /// A socket connected through the reactor.
     pub(crate) fn reactor(s: TcpStream) -> Socket {
+        forget_fd(s.as_raw_fd());
         Socket {
             sock: Sock::Reactor(s),
             blocked: Blocked::default(),
@@ -384,6 +472,7 @@ impl Socket {
         addr: SocketAddr,
     ) -> io::Result<Socket> {
         sock.set_nonblocking(true)?;
+        forget_fd(sock.as_raw_fd());
         let id = NEXT_SOCK.fetch_add(1, Ordering::Relaxed);
         match sock.connect(&addr.into()) {
             Ok(()) => {}
@@ -423,6 +512,8 @@ impl Socket {
             (Sock::Reactor(_), true) => {
                 if let Sock::Reactor(s) = std::mem::replace(&mut self.sock, Sock::Moving) {
                     self.sock = Sock::Direct(s.into_std()?);
+                    // What it saw before its time in the reactor says nothing now.
+                    self.blocked = Blocked::default();
                 }
             }
             (Sock::Direct(_), false) => {
@@ -437,7 +528,8 @@ impl Socket {
     }
 
     /// A direct system call: `WouldBlock` becomes "wait for this socket" for the caller.
-    /// After an `EAGAIN`, the call is not retried until a wait has happened.
+    /// After an `EAGAIN`, a write is not retried until a wait has happened, and a read
+    /// until a wait has reported this socket (see [`SEEN`]).
     fn direct<T>(
         s: &std::net::TcpStream,
         id: u64,
@@ -451,9 +543,16 @@ impl Socket {
             sock: id,
         };
         let epoch = wait_epoch();
-        if *blocked == Some(epoch) {
-            wait_for(on);
-            return Poll::Pending;
+        if let Some(since) = *blocked {
+            let wait = if interest == Wait::Read {
+                !seen_after(on.fd, since)
+            } else {
+                since == epoch
+            };
+            if wait {
+                wait_for(on);
+                return Poll::Pending;
+            }
         }
         loop {
             match op(s) {
@@ -515,19 +614,25 @@ impl AsyncRead for Socket {
                 // more) per read would cost more than the read. Read into this thread's
                 // scratch buffer instead and copy what arrived.
                 let want = buf.remaining().min(SCRATCH_LEN);
+                let blocked = &mut this.blocked.read;
                 let n = SCRATCH.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
                     let n = std::task::ready!(Socket::direct(
                         s,
                         this.id,
                         Wait::Read,
-                        &mut this.blocked.read,
+                        blocked,
                         |mut s| io::Read::read(&mut s, &mut scratch[..want])
                     ))?;
                     buf.put_slice(&scratch[..n]);
                     Poll::Ready(Ok::<usize, io::Error>(n))
                 });
-                std::task::ready!(n)?;
+                let n = std::task::ready!(n)?;
+                if n > 0 && n < want {
+                    // Fewer bytes than asked for: the socket is drained (an edge-triggered
+                    // wait reports what comes next), as after an `EAGAIN`.
+                    *blocked = Some(wait_epoch());
+                }
                 Poll::Ready(Ok(()))
             }
             Sock::Moving => Poll::Ready(Err(io::Error::other("socket lost"))),

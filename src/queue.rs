@@ -150,18 +150,23 @@ struct Exec<E> {
     /// the wait they were registered for and the request waiting on them now (a closed one
     /// leaves the set by itself; a wrong guess costs one failed `epoll_ctl`).
     watched: IdMap<RawFd, (direct::WaitOn, usize)>,
+    /// The thread that drained last ([`direct::thread_token`]; 0: none yet).
+    drainer: u64,
 }
 
 impl<E: Send + 'static> Exec<E> {
     /// Waits up to `timeout` for readiness and adds the requests it concerns to `ready`.
     fn collect(&mut self, timeout: Duration, ready: &mut Vec<usize>) {
-        loop {
+        let res = loop {
             match self.poll.poll(&mut self.events, Some(timeout)) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                _ => break,
+                r => break r,
             }
-        }
+        };
         direct::note_waited();
+        if res.is_err() {
+            direct::note_all_events();
+        }
         for ev in self.events.iter() {
             if ev.token() == WAKE {
                 continue;
@@ -170,6 +175,7 @@ impl<E: Send + 'static> Exec<E> {
             // is looked up (a stale event for a finished one finds nothing or polls a
             // request spuriously, which is harmless).
             let fd = RawFd::try_from(ev.token().0).unwrap_or(-1);
+            direct::note_event(fd, ev);
             if let Some((_, id)) = self.watched.get(&fd) {
                 ready.push(*id);
             }
@@ -251,6 +257,7 @@ impl<E: Send + 'static> Queue<E> {
                 events: mio::Events::with_capacity(256),
                 tasks: IdMap::default(),
                 watched: IdMap::default(),
+                drainer: 0,
             }),
             handle,
             fd,
@@ -308,6 +315,11 @@ impl<E: Send + 'static> Queue<E> {
         }
         let _draining = DrainingGuard;
         let mut exec = lock(&self.exec);
+        let me = direct::thread_token();
+        if exec.drainer != me {
+            exec.drainer = me;
+            direct::forget_seen();
+        }
         let _ctx = self.handle.enter();
         let _direct = direct::enter_direct();
         let deadline = Instant::now() + timeout;
@@ -396,6 +408,7 @@ impl<E: Send + 'static> Drop for Queue<E> {
                     events: mio::Events::with_capacity(1),
                     tasks: IdMap::default(),
                     watched: IdMap::default(),
+                    drainer: 0,
                 },
             );
             std::mem::forget(exec);
