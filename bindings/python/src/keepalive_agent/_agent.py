@@ -13,7 +13,7 @@ import re
 import struct
 import threading
 import weakref
-from ctypes import byref, c_void_p
+from ctypes import byref, c_size_t, c_uint32, c_void_p
 from typing import (
     IO,
     Any,
@@ -30,7 +30,7 @@ from typing import (
 
 from . import _body, _events, _loop, _native, errors
 from ._native import lib
-from ._response import Headers, PoolStats, Response, Timings, make_response
+from ._response import Headers, PoolStats, Response, Timings
 from ._stream import AsyncStreamResponse, StreamResponse
 
 __all__ = ["Agent", "HeadersArg", "BodyArg"]
@@ -54,6 +54,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except tab
 _BAD_URL = re.compile(r"[\x00-\x20\x7f]")
 _VERSIONS = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
+_Future = asyncio.Future
 
 # ---------------------------------------------------------------------------------------
 # Argument checking and encoding: everything is refused here, before C sees it.
@@ -75,8 +76,12 @@ def _text(what: str, value: Any) -> bytes:
     raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
-# Methods already checked and encoded (str -> bytes); bounded, since any token is allowed.
+# Methods and URLs already checked and encoded (str -> bytes): a client sends a few of them
+# many times. Bounded, since any token or URL is allowed (long URLs are not kept).
 _METHODS: Dict[str, bytes] = {}
+_URLS: Dict[str, bytes] = {}
+_URLS_MAX = 256
+_URL_KEPT_LEN = 1024
 
 
 def _encode_method(method: Any) -> bytes:
@@ -94,7 +99,10 @@ def _encode_method(method: Any) -> bytes:
 
 def _encode_url(url: Any) -> bytes:
     if type(url) is str and url.isascii() and url.isprintable() and " " not in url:
-        return url.encode("ascii")  # the usual case: printable ASCII has no byte to refuse
+        u = url.encode("ascii")  # the usual case: printable ASCII has no byte to refuse
+        if len(_URLS) < _URLS_MAX and len(url) <= _URL_KEPT_LEN:
+            _URLS[url] = u
+        return u
     if not isinstance(url, str):
         raise TypeError(f"url must be str, not {type(url).__name__}")
     if _BAD_URL.search(url):
@@ -208,26 +216,21 @@ def _lower(name: Union[str, bytes]) -> str:
     return (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
 
 
-# Per-request native calls without the errcheck wrapper of _native (``lib[name]`` is a
-# function object of its own): the codes are checked right here.
-def _raw(name: str, hold_gil: bool = False) -> Any:
-    f = (_native.lib_holding_gil if hold_gil else lib)[name]
-    proto = getattr(lib, name)
-    f.restype = proto.restype
-    f.argtypes = proto.argtypes
-    return f
-
-
-_request_raw = _raw("agent_request")
-_submit_raw = _raw("agent_queue_submit")
+# Per-request native calls without the errcheck wrapper of _native and without argtypes
+# (see _native.bare: arguments go as ctypes objects of their exact C type, bytes or None):
+# the codes are checked right here.
+_request_raw = _native.bare("agent_request")
+_submit_raw = _native.bare("agent_queue_submit")
 # Reading and freeing a response the caller owns touch only its memory: they neither block
 # nor call back, so they keep the GIL. Releasing it around each of them gave 64 threads
 # three GIL hand-offs per request instead of one (the request itself).
-_response_read_raw = _raw("agent_response_read", hold_gil=True)
-_response_free = _raw("agent_response_free", hold_gil=True)
-_response_trailer_count = _raw("agent_response_trailer_count", hold_gil=True)
-_string_at = ctypes.string_at
-_STRING_AT_MAX = (1 << 31) - 1  # ctypes.string_at takes a C int length
+_response_read_raw = _native.bare("agent_response_read", hold_gil=True)
+_response_free = _native.bare("agent_response_free", hold_gil=True)
+_response_trailer_count = _native.bare("agent_response_trailer_count", hold_gil=True)
+_SIZE_0 = _native.SIZE_0
+_UINT32_0 = _native.UINT32_0
+_memory = _native.memory
+_copy = _native.copy_out
 
 # agent_response_parts: status u16, version u32, reused bool, body, body_len, headers,
 # headers_len, header_count, then agent_timings (seven u64).
@@ -236,55 +239,74 @@ assert _PARTS.size == ctypes.sizeof(_native.agent_response_parts), "agent_respon
 _unpack_parts = _PARTS.unpack_from
 
 
+def parts_buffers() -> Tuple[Any, memoryview]:
+    """An ``agent_response_parts`` to read responses into: ``byref`` to it (for
+    ``agent_response_read``) and a byte view of it (for ``_unpack_parts``)."""
+    parts = _native.agent_response_parts()
+    return byref(parts), memoryview(parts).cast("B")
+
+
 class _Scratch(threading.local):
     """Per-thread out-parameters, made once per thread rather than once per request."""
 
     def __init__(self) -> None:
-        self.parts = _native.agent_response_parts()
-        self.parts_ref = byref(self.parts)
-        self.parts_view = memoryview(self.parts).cast("B")
-        self.out = c_void_p()
-        self.out_ref = byref(self.out)
+        out = c_void_p()  # agent_request's response, passed on as it is
+        # One tuple: each attribute of a threading.local costs a lookup of its own.
+        self.bufs = (out, byref(out)) + parts_buffers()
 
 
 _scratch = _Scratch()
+_new_response = Response.__new__
+_new_headers = Headers.__new__
 
 
-def _copy(addr: int, n: int) -> bytes:
-    if not n:
-        return b""
-    if n <= _STRING_AT_MAX:
-        return _string_at(addr, n)
-    return (ctypes.c_char * n).from_address(addr).raw  # pragma: no cover - a body over 2 GiB
-
-
-def make_response_from_handle(handle: int, method: str, url: str) -> Response:
-    """Copies a native response into a Response and frees the native one: one
-    ``agent_response_read``, one copy of the header block, one of the body.
+def make_response_from_handle(
+    handle: c_void_p, method: str, url: str, parts_ref: Any, parts_view: memoryview
+) -> Response:
+    """Copies a native response (``handle``: a ``c_void_p``, as the bare functions take
+    it) into a Response and frees the native one: one ``agent_response_read`` (into the
+    caller's :func:`parts_buffers`), one copy of the header block, one of the body; the
+    headers are parsed on first access (:meth:`Headers._from_block`, made inline here).
 
     Trailers can only follow an HTTP/2 body or a chunked HTTP/1.1 one (which has a
     ``transfer-encoding`` header): only those responses cost one call more
     (``agent_response_trailer_count``), and one per trailer line when there are some."""
-    s = _scratch
     trailers = None
     try:
-        code = _response_read_raw(handle, s.parts_ref)
+        code = _response_read_raw(handle, parts_ref)
         if code:
             raise _native.error_for(code)
-        v = _unpack_parts(s.parts_view)
-        body = _copy(v[3], v[4])
-        block = _copy(v[5], v[6])
-        if v[1] >= 20 or b"transfer-encoding:" in block:
+        v = _unpack_parts(parts_view)
+        if _memory is not None:
+            a = v[3]
+            body = _memory[a:a + v[4]]
+            a = v[5]
+            block = _memory[a:a + v[6]]
+        else:  # pragma: no cover - 32-bit
+            body = _copy(v[3], v[4])
+            block = _copy(v[5], v[6])
+        # find, not ``in``: ``bytes in bytes`` first tries the operand as an int and
+        # raises and clears a TypeError, which costs twice the search.
+        if v[1] >= 20 or block.find(b"transfer-encoding:") >= 0:
             n = _response_trailer_count(handle)
             if n:
-                trailers = _native.response_trailers(handle, n)
+                trailers = _native.response_trailers(handle.value, n)
     finally:
         _response_free(handle)
+    headers = _new_headers(Headers)
+    headers._raw = block
+    r = _new_response(Response)
+    r.status = v[0]
     version = v[1]
-    return make_response(
-        v[0], _VERSIONS.get(version) or str(version), Headers._from_block(block), body, v[2],
-        v[8:15], url, method, trailers,
-    )
+    r.http_version = _VERSIONS.get(version) or str(version)
+    r.headers = headers
+    r.body = body
+    r.reused = v[2]
+    r._timings = v  # the timings are its last seven values (Response.timings)
+    r.url = url
+    r.method = method
+    r._trailers = trailers
+    return r
 
 
 _make_response = make_response_from_handle
@@ -434,10 +456,45 @@ def _opt_path(name: str, value: Any) -> bytes:
 
 
 
-def _plain_args(method, url, body, timeout):
-    """The C arguments of a request without headers and with bytes (or no) body."""
-    return (_encode_method(method), _encode_url(url), _timeout_msecs(timeout), None, 0,
-            body or None, len(body) if body else 0)
+# Timeouts (seconds, float) already turned into their uint32_t argument; bounded.
+_TIMEOUTS: Dict[float, Any] = {}
+_size_param = c_size_t.from_param
+_uint32_param = c_uint32.from_param
+
+
+def _size_arg(n: int) -> Any:
+    """A size_t argument for the bare functions."""
+    return _size_param(n) if n else _SIZE_0
+
+
+def _msecs_arg(ms: int) -> Any:
+    """A uint32_t argument (milliseconds) for the bare functions."""
+    return _uint32_param(ms) if ms else _UINT32_0
+
+
+def _plain_args(
+    method: Any, url: Any, body: Optional[bytes], timeout: Optional[float]
+) -> Tuple[Any, ...]:
+    """The C arguments (method, url, timeout, body, body length) of a request without
+    headers and with bytes (or no) body, as the bare functions take them."""
+    m = _METHODS.get(method) if type(method) is str else None
+    if m is None:
+        m = _encode_method(method)
+    u = _URLS.get(url) if type(url) is str else None
+    if u is None:
+        u = _encode_url(url)
+    if timeout is None:
+        t = _UINT32_0
+    else:
+        t = _TIMEOUTS.get(timeout) if type(timeout) is float else None
+        if t is None:
+            t = _msecs_arg(_timeout_msecs(timeout))
+            if type(timeout) is float and len(_TIMEOUTS) < 64:
+                _TIMEOUTS[timeout] = t
+    if body:
+        return m, u, t, body, _size_param(len(body))
+    return m, u, t, None, _SIZE_0
+
 
 class Agent:
     """An HTTP/1.1 and HTTP/2 client with a keep-alive connection pool (one native ``agent``).
@@ -568,6 +625,7 @@ class Agent:
         options = dict(locals())
         del options["self"]
         self._handle: Optional[int] = None  # first, for a __del__ after a failed __init__
+        self._handle_arg: Any = None  # the same, as the bare functions take it
         # The C event callback, when events are on: it must outlive the native agent.
         self._event_callback: Any = None
         self._options: Dict[str, Any] = options
@@ -691,6 +749,7 @@ class Agent:
         if events:
             self._event_callback = callback
         self._handle = out.value
+        self._handle_arg = c_void_p.from_param(out.value)
         _live.add(self)
 
     # -- lifetime -------------------------------------------------------------------------
@@ -729,6 +788,7 @@ class Agent:
             if handle is None:
                 return
             self._handle = None  # new calls are refused from here on
+            self._handle_arg = None
             if wait_for_users:
                 while self._users:
                     cond.wait(0.1)
@@ -883,7 +943,8 @@ class Agent:
         """
         if headers is None and json is None and (body is None or type(body) is bytes):
             # The usual call, encoded without building a _Prepared.
-            m, u, t, hs, nh, b, blen = _plain_args(method, url, body, timeout)
+            m, u, t, b, blen = _plain_args(method, url, body, timeout)
+            hs, nh = None, _SIZE_0
         else:
             p = _Prepared(method, url, headers, body, timeout, json)
             if p.source is not None:
@@ -891,23 +952,24 @@ class Agent:
                 with self._open_stream(p, method, url) as s:
                     data = s.read()
                 return _whole_response(s, data)
-            m, u, hs, nh, b, blen, t = p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout
-        sc = _scratch
+            m, u, hs, b = p.method, p.url, p.headers, p.body
+            nh, blen, t = _size_arg(p.n_headers), _size_arg(p.body_len), _msecs_arg(p.timeout)
+        out, out_ref, parts_ref, parts_view = _scratch.bufs
         users = self._users  # as _acquire()/_release(), inline
         users.append(None)
-        handle = self._handle
+        handle = self._handle_arg
         if handle is None:
             self._release()
             raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
         try:
-            code = _request_raw(handle, m, u, hs, nh, b, blen, t, sc.out_ref)
+            code = _request_raw(handle, m, u, hs, nh, b, blen, t, out_ref)
         finally:
             users.pop()
             if self._handle is None:
                 self._wake_closer()
         if code:
             raise _native.error_for(code)  # agent_last_error of this thread, unchanged since
-        return make_response_from_handle(sc.out.value, method, url)  # type: ignore[arg-type]
+        return make_response_from_handle(out, method, url, parts_ref, parts_view)
 
     def get(self, url: str, headers: HeadersArg = None, timeout: Optional[float] = None) -> Response:
         return self.request("GET", url, headers, None, timeout)
@@ -1100,26 +1162,33 @@ class Agent:
         if it was mid-response) and raises ``asyncio.CancelledError`` as usual.
         """
         if headers is None and json is None and (body is None or type(body) is bytes):
-            m, u, t, hs, nh, b, blen = _plain_args(method, url, body, timeout)
+            m, u, t, b, blen = _plain_args(method, url, body, timeout)
+            hs, nh = None, _SIZE_0
         else:
             p = _Prepared(method, url, headers, body, timeout, json, allow_async=True)
             if p.source is not None:
                 async with _AsyncStreamContext(self, p, method, url) as s:
                     data = await s.aread()
                 return _whole_response(s, data)
-            m, u, hs, nh, b, blen, t = p.method, p.url, p.headers, p.n_headers, p.body, p.body_len, p.timeout
+            m, u, hs, b = p.method, p.url, p.headers, p.body
+            nh, blen, t = _size_arg(p.n_headers), _size_arg(p.body_len), _msecs_arg(p.timeout)
         loop = asyncio.get_running_loop()
         d = _loop.driver_for(loop)
-        fut: "asyncio.Future[Response]" = loop.create_future()
-        token = d.token()
+        fut: "asyncio.Future[Response]" = (
+            _Future(loop=loop) if d.plain_futures else loop.create_future()
+        )
+        token = d._next + 1  # as d.token(), inline
+        d._next = token
+        token_arg = d.token_arg
+        token_arg.value = token
         users = self._users  # as _acquire()/_release(), inline
         users.append(None)
-        handle = self._handle
+        handle = self._handle_arg
         if handle is None:
             self._release()
             raise errors.CancelledError(_native.CANCELLED, "the agent is closed")
         try:
-            code = _submit_raw(d.q, handle, m, u, hs, nh, b, blen, t, token, d.rid_ref)
+            code = _submit_raw(d.q_arg, handle, m, u, hs, nh, b, blen, t, token_arg, d.rid_ref)
             rid = d.rid.value
         finally:
             users.pop()

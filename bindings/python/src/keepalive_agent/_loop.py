@@ -89,16 +89,20 @@ class Driver:
     __slots__ = (
         "__weakref__", "_state", "q", "fd", "_loop", "entries", "watching", "_next",
         "_events", "_addr", "_view", "_n", "_nref", "rid", "rid_ref", "_finalizer",
-        "read_response",
+        "read_response", "q_arg", "token_arg", "_resp_arg", "_parts_ref", "_parts_view",
+        "plain_futures",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from ._agent import make_response_from_handle  # late: _agent imports this module
+        # late: _agent imports this module
+        from ._agent import make_response_from_handle, parts_buffers
 
         self.read_response = make_response_from_handle
+        self._parts_ref, self._parts_view = parts_buffers()  # what responses are read into
         out = c_void_p()
         lib.agent_queue_new(byref(out))
         self.q: Optional[int] = out.value
+        self.q_arg: Any = c_void_p.from_param(out.value)  # the same, as the bare functions take it
         self._state: List[Optional[int]] = [out.value]
         self.fd = lib.agent_queue_fd(out.value)
         self._loop = weakref.ref(loop)
@@ -115,7 +119,14 @@ class Driver:
         self._nref = byref(self._n)
         self.rid = c_uint64()  # out_id of the last submission (read right after it)
         self.rid_ref = byref(self.rid)
+        # Arguments of the bare functions, set before each call: the token of a
+        # submission, the response of an event.
+        self.token_arg = c_uint64()
+        self._resp_arg = c_void_p()
         self._finalizer = weakref.finalize(loop, _free_queue, self._state)
+        # The loop makes its futures as asyncio's own loops do (``asyncio.Future(loop=loop)``,
+        # made directly, skips one Python call); another loop's create_future is used.
+        self.plain_futures = type(loop).create_future is asyncio.BaseEventLoop.create_future
 
     # -- submission side ------------------------------------------------------------------
 
@@ -149,6 +160,7 @@ class Driver:
         """Frees the queue (the loop has closed); in-flight work is dropped."""
         self.watching = False
         self.q = None
+        self.q_arg = None
         self.entries.clear()
         self._finalizer()
 
@@ -179,6 +191,9 @@ class Driver:
     def _dispatch(self, k: int, entries: Dict[int, Tuple[Any, Any, Any]]) -> None:
         matched = 0
         make = self.read_response
+        resp_arg = self._resp_arg
+        parts_ref = self._parts_ref
+        parts_view = self._parts_view
         for token, kind, code, resp, stream, data, length, message in _EVENT.iter_unpack(
             self._view[: k * _EVENT_SIZE]
         ):
@@ -197,7 +212,8 @@ class Driver:
                         if resp:
                             lib.agent_response_free(resp)
                     elif code == _OK and resp:
-                        fut.set_result(make(resp, entry[1], entry[2]))
+                        resp_arg.value = resp
+                        fut.set_result(make(resp_arg, entry[1], entry[2], parts_ref, parts_view))
                     else:
                         fut.set_exception(
                             event_error(code, message) if code != _OK
@@ -250,10 +266,21 @@ def _head_error(code: int, message: int, source: Any) -> BaseException:
     return _body.error_for_message(code, event_message(code, message), source)
 
 
+# The driver last looked up: most programs run one loop, and each lookup in _drivers
+# makes a weak reference to its key. Only a hint: checked against its loop (held weakly)
+# at each use, so another thread's loop, or a loop gone, only falls back to _drivers.
+_last: Optional[Driver] = None
+
+
 def driver_for(loop: asyncio.AbstractEventLoop) -> Driver:
     """The driver of ``loop`` (created on first use)."""
+    global _last
+    d = _last
+    if d is not None and d._loop() is loop and d._state[0] is not None:
+        return d
     d = _drivers.get(loop)
     if d is not None and not d.closed:
+        _last = d
         return d
     with _drivers_lock:
         d = _drivers.get(loop)
@@ -266,6 +293,7 @@ def driver_for(loop: asyncio.AbstractEventLoop) -> Driver:
                 del _drivers[other_loop]
         d = Driver(loop)
         _drivers[loop] = d
+        _last = d
         return d
 
 
@@ -283,13 +311,15 @@ def queue_pending_total() -> int:
 
 def after_fork_in_child() -> None:
     # Queues inherited across fork are not used (nor freed) in the child.
-    global _drivers_lock, _counts_lock
+    global _drivers_lock, _counts_lock, _last
+    _last = None
     _drivers_lock = threading.Lock()
     _counts_lock = threading.Lock()
     for d in list(_drivers.values()):
         d._finalizer.detach()
         d._state[0] = None
         d.q = None
+        d.q_arg = None
         d.entries.clear()
         d.watching = False
     _drivers.clear()

@@ -217,8 +217,9 @@ class Response:
         """Timings of this request in microseconds."""
         t = self._timings
         if not isinstance(t, Timings):
-            if isinstance(t, tuple):  # the seven values, as copied out of the native response
-                t = self._timings = Timings(*t)
+            if isinstance(t, tuple):  # values copied out of the native response, the seven
+                # timings last (the whole agent_response_parts as unpacked, or only them)
+                t = self._timings = Timings(*t[-7:])
             else:
                 t = self._timings = Timings(
                     t.queued_us, t.dns_us, t.connect_us, t.tls_us, t.sent_us, t.ttfb_us, t.total_us
@@ -263,25 +264,3 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response [{self.status}] {len(self.body)} bytes{' reused' if self.reused else ''}>"
-
-
-_new_response = Response.__new__
-
-
-def make_response(
-    status: int, http_version: str, headers: Headers, body: bytes, reused: bool, timings: Any,
-    url: str, method: str, trailers: Optional[List[Tuple[str, str]]] = None,
-) -> Response:
-    """A Response without keyword parsing (the per-request path). ``trailers``: the
-    pairs copied out of the native response, None when it had none."""
-    r = _new_response(Response)
-    r.status = status
-    r.http_version = http_version
-    r.headers = headers
-    r.body = body
-    r.reused = reused
-    r._timings = timings
-    r.url = url
-    r.method = method
-    r._trailers = trailers
-    return r
