@@ -309,8 +309,6 @@ def make_response_from_handle(
     return r
 
 
-_make_response = make_response_from_handle
-
 # [queue events drained, events that found their future] -- for tests (SPEC §6.30).
 _callback_counts = _loop.counts
 
