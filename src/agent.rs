@@ -1000,7 +1000,11 @@ impl Inner {
             let (mut conn, reused) = match checkout {
                 Checkout::Reused(c) => (c, true),
                 Checkout::Connect(slot) => {
-                    match self.open(slot, &mut t, mode, connecting.is_some()).await? {
+                    // Boxed: connecting (resolving, racing addresses, TLS) is the largest
+                    // state of a request by far, and needed only for a new connection;
+                    // inline, it made every request's future (moved a few times on its
+                    // way to the heap) several KiB larger.
+                    match Box::pin(self.open(slot, &mut t, mode, connecting.is_some())).await? {
                         Opened::H1(c) => {
                             if connecting.is_some() {
                                 self.h2.http1_only(origin);
