@@ -91,17 +91,25 @@ def ours_threads(agent, url: str):
     return make_fetch
 
 
+def pycurl_handle(url: str, chunks: list):
+    """An easy handle for ``url`` whose body pieces go to ``chunks`` (as bench/python/runner.py)."""
+    import pycurl
+
+    c = pycurl.Curl()
+    c.setopt(pycurl.URL, url)
+    c.setopt(pycurl.NOSIGNAL, 1)
+    c.setopt(pycurl.TCP_NODELAY, 1)
+    c.setopt(pycurl.TIMEOUT_MS, 30000)
+    c.setopt(pycurl.WRITEFUNCTION, chunks.append)
+    return c
+
+
 def pycurl_threads(url: str):
     import pycurl
 
     def make_fetch():
-        c = pycurl.Curl()
-        c.setopt(pycurl.URL, url)
-        c.setopt(pycurl.NOSIGNAL, 1)
-        c.setopt(pycurl.TCP_NODELAY, 1)
-        c.setopt(pycurl.TIMEOUT_MS, 30000)
         chunks = []
-        c.setopt(pycurl.WRITEFUNCTION, chunks.append)
+        c = pycurl_handle(url, chunks)
 
         def fetch():
             chunks.clear()
@@ -150,13 +158,8 @@ class PycurlMulti:
         self.m.setopt(pycurl.M_MAX_HOST_CONNECTIONS, conc)
         self.handles, self.chunks = [], {}
         for _ in range(conc):
-            c = pycurl.Curl()
-            c.setopt(pycurl.URL, url)
-            c.setopt(pycurl.NOSIGNAL, 1)
-            c.setopt(pycurl.TCP_NODELAY, 1)
-            c.setopt(pycurl.TIMEOUT_MS, 30000)
             buf = []
-            c.setopt(pycurl.WRITEFUNCTION, buf.append)
+            c = pycurl_handle(url, buf)
             self.chunks[id(c)] = buf
             self.handles.append(c)
 
