@@ -311,9 +311,7 @@ impl Poller {
             }
         };
         waited();
-        if res.is_err() {
-            note_all_events();
-        }
+        // (A failed wait is handled by `block_on`: every socket is read again.)
         // Only `on` is registered under SOCKET now; an event left from a socket registered
         // before it is counted for `on` (one read too many, never one too few: that other
         // socket is registered again, which reports what is there, when it next waits).
