@@ -178,20 +178,27 @@ static agent_pool_stats stats(agent *a) {
 
 /*
  * squid's access log: lines whose method is `method` (NULL: any but "-") and whose URL
- * contains `needle`; *clients gets the number of distinct client ip:port among them.
+ * contains `needle`; *clients gets the number of distinct client ip:port among those
+ * written since the last squid_mark(). Only since then: the kernel hands out ephemeral
+ * ports again, so a port in an older line (the run before this one, say) may be a new
+ * connection's now.
  */
+static int squid_mark_line;
+
 static int squid_log(const char *method, const char *needle, int *clients) {
     FILE *f = fopen(env("SQUID_ACCESS_LOG"), "r");
-    int lines = 0, n_clients = 0;
+    int lines = 0, n_clients = 0, raw = 0;
     static char seen[4096][48];
     char line[4096];
     while (f && fgets(line, sizeof line, f)) {
         char when[64], client[48], meth[32], url[2048];
+        bool counted = raw++ >= squid_mark_line;
         if (sscanf(line, "%63s %47s %31s %2047s", when, client, meth, url) != 4) continue;
         if (strcmp(meth, "-") == 0) continue;
         if (method && strcmp(meth, method) != 0) continue;
         if (needle && strstr(url, needle) == NULL) continue;
         lines++;
+        if (!counted) continue;
         bool known = false;
         for (int i = 0; i < n_clients; i++) known = known || strcmp(seen[i], client) == 0;
         if (!known && n_clients < 4096) snprintf(seen[n_clients++], sizeof seen[0], "%s", client);
@@ -199,6 +206,16 @@ static int squid_log(const char *method, const char *needle, int *clients) {
     if (f) fclose(f);
     if (clients) *clients = n_clients;
     return lines;
+}
+
+/* From now on squid_log counts the clients of new lines only. */
+static void squid_mark(void) {
+    FILE *f = fopen(env("SQUID_ACCESS_LOG"), "r");
+    int raw = 0;
+    char line[4096];
+    while (f && fgets(line, sizeof line, f)) raw++;
+    if (f) fclose(f);
+    squid_mark_line = raw;
 }
 
 /* The host:port of a URL such as http://127.0.0.1:8080/ (for matching the access log). */
@@ -227,20 +244,20 @@ static int squid_log_wait(const char *method, const char *needle, int want, int 
 static void squid_reuse(const char *http_url, const char *https_url, const char *ca) {
     const char *squid = proxy_url("SQUID_PORT");
     const char *http_host = authority(http_url), *https_host = authority(https_url);
-    int before_lines = squid_log("GET", http_host, NULL), before_clients, after_clients;
-    squid_log(NULL, NULL, &before_clients);
+    int before_lines = squid_log("GET", http_host, NULL), clients;
+    squid_mark();
 
     struct opts on = {.keep_alive = true, .proxy = squid, .from_env = -1, .ca_file = ca};
     agent *a = make_or_die(&on);
     get_n(a, "squid http keep-alive on", http_url, N);
     int lines = squid_log_wait("GET", http_host, before_lines + N, NULL) - before_lines;
-    squid_log(NULL, NULL, &after_clients);
+    squid_log("GET", http_host, &clients);
     agent_pool_stats st = stats(a);
-    if (lines != N || after_clients - before_clients != 1 || st.connections_opened != 1 ||
+    if (lines != N || clients != 1 || st.connections_opened != 1 ||
         st.reused_requests != N - 1) {
         fail("squid http keep-alive on: %d requests at the proxy over %d new connections; "
              "agent: %llu opened, %llu reused",
-             lines, after_clients - before_clients, (unsigned long long)st.connections_opened,
+             lines, clients, (unsigned long long)st.connections_opened,
              (unsigned long long)st.reused_requests);
     }
     /* HTTPS through the same agent: one tunnel, written to the log when it closes. */
@@ -260,13 +277,13 @@ static void squid_reuse(const char *http_url, const char *https_url, const char 
     struct opts off = on;
     off.keep_alive = false;
     a = make_or_die(&off);
-    squid_log(NULL, NULL, &before_clients);
+    squid_mark();
     get_n(a, "squid http keep-alive off", http_url, N);
     squid_log_wait("GET", http_host, before_lines + 2 * N, NULL);
-    squid_log(NULL, NULL, &after_clients);
-    if (after_clients - before_clients != N) {
+    squid_log("GET", http_host, &clients);
+    if (clients != N) {
         fail("squid http keep-alive off: %d connections at the proxy for %d requests",
-             after_clients - before_clients, N);
+             clients, N);
     }
     connects_before = squid_log("CONNECT", https_host, NULL);
     get_n(a, "squid https keep-alive off", https_url, N);
@@ -278,7 +295,7 @@ static void squid_reuse(const char *http_url, const char *https_url, const char 
     }
     agent_free(a);
     printf("squid, keep-alive off: %d proxy connections for %d HTTP requests, %d tunnels for %d HTTPS\n",
-           after_clients - before_clients, N, connects, N);
+           clients, N, connects, N);
 }
 
 static void tinyproxy_absorbs_closes(const char *http_url, const char *https_url, const char *ca) {
