@@ -844,10 +844,7 @@ impl Inner {
             return origin.clone();
         }
         match proxies.for_origin(origin) {
-            Some(p) => Arc::new(Origin {
-                proxy: Some(p),
-                ..(**origin).clone()
-            }),
+            Some(p) => Arc::new(origin.with_proxy(Some(p))),
             None => origin.clone(),
         }
     }

@@ -858,11 +858,9 @@ mod tests {
     }
 
     fn proxied(url: &str, proxy: &str) -> Origin {
-        let mut o = (*parse_url(url).unwrap().origin).clone();
-        o.proxy = Some(Arc::new(
+        parse_url(url).unwrap().origin.with_proxy(Some(Arc::new(
             crate::proxy::parse_proxy_url(proxy, "proxy").unwrap(),
-        ));
-        o
+        )))
     }
 
     #[test]

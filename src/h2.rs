@@ -11,7 +11,6 @@
 //! closes it after the free-socket timeout with no stream, and stops handing it out after
 //! its lifetime or a GOAWAY. Knows nothing of requests or HTTP semantics beyond streams.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +25,7 @@ use tokio::time::Instant;
 use crate::connect::Stream;
 use crate::error::{Error, ErrorKind, Result, chain_message};
 use crate::http::{Origin, ReqBody};
+use crate::idmap::IdMap;
 use crate::options::Config;
 
 pub(crate) type Sender = http2::SendRequest<ReqBody>;
@@ -58,7 +58,7 @@ struct OriginState {
 }
 
 struct State {
-    origins: HashMap<Arc<Origin>, OriginState>,
+    origins: IdMap<Arc<Origin>, OriginState>,
     closed: bool,
 }
 
@@ -189,7 +189,7 @@ impl Sessions {
         Arc::new(Sessions {
             cfg,
             state: Mutex::new(State {
-                origins: HashMap::new(),
+                origins: IdMap::default(),
                 closed: false,
             }),
             changed: Notify::new(),

@@ -22,16 +22,63 @@ pub enum Scheme {
 
 /// A pool key: scheme, host (without IPv6 brackets, lowercased), port, and the proxy its
 /// connections go through (set by the agent from its proxy settings; `parse_url` leaves
-/// it empty).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// it empty). Built by [`Origin::new`] and read-only after: it carries the hash of its
+/// fields, computed once (keyed SipHash, as a `HashMap` would), so that the pool's
+/// several lookups per request hash one integer.
+#[derive(Clone, Debug)]
 pub struct Origin {
     pub scheme: Scheme,
     pub host: String,
     pub port: u16,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    key: u64,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        self.key == other.key
+            && self.port == other.port
+            && self.scheme == other.scheme
+            && self.host == other.host
+            && self.proxy == other.proxy
+    }
+}
+
+impl Eq for Origin {}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.key);
+    }
 }
 
 impl Origin {
+    pub fn new(
+        scheme: Scheme,
+        host: String,
+        port: u16,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
+    ) -> Origin {
+        use std::hash::BuildHasher;
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let key = KEYS
+            .get_or_init(Default::default)
+            .hash_one((scheme, &host, port, &proxy));
+        Origin {
+            scheme,
+            host,
+            port,
+            proxy,
+            key,
+        }
+    }
+
+    /// The same origin reached through `proxy`.
+    pub fn with_proxy(&self, proxy: Option<Arc<crate::proxy::Proxy>>) -> Origin {
+        Origin::new(self.scheme, self.host.clone(), self.port, proxy)
+    }
+
     /// `host:port` as it appears in a URL (IPv6 in brackets).
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
@@ -184,12 +231,7 @@ fn parse_url_uncached(url: &str) -> Result<Target> {
     }
     .map_err(|e| url_error(url, e))?;
     Ok(Target {
-        origin: Arc::new(Origin {
-            scheme,
-            host,
-            port,
-            proxy: None,
-        }),
+        origin: Arc::new(Origin::new(scheme, host, port, None)),
         path,
         host: host_header,
     })

@@ -8,7 +8,7 @@
 //! connection closed to make room for another origin keeps its slot until its socket is
 //! closed ([`Owner::ended`]); the slot then goes to the oldest waiting request.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::conn::{Conn, Owner};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Origin, ReuseHint};
+use crate::idmap::IdMap;
 use crate::options::{Config, Scheduling};
 use crate::runtime::ForkMutex;
 use crate::stats::Stats;
@@ -111,7 +112,7 @@ impl<C> Default for OriginState<C> {
 }
 
 struct State<C> {
-    origins: HashMap<Arc<Origin>, OriginState<C>>,
+    origins: IdMap<Arc<Origin>, OriginState<C>>,
     slots: usize,
     waiters: VecDeque<Waiter<C>>,
     next_waiter: u64,
@@ -125,7 +126,7 @@ struct State<C> {
 impl<C> Default for State<C> {
     fn default() -> Self {
         State {
-            origins: HashMap::new(),
+            origins: IdMap::default(),
             slots: 0,
             waiters: VecDeque::new(),
             next_waiter: 0,
