@@ -187,10 +187,12 @@ class KeepAliveHttpHandler {
     const agent = this.agent;
     const timeoutOpt = requestTimeout !== undefined ? requestTimeout : this.#config.requestTimeout;
     const timeout = typeof timeoutOpt === 'number' && timeoutOpt > 0 ? Math.min(Math.ceil(timeoutOpt), limits.maxMsecs) : 0;
-    const headers = { ...(request.headers || {}) };
-    if ((request.username != null || request.password != null) && !hasHeader(headers, 'authorization')) {
+    // The SDK's headers object is passed as it is (the Agent copies what it sends); a copy
+    // only when basic credentials add a header to it.
+    let headers = request.headers || undefined;
+    if ((request.username != null || request.password != null) && !hasHeader(headers || {}, 'authorization')) {
       const token = Buffer.from(`${request.username ?? ''}:${request.password ?? ''}`).toString('base64');
-      headers.authorization = `Basic ${token}`;
+      headers = { ...(headers || {}), authorization: `Basic ${token}` };
     }
     this.#track(agent, +1);
     let res;
@@ -211,10 +213,10 @@ class KeepAliveHttpHandler {
     // The agent stays in use (a config change does not destroy it) until the body is done:
     // read to its end, failed or destroyed.
     res.body.once('close', () => this.#track(agent, -1));
-    const responseHeaders = {};
-    for (const [name, value] of Object.entries(res.headers)) {
-      responseHeaders[name] = Array.isArray(value) ? value.join(',') : value;
-    }
+    // The SDK's form: one string per name (set-cookie, the only array, joined with ',').
+    const responseHeaders = res.headers;
+    const cookies = responseHeaders['set-cookie'];
+    if (cookies !== undefined) responseHeaders['set-cookie'] = cookies.join(',');
     return {
       response: {
         statusCode: res.statusCode,

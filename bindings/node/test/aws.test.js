@@ -218,6 +218,37 @@ test('handler request building: query (arrays, null, escaping), headers, string/
   handler.destroy();
 });
 
+test('handler headers: the request object is left as it is (basic credentials too); response headers in the SDK form', async () => {
+  const http = require('node:http');
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    seen.push(req.headers.authorization);
+    res.writeHead(200, ['Set-Cookie', 'a=1; Path=/', 'Set-Cookie', 'b=2', 'X-Many', 'one', 'X-Many', 'two', 'Content-Type', 'text/plain']);
+    res.end('ok');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const handler = new KeepAliveHttpHandler();
+  try {
+    const base = { protocol: 'http:', hostname: '127.0.0.1', port: server.address().port, path: '/', method: 'GET' };
+    const headers = Object.freeze({ 'x-amz-target': 'T' });
+    for (const extra of [{}, { username: 'u', password: 'p' }]) {
+      const { response } = await handler.handle({ ...base, ...extra, headers });
+      assert.deepEqual(Object.keys(headers), ['x-amz-target']);
+      assert.equal(response.headers['set-cookie'], 'a=1; Path=/,b=2');
+      assert.equal(response.headers['x-many'], 'one, two');
+      assert.equal(response.headers['content-type'], 'text/plain');
+      assert.ok(Object.values(response.headers).every((v) => typeof v === 'string'));
+      const chunks = [];
+      for await (const c of response.body) chunks.push(c);
+      assert.equal(Buffer.concat(chunks).toString(), 'ok');
+    }
+    assert.deepEqual(seen, [undefined, `Basic ${Buffer.from('u:p').toString('base64')}`]);
+  } finally {
+    handler.destroy();
+    await new Promise((r) => server.close(r));
+  }
+});
+
 test('handler config: metadata, httpHandlerConfigs, updateHttpClientConfig re-creates the agent', async () => {
   const handler = KeepAliveHttpHandler.create({ keepAlive: true, requestTimeout: 1000 });
   assert.equal(KeepAliveHttpHandler.create(handler), handler);
