@@ -1,6 +1,8 @@
 //! Maps keyed by the engine's own integers (request ids, task ids, descriptors): a
 //! multiplicative hash instead of SipHash, which costs more than the lookups it serves. The
 //! keys are never chosen by a peer, so flooding is not a concern here.
+//! Also for `Origin` keys: an origin hashes as the one integer `Origin::new` computed
+//! with keyed SipHash, so names chosen by a peer cannot flood these maps either.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
