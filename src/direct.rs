@@ -83,7 +83,8 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
 }
 
-fn on_direct_thread() -> bool {
+/// True while this thread polls in direct mode (inside [`block_on`] or a queue's drain).
+pub(crate) fn on_direct_thread() -> bool {
     DIRECT.with(Cell::get)
 }
 
@@ -260,6 +261,12 @@ pub(crate) fn clear_wait() {
 /// For another executor: the socket the future just polled is waiting for, if any.
 pub(crate) fn take_wait() -> Option<WaitOn> {
     WAIT_FD.with(Cell::take)
+}
+
+/// For an executor inside a future (hyper's tasks run by an HTTP/2 session's monitor):
+/// puts back what [`take_wait`] took, for the executor polling the whole future.
+pub(crate) fn put_wait(on: Option<WaitOn>) {
+    WAIT_FD.with(|w| w.set(on));
 }
 
 /// For another executor: to be called after each of its `epoll_wait`s, so that sockets

@@ -10,6 +10,13 @@
 //! while the connection is idle (`keep_alive_msecs`), retires it when they go unanswered,
 //! closes it after the free-socket timeout with no stream, and stops handing it out after
 //! its lifetime or a GOAWAY. Knows nothing of requests or HTTP semantics beyond streams.
+//!
+//! A connection opened by a request of an event queue has its monitor run by that queue
+//! (a [`runtime::Host`]) instead: the requests, the connection's I/O (direct system calls
+//! on the draining thread) and hyper's tasks all run in the queue's drain, with no runtime
+//! thread woken per request. Such a session serves only that queue's requests (a blocking
+//! or callback caller must not wait on a loop that may not be draining); freed, the queue
+//! hands the monitor to the runtime, which retires the session.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +34,7 @@ use crate::error::{Error, ErrorKind, Result, chain_message};
 use crate::http::{Origin, ReqBody};
 use crate::idmap::IdMap;
 use crate::options::Config;
+use crate::{direct, runtime};
 
 pub(crate) type Sender = http2::SendRequest<ReqBody>;
 type H2Connection = http2::Connection<TokioIo<Stream>, ReqBody, Inline>;
@@ -51,8 +59,9 @@ pub(crate) enum Pick {
 #[derive(Default)]
 struct OriginState {
     sessions: Vec<Arc<Session>>,
-    /// Connections being opened that may turn out to speak HTTP/2.
-    connecting: usize,
+    /// Connections being opened that may turn out to speak HTTP/2, by the host (see
+    /// [`Session::host`]) their session will run on.
+    connecting: Vec<u64>,
     /// The server answered ALPN without `h2`: requests go to the HTTP/1.1 pool at once.
     http1_only: bool,
 }
@@ -74,6 +83,9 @@ pub(crate) struct Sessions {
 pub(crate) struct Session {
     /// The connection's id in this process (as an HTTP/1.1 connection's).
     id: u64,
+    /// Where its monitor runs ([`runtime::host_id`]): 0, the runtime, serving every
+    /// caller; otherwise an event queue, serving only the requests that queue runs.
+    host: u64,
     origin: Arc<Origin>,
     /// The master handle; `None` once the session is retired (no new streams).
     sender: Mutex<Option<Sender>>,
@@ -147,6 +159,7 @@ impl Drop for StreamLease {
 pub(crate) struct Connecting {
     sessions: Arc<Sessions>,
     origin: Arc<Origin>,
+    host: u64,
 }
 
 impl Drop for Connecting {
@@ -154,7 +167,9 @@ impl Drop for Connecting {
         {
             let mut st = lock(&self.sessions.state);
             if let Some(o) = st.origins.get_mut(&self.origin) {
-                o.connecting -= 1;
+                if let Some(i) = o.connecting.iter().position(|h| *h == self.host) {
+                    o.connecting.swap_remove(i);
+                }
             }
         }
         self.sessions.changed.notify_waiters();
@@ -202,8 +217,10 @@ impl Sessions {
         self.changed.notified()
     }
 
-    /// A stream for `origin`, or what to do instead.
+    /// A stream for `origin`, or what to do instead, among the sessions of the host the
+    /// calling thread drives (see [`Session::host`]).
     pub(crate) fn pick(self: &Arc<Self>, origin: &Arc<Origin>) -> Result<Pick> {
+        let host = runtime::host_id();
         let mut st = lock(&self.state);
         if st.closed {
             return Err(Error::new(ErrorKind::Cancelled, "the agent was closed"));
@@ -214,7 +231,7 @@ impl Sessions {
             return Ok(Pick::Open(None));
         }
         o.sessions.retain(|s| s.usable());
-        for s in &o.sessions {
+        for s in o.sessions.iter().filter(|s| s.host == host) {
             let guard = lock(&s.sender);
             let Some(sender) = guard.as_ref() else {
                 continue;
@@ -246,16 +263,17 @@ impl Sessions {
                 return Ok(Pick::Stream(lease));
             }
         }
-        if o.connecting > 0 {
+        if o.connecting.contains(&host) {
             return Ok(Pick::Wait);
         }
         if max_sockets.is_some_and(|m| o.sessions.len() >= m) {
             return Ok(Pick::Wait);
         }
-        o.connecting += 1;
+        o.connecting.push(host);
         Ok(Pick::Open(Some(Connecting {
             sessions: self.clone(),
             origin: origin.clone(),
+            host,
         })))
     }
 
@@ -297,8 +315,11 @@ impl Sessions {
                     format!("HTTP/2 handshake: {}", chain_message(&e)),
                 )
             })?;
+        // The monitor runs where `spawn_background` below puts it.
+        let host = runtime::host_id();
         let session = Arc::new(Session {
             id,
+            host,
             origin: origin.clone(),
             sender: Mutex::new(Some(sender)),
             in_flight: Mutex::new(0),
@@ -322,13 +343,13 @@ impl Sessions {
                 .push(session.clone());
         }
         let sessions = self.clone();
-        tokio::spawn(async move {
+        runtime::spawn_background(Box::pin(async move {
             let _keep = keep;
             sessions.monitor(&session).await;
             lock(&session.conn).take();
             sessions.remove(&session);
             ended();
-        });
+        }));
         self.changed.notify_waiters();
         Ok(())
     }
@@ -357,6 +378,13 @@ impl Sessions {
         let lifetime = self.cfg.max_socket_lifetime.map(|d| s.created + d);
         let mut retired = false;
         loop {
+            if s.host != 0 && !retired && !direct::on_direct_thread() {
+                // Its queue is gone and the runtime runs it now: no request can pick it
+                // any more, so it closes once its last stream ends.
+                s.retire();
+                retired = true;
+                self.changed.notify_waiters();
+            }
             let deadline = if retired {
                 None
             } else {
@@ -370,7 +398,11 @@ impl Sessions {
                 .min()
             };
             let woken = s.wake.notified();
+            let check_host = s.host != 0 && !retired;
             let run_tasks = std::future::poll_fn(|cx| {
+                if check_host && !direct::on_direct_thread() {
+                    return std::task::Poll::Ready(()); // handed to the runtime: see above
+                }
                 let _ = tasks.poll(cx);
                 std::task::Poll::<()>::Pending
             });
@@ -492,6 +524,13 @@ impl Wake for SlotWaker {
 }
 
 /// The monitor's side of [`Inline`]: the tasks in slots, each polled only when woken.
+///
+/// Run by a queue, the monitor polls in direct mode: a task whose socket would block
+/// leaves a wait for the queue ([`direct::take_wait`]) instead of a waker with the
+/// reactor, and the queue's readiness wakes the monitor, not the task. So a task that left
+/// such a wait is polled again at the monitor's next poll (`io`); and when the mode
+/// changes (the queue went away, the runtime polls now), every task is polled once, to
+/// register with the reactor.
 struct InlineTasks {
     shared: Arc<InlineShared>,
     slots: Vec<Option<(Task, Waker)>>,
@@ -499,6 +538,10 @@ struct InlineTasks {
     /// Swapped with the shared inbox and ready list, so that neither allocates per round.
     new: Vec<Task>,
     ready: Vec<usize>,
+    /// Tasks waiting on a socket in direct mode.
+    io: Vec<usize>,
+    /// Whether the last poll was in direct mode.
+    direct: bool,
 }
 
 /// Polls per [`InlineTasks::poll`] before yielding to the runtime.
@@ -512,6 +555,8 @@ impl InlineTasks {
             free: Vec::new(),
             new: Vec::new(),
             ready: Vec::new(),
+            io: Vec::new(),
+            direct: false,
         }
     }
 
@@ -524,9 +569,19 @@ impl InlineTasks {
             }
         }
         let mut budget = INLINE_BUDGET;
+        let mut again = Vec::new();
+        let direct = direct::on_direct_thread();
+        if direct != self.direct {
+            self.direct = direct;
+            self.io.clear();
+            again.extend((0..self.slots.len()).filter(|i| self.slots[*i].is_some()));
+        } else if direct {
+            std::mem::swap(&mut again, &mut self.io);
+        }
         loop {
             std::mem::swap(&mut *lock(&self.shared.inbox), &mut self.new);
             std::mem::swap(&mut *lock(&self.shared.ready), &mut self.ready);
+            self.ready.append(&mut again);
             for task in self.new.drain(..) {
                 let slot = self.free.pop().unwrap_or_else(|| {
                     self.slots.push(None);
@@ -549,11 +604,23 @@ impl InlineTasks {
                 let Some(Some((task, waker))) = self.slots.get_mut(slot) else {
                     continue; // woken after it finished
                 };
-                if task
+                let before = if direct { direct::take_wait() } else { None };
+                let done = task
                     .as_mut()
                     .poll(&mut Context::from_waker(waker))
-                    .is_ready()
-                {
+                    .is_ready();
+                if direct {
+                    match direct::take_wait() {
+                        Some(on) => {
+                            if !done && !self.io.contains(&slot) {
+                                self.io.push(slot);
+                            }
+                            direct::put_wait(Some(on));
+                        }
+                        None => direct::put_wait(before),
+                    }
+                }
+                if done {
                     self.slots[slot] = None;
                     self.free.push(slot);
                 }

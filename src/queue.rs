@@ -12,6 +12,12 @@
 //!
 //! Timers (the request timeouts) still run on the runtime's timer and reach a request
 //! through its waker, which marks it ready and makes the descriptor readable.
+//!
+//! A queue is also a [`Host`] for background work: the driver of an HTTP/2 connection
+//! opened by one of its requests runs here too ([`runtime::spawn_background`] during a
+//! drain), so that the requests and their connection meet on the draining thread. Such a
+//! task produces no event and is not counted as pending; when the queue is dropped, it
+//! moves to the runtime.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,7 +33,7 @@ use tokio::runtime::Handle;
 use crate::direct;
 use crate::error::{Error, ErrorKind, Result};
 use crate::idmap::IdMap;
-use crate::runtime::{self, fork_generation};
+use crate::runtime::{self, BackgroundTask, Host, fork_generation};
 
 /// One request (or body read) run by a queue; it reports its result through a [`Sink`].
 pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -70,12 +76,31 @@ pub(crate) struct Queue<E: Send + 'static> {
 struct Shared<E> {
     state: Mutex<State<E>>,
     waker: mio::Waker,
+    /// This queue's id as a [`Host`].
+    host: u64,
+}
+
+/// Host ids of queues (0 is the runtime).
+static NEXT_HOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl<E: Send + 'static> Host for Shared<E> {
+    fn host_id(&self) -> u64 {
+        self.host
+    }
+
+    fn spawn_background(&self, task: BackgroundTask) {
+        let mut st = lock(&self.state);
+        let id = st.next_id;
+        st.next_id += 1;
+        st.new.push((id, task, true));
+        self.signal(&mut st);
+    }
 }
 
 struct State<E> {
     next_id: usize,
-    /// Submitted, not yet taken by a drain.
-    new: Vec<(usize, Task)>,
+    /// Submitted, not yet taken by a drain; `true`: a background task.
+    new: Vec<(usize, Task, bool)>,
     /// Woken since the drain last looked.
     ready: Vec<usize>,
     /// Reported, not yet handed out.
@@ -139,6 +164,8 @@ struct Entry<E> {
     fut: Task,
     me: Arc<TaskWaker<E>>,
     waker: Waker,
+    /// A [`Host`] task: no event, not pending, moved to the runtime with the queue gone.
+    background: bool,
 }
 
 /// What only the draining thread touches.
@@ -152,6 +179,8 @@ struct Exec<E> {
     watched: IdMap<RawFd, (direct::WaitOn, usize)>,
     /// The thread that drained last ([`direct::thread_token`]; 0: none yet).
     drainer: u64,
+    /// Background tasks among `tasks`.
+    background: usize,
 }
 
 impl<E: Send + 'static> Exec<E> {
@@ -194,7 +223,9 @@ impl<E: Send + 'static> Exec<E> {
         let mut cx = Context::from_waker(&entry.waker);
         if entry.fut.as_mut().poll(&mut cx).is_ready() {
             direct::clear_wait();
-            drop(self.tasks.remove(&id));
+            if let Some(e) = self.tasks.remove(&id) {
+                self.background -= usize::from(e.background);
+            }
             return false;
         }
         if let Some(on) = direct::take_wait() {
@@ -251,6 +282,7 @@ impl<E: Send + 'static> Queue<E> {
                     signalled: false,
                 }),
                 waker,
+                host: NEXT_HOST.fetch_add(1, Ordering::Relaxed),
             }),
             exec: Mutex::new(Exec {
                 poll,
@@ -258,6 +290,7 @@ impl<E: Send + 'static> Queue<E> {
                 tasks: IdMap::default(),
                 watched: IdMap::default(),
                 drainer: 0,
+                background: 0,
             }),
             handle,
             fd,
@@ -280,14 +313,19 @@ impl<E: Send + 'static> Queue<E> {
         let mut st = lock(&self.shared.state);
         let id = st.next_id;
         st.next_id += 1;
-        st.new.push((id, task));
+        st.new.push((id, task, false));
         self.shared.signal(&mut st);
     }
 
     /// Requests not finished yet (submitted and not reported).
     pub(crate) fn pending(&self) -> usize {
-        let n = lock(&self.shared.state).new.len();
-        n + lock(&self.exec).tasks.len()
+        let n = lock(&self.shared.state)
+            .new
+            .iter()
+            .filter(|(_, _, background)| !background)
+            .count();
+        let exec = lock(&self.exec);
+        n + exec.tasks.len() - exec.background
     }
 
     /// Runs every request that can make progress and moves up to `max` reported events
@@ -322,6 +360,7 @@ impl<E: Send + 'static> Queue<E> {
         }
         let _ctx = self.handle.enter();
         let _direct = direct::enter_direct();
+        let _host = runtime::enter_host(self.shared.clone());
         let deadline = Instant::now() + timeout;
         {
             let mut st = lock(&self.shared.state);
@@ -337,14 +376,23 @@ impl<E: Send + 'static> Queue<E> {
             let reported = {
                 let mut st = lock(&self.shared.state);
                 ready.append(&mut st.ready);
-                for (id, fut) in st.new.drain(..) {
+                for (id, fut, background) in st.new.drain(..) {
                     let me = Arc::new(TaskWaker {
                         id,
                         queued: AtomicBool::new(true),
                         shared: self.shared.clone(),
                     });
                     let waker = Waker::from(me.clone());
-                    exec.tasks.insert(id, Entry { fut, me, waker });
+                    exec.background += usize::from(background);
+                    exec.tasks.insert(
+                        id,
+                        Entry {
+                            fut,
+                            me,
+                            waker,
+                            background,
+                        },
+                    );
                     ready.push(id);
                 }
                 while out.len() < max {
@@ -409,6 +457,7 @@ impl<E: Send + 'static> Drop for Queue<E> {
                     tasks: IdMap::default(),
                     watched: IdMap::default(),
                     drainer: 0,
+                    background: 0,
                 },
             );
             std::mem::forget(exec);
@@ -417,10 +466,29 @@ impl<E: Send + 'static> Drop for Queue<E> {
         }
         let _ctx = self.handle.enter();
         // Dropping a request reports it (cancelled) to the sink: repeat until quiet. The
-        // tasks hold the sink, so this also breaks the cycle through `Shared`.
+        // tasks hold the sink, so this also breaks the cycle through `Shared`. Background
+        // tasks (connections' drivers) go on running on the runtime.
         loop {
-            let tasks = std::mem::take(&mut lock(&self.exec).tasks);
-            let new = std::mem::take(&mut lock(&self.shared.state).new);
+            let mut tasks = std::mem::take(&mut lock(&self.exec).tasks);
+            let mut new = std::mem::take(&mut lock(&self.shared.state).new);
+            lock(&self.exec).background = 0;
+            let background: Vec<usize> = tasks
+                .iter()
+                .filter(|(_, e)| e.background)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in background {
+                if let Some(e) = tasks.remove(&id) {
+                    self.handle.spawn(e.fut);
+                }
+            }
+            new.retain_mut(|(_, fut, background)| {
+                if *background {
+                    let fut = std::mem::replace(fut, Box::pin(async {}));
+                    self.handle.spawn(fut);
+                }
+                !*background
+            });
             let events = std::mem::take(&mut lock(&self.shared.state).events);
             if tasks.is_empty() && new.is_empty() && events.is_empty() {
                 break;
@@ -459,6 +527,39 @@ mod tests {
         assert_eq!(out, vec![7]);
         assert!(!readable(q.fd()));
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn background_work_runs_in_the_drain_and_moves_to_the_runtime_with_the_queue_gone() {
+        let q: Queue<u32> = Queue::new().unwrap();
+        let sink = q.sink();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, gone) = tokio::sync::oneshot::channel::<()>();
+        q.submit(Box::pin(async move {
+            let host = runtime::host_id();
+            let spawned = runtime::spawn_background(Box::pin(async move {
+                let here = |tx: &std::sync::mpsc::Sender<_>| {
+                    let _ = tx.send((std::thread::current().id(), runtime::on_runtime_thread()));
+                };
+                here(&tx);
+                let _ = gone.await;
+                here(&tx);
+            }));
+            assert!(host != 0 && spawned == host);
+            sink.push(1);
+        }));
+        let mut out = Vec::new();
+        q.drain(&mut out, 16, Duration::ZERO).unwrap();
+        // The request's event only; its background task ran in the same drain, here.
+        assert_eq!(out, vec![1]);
+        assert_eq!(rx.try_recv().unwrap(), (std::thread::current().id(), false));
+        assert_eq!(q.pending(), 0);
+        // Outside a drain, background work goes to the runtime.
+        assert_eq!(runtime::host_id(), 0);
+        drop(q);
+        go.send(()).unwrap();
+        let (thread, on_runtime) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(on_runtime && thread != std::thread::current().id());
     }
 
     #[test]

@@ -193,6 +193,63 @@ fn shared_handle(generation: u64) -> Result<Handle> {
     Ok(handle)
 }
 
+/// A background task: what a [`Host`] or the runtime runs for the library itself.
+pub(crate) type BackgroundTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Somewhere other than the runtime that runs background tasks on the thread driving it:
+/// an event queue being drained. A connection whose driver runs there does its I/O on
+/// that thread, with the requests that use it, instead of a runtime thread woken for
+/// every request.
+pub(crate) trait Host: Send + Sync {
+    /// Never 0 (0 is the runtime).
+    fn host_id(&self) -> u64;
+    /// Runs `task` with the host's other tasks; if the host goes away first, the task
+    /// moves to the runtime.
+    fn spawn_background(&self, task: BackgroundTask);
+}
+
+thread_local! {
+    /// The host this thread is driving now (an event queue in its drain), if any.
+    static HOST: RefCell<Option<std::sync::Arc<dyn Host>>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous host of the thread when dropped.
+pub(crate) struct HostGuard(Option<std::sync::Arc<dyn Host>>);
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        HOST.with(|h| *h.borrow_mut() = prev);
+    }
+}
+
+/// Marks `host` as driven by this thread until the guard is dropped.
+pub(crate) fn enter_host(host: std::sync::Arc<dyn Host>) -> HostGuard {
+    HostGuard(HOST.with(|h| h.borrow_mut().replace(host)))
+}
+
+/// The id of the host this thread is driving (0: none; background work goes to the
+/// runtime).
+pub(crate) fn host_id() -> u64 {
+    HOST.with(|h| h.borrow().as_ref().map_or(0, |h| h.host_id()))
+}
+
+/// Runs `task` on the host this thread is driving, or on the runtime (the caller must be
+/// inside the runtime's context). Returns where: the host's id, or 0 for the runtime.
+pub(crate) fn spawn_background(task: BackgroundTask) -> u64 {
+    let host = HOST.with(|h| h.borrow().clone());
+    match host {
+        Some(h) => {
+            h.spawn_background(task);
+            h.host_id()
+        }
+        None => {
+            tokio::spawn(task);
+            0
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

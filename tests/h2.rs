@@ -266,3 +266,169 @@ fn keep_alive_off_uses_one_connection_per_request() {
     });
     assert_eq!(s.stats().accepted, 4);
 }
+
+/// An event queue through the C ABI, drained on the test's thread.
+struct Queue(*mut keepalive_agent::ffi::queue::agent_queue);
+
+impl Queue {
+    fn new() -> Queue {
+        let mut q = std::ptr::null_mut();
+        // SAFETY: a writable out pointer.
+        let code = unsafe { keepalive_agent::ffi::queue::agent_queue_new(&mut q) };
+        assert_eq!(code, AGENT_CODE_OK, "{}", last_error());
+        Queue(q)
+    }
+
+    fn submit(&self, a: &Agent, url: &str, token: u64) {
+        let m = std::ffi::CString::new("GET").unwrap();
+        let u = std::ffi::CString::new(url).unwrap();
+        // SAFETY: a live queue and agent, NUL-terminated strings, no headers or body.
+        let code = unsafe {
+            keepalive_agent::ffi::queue::agent_queue_submit(
+                self.0,
+                a.0,
+                m.as_ptr(),
+                u.as_ptr(),
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+                0,
+                10_000,
+                token,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(code, AGENT_CODE_OK, "{}", last_error());
+    }
+
+    /// Drains until `want` events arrived (or `limit` passed): (token, code, response).
+    fn drain(&self, want: usize, limit: Duration) -> Vec<(u64, C, Option<Response>)> {
+        let until = Instant::now() + limit;
+        let mut got = Vec::new();
+        while got.len() < want && Instant::now() < until {
+            // SAFETY: agent_event is plain data; the drain writes the first `n`.
+            let mut evs: [keepalive_agent::ffi::queue::agent_event; 16] =
+                unsafe { std::mem::zeroed() };
+            let mut n = 0usize;
+            // SAFETY: a live queue, room for 16 events, a writable count.
+            let code = unsafe {
+                keepalive_agent::ffi::queue::agent_queue_drain(
+                    self.0,
+                    evs.as_mut_ptr(),
+                    evs.len(),
+                    50,
+                    &mut n,
+                )
+            };
+            assert_eq!(code, AGENT_CODE_OK, "{}", last_error());
+            for e in &evs[..n] {
+                let r = (!e.response.is_null()).then(|| Response(e.response));
+                got.push((e.token, e.code, r));
+            }
+        }
+        got
+    }
+
+    fn pending(&self) -> usize {
+        // SAFETY: a live queue.
+        unsafe { keepalive_agent::ffi::queue::agent_queue_pending(self.0) }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // SAFETY: created by agent_queue_new, freed once.
+        unsafe { keepalive_agent::ffi::queue::agent_queue_free(self.0) }
+    }
+}
+
+fn all_ok_over_h2(events: &[(u64, C, Option<Response>)], want: usize) {
+    assert_eq!(events.len(), want);
+    for (token, code, r) in events {
+        assert_eq!(*code, AGENT_CODE_OK, "request {token}");
+        let r = r.as_ref().unwrap();
+        assert_eq!((r.status(), r.version()), (200, 20), "request {token}");
+    }
+}
+
+#[test]
+fn a_queue_runs_its_own_http2_connection_and_hands_it_over_when_freed() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let q = Queue::new();
+    for i in 0..64 {
+        q.submit(&a, &h2c(&s, &format!("/?echo=1&delay_ms={}", i % 3)), i);
+    }
+    all_ok_over_h2(&q.drain(64, Duration::from_secs(20)), 64);
+    // The 64 streams shared one connection, driven by the queue (not pending, no event).
+    assert_eq!(q.pending(), 0);
+    assert_eq!((a.stats().h2_connections, s.stats().accepted), (1, 1));
+    // A blocking caller does not use the queue's connection (the queue may not be drained
+    // while it waits): it opens its own, which the runtime drives.
+    let r = a.get(h2c(&s, "/")).unwrap();
+    assert_eq!((r.status(), r.version(), r.reused()), (200, 20, false));
+    assert_eq!(a.stats().h2_connections, 2);
+    // The queue goes on with its own connection.
+    for i in 0..8 {
+        q.submit(&a, &h2c(&s, "/"), 100 + i);
+    }
+    let more = q.drain(8, Duration::from_secs(20));
+    all_ok_over_h2(&more, 8);
+    assert!(more.iter().all(|(_, _, r)| r.as_ref().unwrap().reused()));
+    assert_eq!(s.stats().accepted, 2);
+    // Freed, the queue hands its connection to the runtime, which closes it (no request
+    // can reach it any more); the blocking caller's connection stays.
+    drop(q);
+    wait(
+        "the queue's connection to be closed",
+        Duration::from_secs(10),
+        || a.stats().connections_closed == 1,
+    );
+    let r = a.get(h2c(&s, "/")).unwrap();
+    assert_eq!((r.status(), r.reused()), (200, true));
+    assert_eq!(s.stats().accepted, 2);
+}
+
+#[test]
+fn goaway_with_queued_requests_in_flight_loses_none() {
+    let s = Server::start();
+    s.set_h2_script(H2Script {
+        goaway_after: Some(3),
+        ..Default::default()
+    });
+    let a = h2c_agent(|o| o);
+    let q = Queue::new();
+    for i in 0..16 {
+        q.submit(
+            &a,
+            &h2c(&s, &format!("/?delay_ms={}&echo=1", 20 * (i % 4))),
+            i,
+        );
+    }
+    let events = q.drain(16, Duration::from_secs(20));
+    let st = a.stats();
+    all_ok_over_h2(&events, 16);
+    assert_eq!((st.requests, st.errors), (16, 0));
+    assert!(st.h2_connections >= 2, "{st:?}");
+    assert!(st.retries >= 1, "{st:?}");
+}
+
+#[test]
+fn an_agent_freed_under_a_live_queue_closes_the_queues_connection() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let q = Queue::new();
+    for i in 0..4 {
+        q.submit(&a, &h2c(&s, "/"), i);
+    }
+    all_ok_over_h2(&q.drain(4, Duration::from_secs(20)), 4);
+    assert_eq!(s.stats().open, 1);
+    drop(a);
+    // The queue's connection closes as the queue runs it (at its next drains)...
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.stats().open > 0 && Instant::now() < until {
+        assert!(q.drain(1, Duration::from_millis(50)).is_empty());
+    }
+    assert_eq!(s.stats().open, 0);
+    assert_eq!(q.pending(), 0);
+}

@@ -250,7 +250,9 @@ def test_a_1mib_body_over_h2(nginx) -> None:
             return await asyncio.gather(a.aget(url, timeout=30), a.aget(url, timeout=30))
 
         assert [(x.http_version, x.body == data) for x in asyncio.run(both())] == [("2", True)] * 2
-        assert a.stats().h2_connections == 1
+        # One connection for the blocking calls, one for the event loop's queue, which drives
+        # the connections its requests open on the loop's thread.
+        assert a.stats().h2_connections == 2
 
 
 def test_streaming_1mib_over_h2_comes_in_pieces(nginx) -> None:
@@ -269,13 +271,14 @@ def test_streaming_1mib_over_h2_comes_in_pieces(nginx) -> None:
 
         async def astream() -> List[bytes]:
             async with a.stream_async("GET", url, timeout=30) as r3:
-                assert r3.version == "2" and r3.reused
+                # The event loop's queue opens (and drives) its own connection.
+                assert r3.version == "2" and not r3.reused
                 return [p async for p in r3.aiter_bytes()]
 
         apieces = asyncio.run(astream())
         assert len(apieces) > 1 and b"".join(apieces) == data
         s = a.stats()
-        assert (s.h2_connections, s.h2_streams) == (1, 3)
+        assert (s.h2_connections, s.h2_streams) == (2, 3)  # the blocking calls' connection and the loop's
 
 
 def test_post_json_over_h2(nginx) -> None:
@@ -478,8 +481,9 @@ def test_a_reset_stream_fails_alone_and_the_connection_goes_on(resetting) -> Non
 
         asyncio.run(main())
         s = a.stats()
-        assert (s.h2_connections, s.connections_opened, s.requests, s.retries) == (1, 1, 6, 0)
-    assert (srv.connections, srv.requests) == (1, 6)  # never retried, never a new connection
+        # One connection for the blocking calls, one for the event loop's queue.
+        assert (s.h2_connections, s.connections_opened, s.requests, s.retries) == (2, 2, 6, 0)
+    assert (srv.connections, srv.requests) == (2, 6)  # never retried, no connection replaced
 
 
 def test_requests_adapter_maps_a_reset_as_a_connection_reset(resetting) -> None:

@@ -29,15 +29,17 @@ def test_requests_run_on_the_loops_thread_through_its_queue(srv) -> None:
             d = _loop.driver_for(loop)
             assert r.status == 200 and r.body == b"hello, world\n"
             assert d.fd >= 0 and not d.entries
-            assert not d.watching  # nothing pending: the reader is removed
+            # The loop watches the descriptor from the first request on, also with nothing
+            # pending: the queue drives its HTTP/2 connections' own work between requests.
+            assert d.watching
             task = asyncio.ensure_future(a.aget(srv.http_url + "?delay_ms=200"))
             await asyncio.sleep(0.05)
-            watching = d.watching  # a request pending: the loop watches the descriptor
+            pending = d.pending()  # a request in flight
             await task
-            return {"watching": watching, "after": d.watching, "pending": d.pending()}
+            return {"pending_then": pending, "after": d.watching, "pending": d.pending()}
 
     out = asyncio.run(main())
-    assert out == {"watching": True, "after": False, "pending": 0}
+    assert out == {"pending_then": 1, "after": True, "pending": 0}
 
 
 def test_10000_concurrent_requests_with_gc_forced_during_them(srv) -> None:
@@ -93,7 +95,7 @@ def test_10000_concurrent_requests_with_gc_forced_during_them(srv) -> None:
     assert sorted(int(r.url.rsplit("=", 1)[1]) for r in ok) == [i for i in range(n) if i % 50]
     assert out["settled"] and out["collections"] > 0
     assert out["stats"] == (n, n // 50)
-    assert (out["entries"], out["queue_pending"], out["watching"]) == (0, 0, False)
+    assert (out["entries"], out["queue_pending"], out["watching"]) == (0, 0, True)
     after = _counts()
     assert after[0] - before[0] == n  # one event per request
     assert after[1] - before[1] == n  # each found its own future
@@ -163,7 +165,7 @@ def test_cancelled_tasks_leave_no_pending_work_and_count_as_errors(srv) -> None:
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
             d = _loop.driver_for(loop)
-            # The CANCELLED events come at the next drains; the loop keeps watching until then.
+            # The CANCELLED events come at the next drains (the loop keeps watching).
             await async_wait_until(lambda: not d.entries, what="the cancelled requests' events")
             # Their connections are closed (not pooled) once the library has dropped them.
             await async_wait_until(lambda: a.stats().active == 0, what="the cancelled connections to close")
@@ -177,7 +179,7 @@ def test_cancelled_tasks_leave_no_pending_work_and_count_as_errors(srv) -> None:
             }
 
     out = asyncio.run(main())
-    assert out["pending"] == 0 and not out["watching_after_last"]
+    assert out["pending"] == 0 and out["watching_after_last"]
     assert out["stats"] == (n + 1, n, 0)
     assert out["last"] == 200
 

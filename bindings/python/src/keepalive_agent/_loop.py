@@ -5,13 +5,16 @@ Every event loop that makes requests gets one :class:`Driver`: one native queue,
 used on that loop (a queue may carry requests of several agents). Requests, streamed
 heads and body reads are submitted to it with an integer token naming their future.
 
-While something is pending, the loop watches the queue's descriptor (``loop.add_reader``;
-level-triggered: readable while the queue has work). When it is readable the driver calls
+From the first submission on, the loop watches the queue's descriptor (``loop.add_reader``;
+level-triggered: readable while the queue has work, which includes an HTTP/2 connection's
+own work between requests — PINGs, SETTINGS, GOAWAY — since the queue drives the
+connections its requests opened). When it is readable the driver calls
 ``agent_queue_drain`` with a timeout of 0: the library does the pending I/O — connecting,
 sending, receiving — right there, on the loop's thread (ctypes releases the GIL for the
 call), and hands back the events that completed, up to 256 per call, drained again while
 a call fills the batch. Each event settles its future directly: no other thread, no
-``call_soon_threadsafe``. When nothing is pending the reader is removed.
+``call_soon_threadsafe``. The reader stays while the driver lives: when nothing is in
+flight the descriptor is quiet, and a connection's timers still get their turn.
 
 A driver's queue is freed when its loop is garbage-collected, or when a driver is next
 created and finds its loop closed. Freeing a queue drops what is still in flight
@@ -185,8 +188,6 @@ class Driver:
                 self._dispatch(k, entries)
             if k < BATCH:
                 break
-        if not entries:
-            self._unwatch()
 
     def _dispatch(self, k: int, entries: Dict[int, Tuple[Any, Any, Any]]) -> None:
         matched = 0
