@@ -527,12 +527,14 @@ impl ResponseStream {
             .timeout
             .filter(|_| deadline)
             .map(|t| tokio::time::Instant::now() + t);
-        let fut = inner.attempts(req, &origin, start, mode);
+        // The attempts' future is made in each arm, not kept in a local moved into one of
+        // them: a moved-from local keeps its storage in the state machine, which would then
+        // hold the future twice (each request's task was 14 KiB, moved to the heap).
         let opened = match deadline {
-            Some(d) => tokio::time::timeout_at(d, fut)
+            Some(d) => tokio::time::timeout_at(d, inner.attempts(req, &origin, start, mode))
                 .await
                 .unwrap_or_else(|_| Err(timed_out(req.timeout))),
-            None => fut.await,
+            None => inner.attempts(req, &origin, start, mode).await,
         };
         let (conn, head, bytes_before) = match opened {
             Ok(o) => o,
@@ -793,14 +795,11 @@ fn timed_out(timeout: Option<Duration>) -> Error {
 
 /// One whole-message request: a stream read to its end.
 async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
-    let whole = async {
-        let mut stream = ResponseStream::open_in(inner.clone(), &req, mode, false).await?;
-        stream.read_to_end(mode).await
-    };
     // One timer for the whole exchange. When it fires, the stream (or the attempt) is
     // dropped: its tally counts the request as failed, and the timeout is added here.
+    // (Each arm makes its own future: see `ResponseStream::open_in`.)
     match req.timeout {
-        Some(t) => match tokio::time::timeout(t, whole).await {
+        Some(t) => match tokio::time::timeout(t, whole(&inner, &req, mode)).await {
             Ok(r) => r,
             Err(_) => {
                 inner
@@ -809,8 +808,14 @@ async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
                 Err(timed_out(req.timeout))
             }
         },
-        None => whole.await,
+        None => whole(&inner, &req, mode).await,
     }
+}
+
+/// A whole request: its head, then its body read to the end.
+async fn whole(inner: &Arc<Inner>, req: &Request, mode: Mode) -> Result<Response> {
+    let mut stream = ResponseStream::open_in(inner.clone(), req, mode, false).await?;
+    stream.read_to_end(mode).await
 }
 
 /// Runs `futs` to completion together (a small `join_all`).
