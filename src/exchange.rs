@@ -88,7 +88,7 @@ pub(crate) async fn start(
     if !conn.adopt().await || !conn.is_open() {
         return Err(Failure::NotSent);
     }
-    let mut hreq = req.to_hyper(cfg.keep_alive, &cfg.user_agent_value);
+    let mut hreq = req.to_hyper(cfg.keep_alive, &cfg.user_agent_value, true);
     if let (Scheme::Http, Some(p)) = (origin.scheme, origin.proxy.as_deref()) {
         forward_form(&mut hreq, origin, p).map_err(Failure::Failed)?;
     }
@@ -193,38 +193,54 @@ pub(crate) async fn start_h2(
     start: Instant,
     mut t: Timings,
 ) -> Result<Head, Failure> {
-    let mut hreq = req.to_hyper(true, &cfg.user_agent_value);
-    let scheme = match origin.scheme {
-        Scheme::Http => "http",
-        Scheme::Https => "https",
-    };
-    let pq = hreq.uri().path_and_query().map_or("/", |p| p.as_str());
-    // A caller's own Host header becomes :authority, as curl does.
-    let authority = match req.headers.get(http::header::HOST).map(|v| v.to_str()) {
-        Some(Ok(h)) => h.to_string(),
-        _ => origin.authority(),
-    };
-    let uri: http::Uri = format!("{scheme}://{authority}{pq}").parse().map_err(|e| {
+    // No `Host` (it becomes `:authority`), and the target built from its parts: the
+    // session's authority, made once, and the request's path, shared.
+    let mut hreq = req.to_hyper(true, &cfg.user_agent_value, false);
+    let invalid = |e: &dyn std::fmt::Display| {
         Failure::Failed(Error::new(
             ErrorKind::InvalidUrl,
             format!("the URL as an HTTP/2 target: {e}"),
         ))
-    })?;
-    *hreq.uri_mut() = uri;
+    };
+    // A caller's own Host header becomes :authority, as curl does.
+    let own_host = req.headers.contains_key(http::header::HOST);
+    let authority = match req.headers.get(http::header::HOST) {
+        Some(h) => http::uri::Authority::try_from(h.as_bytes()).map_err(|e| invalid(&e))?,
+        None => match lease.authority() {
+            Some(a) => a.clone(),
+            None => http::uri::Authority::try_from(origin.authority()).map_err(|e| invalid(&e))?,
+        },
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(match origin.scheme {
+        Scheme::Http => http::uri::Scheme::HTTP,
+        Scheme::Https => http::uri::Scheme::HTTPS,
+    });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(match hreq.uri().path_and_query() {
+        Some(pq) => pq.clone(),
+        None => http::uri::PathAndQuery::from_static("/"),
+    });
+    *hreq.uri_mut() = http::Uri::from_parts(parts).map_err(|e| invalid(&e))?;
     *hreq.version_mut() = http::Version::HTTP_2;
+    // Connection-specific fields (RFC 9113 §8.2.2) can only be the caller's own.
     let h = hreq.headers_mut();
-    h.remove(http::header::HOST);
-    for name in [
-        http::header::CONNECTION,
-        http::header::TRANSFER_ENCODING,
-        http::header::UPGRADE,
-        http::HeaderName::from_static("keep-alive"),
-        http::HeaderName::from_static("proxy-connection"),
-    ] {
-        h.remove(name);
+    if own_host {
+        h.remove(http::header::HOST);
     }
-    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(http::header::TE);
+    if req.headers.keys().any(connection_specific) {
+        for name in [
+            http::header::CONNECTION,
+            http::header::TRANSFER_ENCODING,
+            http::header::UPGRADE,
+            http::HeaderName::from_static("keep-alive"),
+            http::HeaderName::from_static("proxy-connection"),
+        ] {
+            h.remove(name);
+        }
+        if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
+            h.remove(http::header::TE);
+        }
     }
     t.sent_us = micros(start.elapsed());
     let overall = req.timeout.map(|d| start + d);
@@ -241,6 +257,20 @@ pub(crate) async fn start_h2(
     };
     t.ttfb_us = micros(start.elapsed());
     into_head(resp, req, cfg, lease.reused, t, overall).map_err(Failure::Failed)
+}
+
+/// Whether `name` is a field HTTP/2 forbids (RFC 9113 §8.2.2; `te` other than
+/// `trailers` is checked by the caller).
+fn connection_specific(name: &http::HeaderName) -> bool {
+    [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::header::TE,
+    ]
+    .contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
 }
 
 /// The HTTP/2 error inside a hyper error, if any.

@@ -87,6 +87,8 @@ pub(crate) struct Session {
     /// caller; otherwise an event queue, serving only the requests that queue runs.
     host: u64,
     origin: Arc<Origin>,
+    /// Every stream's `:authority` (`host:port` of the origin), made once.
+    authority: Option<http::uri::Authority>,
     /// The master handle; `None` once the session is retired (no new streams).
     sender: Mutex<Option<Sender>>,
     in_flight: Mutex<usize>,
@@ -132,6 +134,12 @@ impl StreamLease {
     /// The id of the connection this stream is on.
     pub(crate) fn connection_id(&self) -> u64 {
         self.session.id
+    }
+
+    /// The origin's `host:port` as an HTTP/2 `:authority` (None if it is not a valid
+    /// one, which a parsed URL's origin always is).
+    pub(crate) fn authority(&self) -> Option<&http::uri::Authority> {
+        self.session.authority.as_ref()
     }
 
     /// No new stream goes to this session (after a GOAWAY or a refused stream).
@@ -320,6 +328,7 @@ impl Sessions {
         let session = Arc::new(Session {
             id,
             host,
+            authority: http::uri::Authority::try_from(origin.authority()).ok(),
             origin: origin.clone(),
             sender: Mutex::new(Some(sender)),
             in_flight: Mutex::new(0),

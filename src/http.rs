@@ -503,11 +503,13 @@ impl Request {
         ) || self.headers.contains_key("idempotency-key")
     }
 
-    /// Builds the hyper request. `keep_alive` false adds `Connection: close`.
+    /// Builds the hyper request. `keep_alive` false adds `Connection: close`; `host`
+    /// adds the `Host` header the URL gives when the caller has none (HTTP/1.1).
     pub(crate) fn to_hyper(
         &self,
         keep_alive: bool,
         user_agent: &HeaderValue,
+        host: bool,
     ) -> http::Request<ReqBody> {
         let (body, body_len) = match &self.body {
             Body::Bytes(b) => (ReqBody::Full(Some(b.clone())), Some(b.len() as u64)),
@@ -526,7 +528,7 @@ impl Request {
         *req.uri_mut() = self.target.path.clone();
         let h = req.headers_mut();
         h.reserve(self.headers.len() + 3);
-        if !self.headers.contains_key(HOST) {
+        if host && !self.headers.contains_key(HOST) {
             h.insert(HOST, self.target.host.clone());
         }
         if !self.headers.contains_key(http::header::USER_AGENT) {

@@ -432,3 +432,36 @@ fn an_agent_freed_under_a_live_queue_closes_the_queues_connection() {
     assert_eq!(s.stats().open, 0);
     assert_eq!(q.pending(), 0);
 }
+
+#[test]
+fn the_authority_is_the_origin_or_the_callers_host_header() {
+    let s = Server::start();
+    let a = h2c_agent(|o| o);
+    let echo = |r: Response| r.text();
+    let plain = echo(a.get(h2c(&s, "/?echo=1")).unwrap());
+    assert!(
+        plain.contains(&format!("\"authority\":\"127.0.0.1:{}\"", s.h2c_port())),
+        "{plain}"
+    );
+    let own = echo(
+        a.send(Req::get(h2c(&s, "/p?q=1&echo=1")).header("Host", "example.test:8443"))
+            .unwrap(),
+    );
+    assert!(own.contains("\"authority\":\"example.test:8443\""), "{own}");
+    assert!(own.contains("\"target\":\"/p?q=1&echo=1\""), "{own}");
+    // Host travels as :authority only; connection-specific fields are not sent at all.
+    let sent = echo(
+        a.send(
+            Req::get(h2c(&s, "/?echo=1"))
+                .header("Connection", "keep-alive")
+                .header("Keep-Alive", "timeout=5")
+                .header("TE", "gzip")
+                .header("X-Other", "1"),
+        )
+        .unwrap(),
+    );
+    for gone in ["\"host\"", "\"connection\"", "\"keep-alive\"", "\"te\""] {
+        assert!(!sent.contains(gone), "{gone} in {sent}");
+    }
+    assert!(sent.contains("\"x-other\""), "{sent}");
+}
