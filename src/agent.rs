@@ -944,8 +944,15 @@ impl Inner {
         let h2 = self.h2_possible(origin);
         // The connect phases of a connection this request opened, for its timings.
         let mut opened = Timings::default();
+        // The first attempt starts with the request (`start` was read just before); a
+        // retry reads the clock again.
+        let mut first = true;
         loop {
-            let queue_start = Instant::now();
+            let queue_start = if std::mem::take(&mut first) {
+                start
+            } else {
+                Instant::now()
+            };
             let mut connecting = None;
             if h2 {
                 let changed = self.h2.changed();

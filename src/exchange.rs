@@ -92,9 +92,10 @@ pub(crate) async fn start(
     if let (Scheme::Http, Some(p)) = (origin.scheme, origin.proxy.as_deref()) {
         forward_form(&mut hreq, origin, p).map_err(Failure::Failed)?;
     }
-    t.sent_us = micros(start.elapsed());
+    let now = Instant::now();
+    t.sent_us = micros(now - start);
     let overall = req.timeout.map(|d| start + d);
-    let head = within_headers_timeout(conn.send(hreq), cfg, overall).await?;
+    let head = within_headers_timeout(conn.send(hreq), cfg, overall, now).await?;
     let resp = match head {
         Some(Ok(r)) => r,
         Some(Err(e)) => return Err(head_failure(map_hyper_error(&e), conn, reused, before)),
@@ -106,19 +107,21 @@ pub(crate) async fn start(
             return Err(head_failure(e, conn, reused, before));
         }
     };
-    t.ttfb_us = micros(start.elapsed());
-    into_head(resp, req, cfg, reused, t, overall).map_err(Failure::Failed)
+    let now = Instant::now();
+    t.ttfb_us = micros(now - start);
+    into_head(resp, req, cfg, reused, t, overall, now).map_err(Failure::Failed)
 }
 
 /// Waits for a response head within `headers_timeout`. A timer that the request's own
 /// deadline (`overall`) would beat is not armed (each one is a registration on tokio's
-/// timer wheel).
+/// timer wheel). `now` is the time the request was sent (read once for its timings).
 async fn within_headers_timeout<T>(
     fut: impl Future<Output = T>,
     cfg: &Config,
     overall: Option<Instant>,
+    now: Instant,
 ) -> Result<T, Failure> {
-    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
+    let needed = |d: &Duration| overall.is_none_or(|o| now + *d < o);
     match cfg.headers_timeout.filter(needed) {
         Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
             Failure::Failed(Error::new(
@@ -138,8 +141,9 @@ fn into_head(
     reused: bool,
     t: Timings,
     overall: Option<Instant>,
+    now: Instant,
 ) -> Result<Head, Error> {
-    let needed = |d: &Duration| overall.is_none_or(|o| Instant::now() + *d < o);
+    let needed = |d: &Duration| overall.is_none_or(|o| now + *d < o);
     let (parts, body) = resp.into_parts();
     let declared = parts
         .headers
@@ -242,9 +246,10 @@ pub(crate) async fn start_h2(
             h.remove(http::header::TE);
         }
     }
-    t.sent_us = micros(start.elapsed());
+    let now = Instant::now();
+    t.sent_us = micros(now - start);
     let overall = req.timeout.map(|d| start + d);
-    let head = within_headers_timeout(lease.sender.send_request(hreq), cfg, overall).await?;
+    let head = within_headers_timeout(lease.sender.send_request(hreq), cfg, overall, now).await?;
     let resp = match head {
         Ok(r) => r,
         Err(e) => {
@@ -255,8 +260,9 @@ pub(crate) async fn start_h2(
             });
         }
     };
-    t.ttfb_us = micros(start.elapsed());
-    into_head(resp, req, cfg, lease.reused, t, overall).map_err(Failure::Failed)
+    let now = Instant::now();
+    t.ttfb_us = micros(now - start);
+    into_head(resp, req, cfg, lease.reused, t, overall, now).map_err(Failure::Failed)
 }
 
 /// Whether `name` is a field HTTP/2 forbids (RFC 9113 §8.2.2; `te` other than
