@@ -30,6 +30,7 @@ static const ts_test tests[] = {
     T(test_h2_one_connection_for_many_threads),
     T(test_h2_big_stream_in_constant_memory_with_trailers),
     T(test_h2_reset_stream_and_queue),
+    T(test_h2_queue_connection_outlives_its_agent_and_its_queue),
     T(test_queue_many_with_epoll),
     T(test_queue_streams_both_ways),
     T(test_queue_errors_carry_their_message),

@@ -1,8 +1,10 @@
 /*
  * HTTP/2 from C against the test server's h2c (prior knowledge) and h2 (TLS, ALPN)
  * listeners: many threads over one connection, a 1 GiB streamed body in constant memory
- * with its trailers, a reset stream's own code while the connection goes on, and the event
- * queue over HTTP/2. Run plainly, under valgrind and under ASan/UBSan like the whole suite.
+ * with its trailers, a reset stream's own code while the connection goes on, the event
+ * queue over HTTP/2, and the queue's own connection when its agent or the queue itself is
+ * freed with requests in flight. Run plainly, under valgrind and under ASan/UBSan like the
+ * whole suite.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -213,5 +215,86 @@ void test_h2_reset_stream_and_queue(void) {
     CHECK_EQ(got, 8);
     CHECK_EQ(ok, 8);
     agent_queue_free(q);
+    agent_free(a);
+}
+
+/* One drain of `q` (waiting up to `ms`): each event's token counted once in seen[], the OK
+ * ones over HTTP/2 in *ok. Returns the events received (a failed drain fails the test and
+ * counts none). */
+static size_t pump_h2(agent_queue *q, int ms, int *seen, size_t nseen, int *ok) {
+    agent_event ev[16];
+    size_t n = 0, i;
+    agent_code code = agent_queue_drain(q, ev, 16, (uint32_t)ms, &n);
+    if (code != AGENT_CODE_OK) {
+        ts_fail(__FILE__, __LINE__, "agent_queue_drain: %s (%s)", agent_code_name(code),
+                ts_last_error());
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (ev[i].token < nseen) seen[ev[i].token]++;
+        if (ev[i].code == AGENT_CODE_OK) {
+            if (agent_response_version(ev[i].response) == 20) (*ok)++;
+            agent_response_free(ev[i].response);
+        }
+    }
+    return n;
+}
+
+/* Drains `q` until `want` events came (or 10 s, scaled). */
+static size_t drain_h2(agent_queue *q, size_t want, int *seen, size_t nseen, int *ok) {
+    size_t got = 0;
+    double until = ts_now_ms() + 10000 * ts_time_scale();
+    while (got < want && ts_now_ms() < until) got += pump_h2(q, 50, seen, nseen, ok);
+    return got;
+}
+
+void test_h2_queue_connection_outlives_its_agent_and_its_queue(void) {
+    enum { N = 16 };
+    agent *a = h2_agent(AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE, false);
+    agent_queue *q = NULL;
+    char url[256];
+    int seen[N], ok = 0, i;
+    size_t got;
+    CHECK(a != NULL);
+    ts_url(url, sizeof url, "http", ts_srv.h2c_port, "/?delay_ms=300");
+    /* The agent freed while its requests are in flight on the queue's own connection:
+     * each still gets exactly one event (done, or cancelled), then the queue goes. */
+    memset(seen, 0, sizeof seen);
+    CHECK_CODE(agent_queue_new(&q), AGENT_CODE_OK);
+    for (i = 0; i < N; i++) {
+        CHECK_CODE(agent_queue_submit(q, a, "GET", url, NULL, 0, NULL, 0, 10000, (uint64_t)i, NULL),
+                   AGENT_CODE_OK);
+    }
+    got = pump_h2(q, 20, seen, N, &ok); /* sends them */
+    agent_free(a);
+    got += drain_h2(q, N - got, seen, N, &ok);
+    CHECK_EQ(got, (size_t)N);
+    for (i = 0; i < N; i++) CHECK_EQ(seen[i], 1);
+    CHECK_EQ(agent_queue_pending(q), 0);
+    agent_queue_free(q);
+    CHECK(ts_wait_open(&ts_srv, 0, (int)(10000 * ts_time_scale())));
+    /* The queue freed with requests in flight: they are dropped (no event, nobody is left
+     * to drain), the connection moves to the library's threads, which close it; the agent
+     * is freed after. */
+    a = h2_agent(AGENT_HTTP_VERSION_H2C_PRIOR_KNOWLEDGE, false);
+    CHECK(a != NULL);
+    CHECK_CODE(agent_queue_new(&q), AGENT_CODE_OK);
+    ok = 0;
+    memset(seen, 0, sizeof seen);
+    ts_url(url, sizeof url, "http", ts_srv.h2c_port, "/");
+    for (i = 0; i < 4; i++) {
+        CHECK_CODE(agent_queue_submit(q, a, "GET", url, NULL, 0, NULL, 0, 10000, (uint64_t)i, NULL),
+                   AGENT_CODE_OK);
+    }
+    CHECK_EQ(drain_h2(q, 4, seen, N, &ok), (size_t)4);
+    CHECK_EQ(ok, 4);
+    ts_url(url, sizeof url, "http", ts_srv.h2c_port, "/?delay_ms=2000");
+    for (i = 4; i < 8; i++) {
+        CHECK_CODE(agent_queue_submit(q, a, "GET", url, NULL, 0, NULL, 0, 10000, (uint64_t)i, NULL),
+                   AGENT_CODE_OK);
+    }
+    CHECK_EQ(pump_h2(q, 20, seen, N, &ok), (size_t)0);
+    agent_queue_free(q);
+    CHECK(ts_wait_open(&ts_srv, 0, (int)(10000 * ts_time_scale())));
     agent_free(a);
 }

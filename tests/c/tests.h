@@ -49,6 +49,7 @@ void test_invalid_option(void);
 void test_h2_one_connection_for_many_threads(void);
 void test_h2_big_stream_in_constant_memory_with_trailers(void);
 void test_h2_reset_stream_and_queue(void);
+void test_h2_queue_connection_outlives_its_agent_and_its_queue(void);
 
 /* test_stream.c */
 void test_stream_download_big_in_constant_memory(void);
