@@ -207,8 +207,8 @@ pub(crate) async fn start_h2(
         ))
     };
     // A caller's own Host header becomes :authority, as curl does.
-    let own_host = req.headers.contains_key(http::header::HOST);
-    let authority = match req.headers.get(http::header::HOST) {
+    let own_host = req.headers.get(http::header::HOST);
+    let authority = match own_host {
         Some(h) => http::uri::Authority::try_from(h.as_bytes()).map_err(|e| invalid(&e))?,
         None => match lease.authority() {
             Some(a) => a.clone(),
@@ -229,7 +229,7 @@ pub(crate) async fn start_h2(
     *hreq.version_mut() = http::Version::HTTP_2;
     // Connection-specific fields (RFC 9113 §8.2.2) can only be the caller's own.
     let h = hreq.headers_mut();
-    if own_host {
+    if own_host.is_some() {
         h.remove(http::header::HOST);
     }
     if req.headers.keys().any(connection_specific) {

@@ -578,19 +578,22 @@ impl InlineTasks {
             }
         }
         let mut budget = INLINE_BUDGET;
-        let mut again = Vec::new();
         let direct = direct::on_direct_thread();
         if direct != self.direct {
             self.direct = direct;
             self.io.clear();
-            again.extend((0..self.slots.len()).filter(|i| self.slots[*i].is_some()));
-        } else if direct {
-            std::mem::swap(&mut again, &mut self.io);
+            self.io
+                .extend((0..self.slots.len()).filter(|i| self.slots[*i].is_some()));
         }
+        // `io` (tasks waiting on their socket, or every task after a change of mode) is
+        // polled in the first round only: a task that waits again goes back to it.
+        let mut first = true;
         loop {
             std::mem::swap(&mut *lock(&self.shared.inbox), &mut self.new);
             std::mem::swap(&mut *lock(&self.shared.ready), &mut self.ready);
-            self.ready.append(&mut again);
+            if std::mem::take(&mut first) {
+                self.ready.append(&mut self.io);
+            }
             for task in self.new.drain(..) {
                 let slot = self.free.pop().unwrap_or_else(|| {
                     self.slots.push(None);
