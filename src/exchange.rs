@@ -232,18 +232,15 @@ pub(crate) async fn start_h2(
     if own_host.is_some() {
         h.remove(http::header::HOST);
     }
-    if req.headers.keys().any(connection_specific) {
-        for name in [
-            http::header::CONNECTION,
-            http::header::TRANSFER_ENCODING,
-            http::header::UPGRADE,
-            http::HeaderName::from_static("keep-alive"),
-            http::HeaderName::from_static("proxy-connection"),
-        ] {
+    let forbidden: Vec<_> = req
+        .headers
+        .keys()
+        .filter(|k| connection_specific(k))
+        .cloned()
+        .collect();
+    for name in forbidden {
+        if name != http::header::TE || h.get(&name).is_some_and(|v| v != "trailers") {
             h.remove(name);
-        }
-        if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
-            h.remove(http::header::TE);
         }
     }
     let now = Instant::now();
@@ -265,8 +262,8 @@ pub(crate) async fn start_h2(
     into_head(resp, req, cfg, lease.reused, t, overall, now).map_err(Failure::Failed)
 }
 
-/// Whether `name` is a field HTTP/2 forbids (RFC 9113 §8.2.2; `te` other than
-/// `trailers` is checked by the caller).
+/// Whether `name` is a field HTTP/2 forbids (RFC 9113 §8.2.2; `te` is allowed with the
+/// value `trailers`, which the caller checks).
 fn connection_specific(name: &http::HeaderName) -> bool {
     [
         http::header::CONNECTION,

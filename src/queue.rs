@@ -89,11 +89,7 @@ impl<E: Send + 'static> Host for Shared<E> {
     }
 
     fn spawn_background(&self, task: BackgroundTask) {
-        let mut st = lock(&self.state);
-        let id = st.next_id;
-        st.next_id += 1;
-        st.new.push((id, task, true));
-        self.signal(&mut st);
+        self.add(task, true);
     }
 }
 
@@ -112,6 +108,15 @@ struct State<E> {
 }
 
 impl<E> Shared<E> {
+    /// Adds a task for the next drain (`background`: a [`Host`] task) and signals.
+    fn add(&self, task: Task, background: bool) {
+        let mut st = lock(&self.state);
+        let id = st.next_id;
+        st.next_id += 1;
+        st.new.push((id, task, background));
+        self.signal(&mut st);
+    }
+
     /// Makes the descriptor readable unless a drain will look anyway (call with the state
     /// locked, after adding work).
     fn signal(&self, st: &mut State<E>) {
@@ -310,11 +315,7 @@ impl<E: Send + 'static> Queue<E> {
 
     /// Adds a request; it starts at the next drain. Any thread.
     pub(crate) fn submit(&self, task: Task) {
-        let mut st = lock(&self.shared.state);
-        let id = st.next_id;
-        st.next_id += 1;
-        st.new.push((id, task, false));
-        self.shared.signal(&mut st);
+        self.shared.add(task, false);
     }
 
     /// Requests not finished yet (submitted and not reported).
@@ -469,26 +470,20 @@ impl<E: Send + 'static> Drop for Queue<E> {
         // tasks hold the sink, so this also breaks the cycle through `Shared`. Background
         // tasks (connections' drivers) go on running on the runtime.
         loop {
-            let mut tasks = std::mem::take(&mut lock(&self.exec).tasks);
-            let mut new = std::mem::take(&mut lock(&self.shared.state).new);
+            let tasks = std::mem::take(&mut lock(&self.exec).tasks);
+            let new = std::mem::take(&mut lock(&self.shared.state).new);
             lock(&self.exec).background = 0;
-            let background: Vec<usize> = tasks
-                .iter()
-                .filter(|(_, e)| e.background)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in background {
-                if let Some(e) = tasks.remove(&id) {
-                    self.handle.spawn(e.fut);
-                }
+            let (background, tasks): (Vec<_>, Vec<_>) =
+                tasks.into_iter().partition(|(_, e)| e.background);
+            let (background_new, new): (Vec<_>, Vec<_>) =
+                new.into_iter().partition(|(_, _, background)| *background);
+            for fut in background
+                .into_iter()
+                .map(|(_, e)| e.fut)
+                .chain(background_new.into_iter().map(|(_, fut, _)| fut))
+            {
+                self.handle.spawn(fut);
             }
-            new.retain_mut(|(_, fut, background)| {
-                if *background {
-                    let fut = std::mem::replace(fut, Box::pin(async {}));
-                    self.handle.spawn(fut);
-                }
-                !*background
-            });
             let events = std::mem::take(&mut lock(&self.shared.state).events);
             if tasks.is_empty() && new.is_empty() && events.is_empty() {
                 break;
