@@ -237,6 +237,7 @@ impl Agent {
                 let mut completion = completion;
                 // A cancelled request is counted by its `Tally`, dropped with its future.
                 let res = tokio::select! {
+                    biased;
                     r = make() => r,
                     _ = cancel_rx => Err(Error::new(ErrorKind::Cancelled, "request cancelled")),
                 };

@@ -423,20 +423,22 @@ impl Conn {
         }
     }
 
-    /// Polls the driver once with the current task's waker, so that what it waits on (the
-    /// socket, the request channel) wakes this task rather than the idle monitor. False:
-    /// the connection has ended.
-    pub(crate) async fn adopt(&mut self) -> bool {
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            if let Some(d) = driver.as_mut() {
-                if d.as_mut().poll(cx).is_ready() {
-                    *driver = None;
-                }
+    /// Polls the driver once, so that an end it has not noticed yet (a server's FIN while
+    /// the connection was parked in direct mode) shows before a request is sent on it.
+    /// False: the connection has ended.
+    ///
+    /// The poll is made without a waker. The request that follows polls the driver again
+    /// before it waits ([`Conn::send`]), with its task's waker; a waker registered here
+    /// would only be woken by that request's own `send_request`, for one more poll of the
+    /// whole request that finds nothing to do.
+    pub(crate) fn adopt(&mut self) -> bool {
+        if let Some(d) = self.driver.as_mut() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if d.as_mut().poll(&mut cx).is_ready() {
+                self.driver = None;
             }
-            Poll::Ready(driver.is_some())
-        })
-        .await
+        }
+        self.driver.is_some()
     }
 
     /// Hands `req` to hyper and polls the connection until the response head arrives.
@@ -471,7 +473,10 @@ impl Conn {
                     Poll::Pending => None,
                 });
             }
-            Poll::Pending
+            // What the driver just read (the head, a piece of the body) completes `fut` now,
+            // in this poll, rather than in the next one its wake-up would cost: a poll of
+            // every layer of the request above this one.
+            fut.as_mut().poll(cx).map(Some)
         })
         .await
     }
@@ -494,7 +499,7 @@ impl Conn {
                     return Poll::Ready(r.is_ok());
                 }
                 match driver.as_mut().map(|d| d.as_mut().poll(cx)) {
-                    Some(Poll::Pending) => Poll::Pending,
+                    Some(Poll::Pending) => ready.as_mut().poll(cx).map(|r| r.is_ok()),
                     _ => Poll::Ready(false),
                 }
             })
@@ -687,7 +692,7 @@ mod tests {
 
     async fn exchange_once(c: &mut Conn) {
         use http_body_util::BodyExt;
-        assert!(c.adopt().await);
+        assert!(c.adopt());
         let resp = c.send(get()).await.unwrap().unwrap();
         let mut body = resp.into_body();
         let mut got = Vec::new();

@@ -85,7 +85,7 @@ pub(crate) async fn start(
     mut t: Timings,
 ) -> Result<Head, Failure> {
     let before = conn.bytes_read();
-    if !conn.adopt().await || !conn.is_open() {
+    if !conn.adopt() || !conn.is_open() {
         return Err(Failure::NotSent);
     }
     let mut hreq = req.to_hyper(cfg.keep_alive, &cfg.user_agent_value, true);
