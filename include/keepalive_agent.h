@@ -1514,7 +1514,9 @@ agent_code agent_queue_drain(const agent_queue *queue,
 
 /**
  * Fills `*out` with the status, version, reused flag, body, all headers as one block, and
- * timings: what the individual getters give, in one call.
+ * timings: what the individual getters give, in one call. A body that arrived in several
+ * pieces is copied into one buffer at the first call (see `agent_response_peek` for a
+ * way around that copy).
  *
  * # Safety
  * `response` is NULL or a live response; `out` must be writable (NULL is refused with
@@ -1522,6 +1524,35 @@ agent_code agent_queue_drain(const agent_queue *queue,
  */
 agent_code agent_response_read(const agent_response *response,
                                agent_response_parts *out);
+
+/**
+ * As `agent_response_read`, without copying a body that arrived in several pieces into
+ * one buffer: then `out->body` is NULL (and `out->body_len` the body's length), and
+ * `agent_response_copy_body` copies the pieces straight into a buffer of the caller's.
+ * For bindings that keep the body in memory of their own (one copy instead of two); a
+ * body of one piece is given as `agent_response_read` gives it.
+ *
+ * # Safety
+ * `response` is NULL or a live response; `out` must be writable (NULL is refused with
+ * `AGENT_CODE_INVALID_ARGUMENT`).
+ */
+agent_code agent_response_peek(const agent_response *response,
+                               agent_response_parts *out);
+
+/**
+ * Copies up to `len` bytes of the body, starting `offset` bytes into it, to `dst`; `*copied`
+ * (if not NULL) receives how many were copied: `len`, or fewer at the end of the body (0
+ * from an offset at or past the end). The body stays in the response.
+ *
+ * # Safety
+ * `response` is NULL or a live response; `dst` is writable for `len` bytes (NULL only
+ * with `len` 0, else `AGENT_CODE_INVALID_ARGUMENT`); `copied` is NULL or writable.
+ */
+agent_code agent_response_copy_body(const agent_response *response,
+                                    size_t offset,
+                                    uint8_t *dst,
+                                    size_t len,
+                                    size_t *copied);
 
 /**
  * Frees a response. NULL is ignored.
@@ -1637,7 +1668,8 @@ agent_code agent_response_trailer(const agent_response *response,
 
 /**
  * The whole body as pointer + length (valid until the response is freed; the pointer may
- * be non-NULL with length 0). Not NUL-terminated.
+ * be non-NULL with length 0). Not NUL-terminated. A body that arrived in several pieces is
+ * copied into one buffer at the first call (or the first `agent_response_read`).
  *
  * # Safety
  * `response` is NULL or a live response; out pointers must be writable (NULL is refused

@@ -667,8 +667,9 @@ impl ResponseStream {
         }
     }
 
-    /// Reads the rest of the body into one buffer and returns the whole response.
-    async fn read_to_end(&mut self, mode: Mode) -> Result<Response> {
+    /// Reads the rest of the body and returns the whole response: the body in one buffer,
+    /// or with `pieces` in the pieces it arrived in ([`Request::pieces`]).
+    async fn read_to_end(&mut self, mode: Mode, pieces: bool) -> Result<Response> {
         let Some((conn, reader)) = self.open.as_mut() else {
             return Err(self
                 .ended()
@@ -676,7 +677,7 @@ impl ResponseStream {
                 .unwrap_or_else(|| Error::new(ErrorKind::Internal, "the body was already read")));
         };
         conn.set_mode(mode);
-        let fut = reader.read_all(conn);
+        let fut = reader.read_all_in(conn, pieces);
         let body = match self.deadline {
             Some(d) => tokio::time::timeout_at(d, fut)
                 .await
@@ -684,10 +685,11 @@ impl ResponseStream {
             None => fut.await,
         };
         match body {
-            Ok(body) => {
+            Ok((body, rest)) => {
                 self.finish().await;
                 let mut response = std::mem::replace(&mut self.head, empty_response());
                 response.body = body;
+                response.rest = rest;
                 Ok(response)
             }
             Err(e) => {
@@ -781,6 +783,7 @@ fn empty_response() -> Response {
         reused: false,
         timings: Timings::default(),
         trailers: None,
+        rest: Vec::new(),
     }
 }
 
@@ -816,7 +819,7 @@ async fn run(inner: Arc<Inner>, req: Request, mode: Mode) -> Result<Response> {
 /// A whole request: its head, then its body read to the end.
 async fn whole(inner: &Arc<Inner>, req: &Request, mode: Mode) -> Result<Response> {
     let mut stream = ResponseStream::open_in(inner.clone(), req, mode, false).await?;
-    stream.read_to_end(mode).await
+    stream.read_to_end(mode, req.pieces).await
 }
 
 /// Runs `futs` to completion together (a small `join_all`).

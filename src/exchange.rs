@@ -180,6 +180,7 @@ fn into_head(
             reused,
             timings: t,
             trailers: None,
+            rest: Vec::new(),
         },
         hint,
         body,
@@ -434,14 +435,27 @@ impl BodyReader {
         }
     }
 
-    /// Reads the rest of the body into one buffer, sized from `Content-Length`.
-    pub(crate) async fn read_all(&mut self, conn: &mut impl Drive) -> Result<Bytes, Error> {
+    /// Reads the rest of the body: into one buffer sized from `Content-Length`, or with
+    /// `pieces` as the pieces it arrives in (the first, then the others). A body of one
+    /// piece is never copied.
+    pub(crate) async fn read_all_in(
+        &mut self,
+        conn: &mut impl Drive,
+        pieces: bool,
+    ) -> Result<(Bytes, Vec<Bytes>), Error> {
         let Some(first) = self.next(conn).await? else {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), Vec::new()));
         };
         let Some(second) = self.next(conn).await? else {
-            return Ok(first);
+            return Ok((first, Vec::new()));
         };
+        if pieces {
+            let mut rest = vec![second];
+            while let Some(d) = self.next(conn).await? {
+                rest.push(d);
+            }
+            return Ok((first, rest));
+        }
         let cap = self
             .declared
             .map_or(first.len() + second.len(), |n| n as usize);
@@ -451,7 +465,7 @@ impl BodyReader {
         while let Some(d) = self.next(conn).await? {
             b.extend_from_slice(&d);
         }
-        Ok(b.freeze())
+        Ok((b.freeze(), Vec::new()))
     }
 }
 
@@ -595,7 +609,12 @@ mod tests {
     ) -> Result<Exchanged, Failure> {
         let o = req.target.origin.clone();
         let mut head = start(c, &o, req, cfg, reused, Instant::now(), Timings::default()).await?;
-        head.response.body = head.body.read_all(c).await.map_err(Failure::Failed)?;
+        head.response.body = head
+            .body
+            .read_all_in(c, false)
+            .await
+            .map_err(Failure::Failed)?
+            .0;
         Ok(Exchanged {
             response: head.response,
             hint: head.hint,

@@ -454,6 +454,11 @@ pub struct Request {
     pub body: Body,
     /// Overall deadline: queueing, connecting, sending and reading.
     pub timeout: Option<Duration>,
+    /// Keep a whole response's body in the pieces it arrived in ([`Response::rest`])
+    /// instead of copying them into one buffer: set for the C ABI, whose response makes
+    /// the body contiguous only when it is asked for that way, so that a binding can copy
+    /// the pieces straight into a buffer of its own (one copy instead of two).
+    pub(crate) pieces: bool,
 }
 
 impl Request {
@@ -464,6 +469,7 @@ impl Request {
             headers: HeaderMap::new(),
             body: Body::default(),
             timeout: None,
+            pieces: false,
         })
     }
 
@@ -586,6 +592,9 @@ pub struct Response {
     /// Trailer fields after the body (HTTP/2, or a chunked HTTP/1.1 body); `None` until the
     /// body has been read to its end, and when there are none.
     pub trailers: Option<Box<HeaderMap>>,
+    /// The rest of the body after `body`, piece by piece, for a request that asked for
+    /// [`Request::pieces`] (the C ABI's); empty otherwise, when `body` is the whole body.
+    pub(crate) rest: Vec<Bytes>,
 }
 
 impl Response {

@@ -219,6 +219,7 @@ pub(crate) unsafe fn build_request(
     let body = unsafe { c_bytes(body, body_len, "body") }?;
     req.body = crate::http::Body::Bytes(bytes::Bytes::copy_from_slice(body));
     req.timeout = request_timeout(timeout_msecs)?;
+    req.pieces = true; // made contiguous by `agent_response` only when asked
     Ok(req)
 }
 

@@ -2,9 +2,10 @@
 
 use std::ffi::c_char;
 
-use super::{agent_code, borrow, c_str, guard, guard_value, out_ptr};
+use super::{agent_code, borrow, c_str, guard, guard_value, out_ptr, write_if_wanted};
 use crate::error::{Error, ErrorKind};
 use crate::http::Response;
+use bytes::{Bytes, BytesMut};
 
 /// A complete response: status, version, headers, whole body, whether the connection was
 /// reused, timings. Returned by `agent_request` and passed to completion callbacks; the
@@ -15,6 +16,8 @@ pub struct agent_response {
     pub(crate) resp: Response,
     /// The header block of `agent_response_read`, built on first use.
     header_block: std::sync::OnceLock<Box<[u8]>>,
+    /// The body in one buffer, made on first use when it arrived in pieces (`resp.rest`).
+    joined: std::sync::OnceLock<Bytes>,
 }
 
 impl agent_response {
@@ -22,12 +25,65 @@ impl agent_response {
         Box::into_raw(Box::new(agent_response {
             resp,
             header_block: std::sync::OnceLock::new(),
+            joined: std::sync::OnceLock::new(),
         }))
     }
 
     fn header_block(&self) -> &[u8] {
         self.header_block
             .get_or_init(|| header_block(&self.resp.headers))
+    }
+
+    /// The body's pieces in order (the first may be empty).
+    fn pieces(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.resp.body).chain(self.resp.rest.iter())
+    }
+
+    fn body_len(&self) -> usize {
+        self.pieces().map(Bytes::len).sum()
+    }
+
+    /// The body in one buffer (copied into one on first use if it arrived in pieces).
+    fn body(&self) -> &Bytes {
+        if self.resp.rest.is_empty() {
+            return &self.resp.body;
+        }
+        self.joined.get_or_init(|| {
+            let mut b = BytesMut::with_capacity(self.body_len());
+            for p in self.pieces() {
+                b.extend_from_slice(p);
+            }
+            b.freeze()
+        })
+    }
+
+    /// The body in one buffer if it is one already (a body that arrived in pieces, until
+    /// `body` joined them: None).
+    fn body_if_contiguous(&self) -> Option<&Bytes> {
+        if self.resp.rest.is_empty() {
+            Some(&self.resp.body)
+        } else {
+            self.joined.get()
+        }
+    }
+
+    /// Copies the body from `offset` into `dst`, piece by piece; returns the bytes copied.
+    fn copy_body(&self, mut offset: usize, dst: &mut [u8]) -> usize {
+        let mut copied = 0;
+        for p in self.pieces() {
+            if copied == dst.len() {
+                break;
+            }
+            if offset >= p.len() {
+                offset -= p.len();
+                continue;
+            }
+            let n = (p.len() - offset).min(dst.len() - copied);
+            dst[copied..copied + n].copy_from_slice(&p[offset..offset + n]);
+            copied += n;
+            offset = 0;
+        }
+        copied
     }
 }
 
@@ -94,7 +150,9 @@ pub struct agent_timings {
 }
 
 /// Fills `*out` with the status, version, reused flag, body, all headers as one block, and
-/// timings: what the individual getters give, in one call.
+/// timings: what the individual getters give, in one call. A body that arrived in several
+/// pieces is copied into one buffer at the first call (see `agent_response_peek` for a
+/// way around that copy).
 ///
 /// # Safety
 /// `response` is NULL or a live response; `out` must be writable (NULL is refused with
@@ -108,19 +166,84 @@ pub unsafe extern "C" fn agent_response_read(
         // SAFETY: forwarded contract.
         let full = unsafe { borrow(response, "response") }?;
         let out = out_ptr(out, "out")?;
-        let r = &full.resp;
-        let block = full.header_block();
-        out.write(agent_response_parts {
-            status: r.status,
-            version: r.version_number(),
-            reused: r.reused,
-            body: r.body.as_ptr(),
-            body_len: r.body.len(),
-            headers: block.as_ptr(),
-            headers_len: block.len(),
-            header_count: r.headers.len(),
-            timings: timings(r),
-        });
+        let body = full.body();
+        out.write(parts(full, body.as_ptr(), body.len()));
+        Ok(())
+    })
+}
+
+fn parts(full: &agent_response, body: *const u8, body_len: usize) -> agent_response_parts {
+    let r = &full.resp;
+    let block = full.header_block();
+    agent_response_parts {
+        status: r.status,
+        version: r.version_number(),
+        reused: r.reused,
+        body,
+        body_len,
+        headers: block.as_ptr(),
+        headers_len: block.len(),
+        header_count: r.headers.len(),
+        timings: timings(r),
+    }
+}
+
+/// As `agent_response_read`, without copying a body that arrived in several pieces into
+/// one buffer: then `out->body` is NULL (and `out->body_len` the body's length), and
+/// `agent_response_copy_body` copies the pieces straight into a buffer of the caller's.
+/// For bindings that keep the body in memory of their own (one copy instead of two); a
+/// body of one piece is given as `agent_response_read` gives it.
+///
+/// # Safety
+/// `response` is NULL or a live response; `out` must be writable (NULL is refused with
+/// `AGENT_CODE_INVALID_ARGUMENT`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_peek(
+    response: *const agent_response,
+    out: *mut agent_response_parts,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let full = unsafe { borrow(response, "response") }?;
+        let out = out_ptr(out, "out")?;
+        let body = full
+            .body_if_contiguous()
+            .map_or(std::ptr::null(), |b| b.as_ptr());
+        out.write(parts(full, body, full.body_len()));
+        Ok(())
+    })
+}
+
+/// Copies up to `len` bytes of the body, starting `offset` bytes into it, to `dst`; `*copied`
+/// (if not NULL) receives how many were copied: `len`, or fewer at the end of the body (0
+/// from an offset at or past the end). The body stays in the response.
+///
+/// # Safety
+/// `response` is NULL or a live response; `dst` is writable for `len` bytes (NULL only
+/// with `len` 0, else `AGENT_CODE_INVALID_ARGUMENT`); `copied` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn agent_response_copy_body(
+    response: *const agent_response,
+    offset: usize,
+    dst: *mut u8,
+    len: usize,
+    copied: *mut usize,
+) -> agent_code {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let full = unsafe { borrow(response, "response") }?;
+        if dst.is_null() && len > 0 {
+            return Err(Error::invalid_argument("dst is NULL"));
+        }
+        let dst: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-NULL and writable for `len` bytes (caller's promise).
+            unsafe { std::slice::from_raw_parts_mut(dst, len) }
+        };
+        let n = full.copy_body(offset, dst);
+        // SAFETY: forwarded contract.
+        unsafe { write_if_wanted(copied, n) };
         Ok(())
     })
 }
@@ -385,7 +508,8 @@ pub unsafe extern "C" fn agent_response_trailer(
 }
 
 /// The whole body as pointer + length (valid until the response is freed; the pointer may
-/// be non-NULL with length 0). Not NUL-terminated.
+/// be non-NULL with length 0). Not NUL-terminated. A body that arrived in several pieces is
+/// copied into one buffer at the first call (or the first `agent_response_read`).
 ///
 /// # Safety
 /// `response` is NULL or a live response; out pointers must be writable (NULL is refused
@@ -398,10 +522,11 @@ pub unsafe extern "C" fn agent_response_body(
 ) -> agent_code {
     guard(|| {
         // SAFETY: forwarded contract.
-        let r = &unsafe { borrow(response, "response") }?.resp;
+        let full = unsafe { borrow(response, "response") }?;
         let (data, len) = (out_ptr(data, "data")?, out_ptr(len, "len")?);
-        data.write(r.body.as_ptr());
-        len.write(r.body.len());
+        let body = full.body();
+        data.write(body.as_ptr());
+        len.write(body.len());
         Ok(())
     })
 }

@@ -10,6 +10,7 @@ static const ts_test tests[] = {
     T(test_timings_ip_literal),
     T(test_post_echo),
     T(test_status_and_sizes),
+    T(test_body_in_pieces),
     T(test_keep_alive_on),
     T(test_keep_alive_off),
     T(test_on_and_off_same_process),

@@ -258,6 +258,82 @@ void test_status_and_sizes(void) {
     agent_free(a);
 }
 
+/* A body that arrived in pieces is copied out piece by piece (agent_response_peek,
+   agent_response_copy_body) and made contiguous only when asked (agent_response_body). */
+void test_body_in_pieces(void) {
+    enum { N = 200000 };
+    char url[256];
+    agent_response *r = NULL;
+    agent_response_parts parts;
+    const uint8_t *p = NULL;
+    size_t n = 0, copied = 0;
+    uint8_t *buf = malloc(N);
+    agent *a = agent_new(true, 1000);
+    CHECK(a != NULL && buf != NULL);
+
+    /* Eight chunks 5 ms apart: several reads, so several pieces. */
+    ts_url(url, sizeof url, "http", ts_srv.http_port,
+           "/?bytes=200000&chunked=1&chunks=8&chunk_delay_ms=5");
+    CHECK_CODE(t_get(a, url, &r), AGENT_CODE_OK);
+    CHECK_CODE(agent_response_peek(r, &parts), AGENT_CODE_OK);
+    CHECK_EQ(parts.status, 200);
+    CHECK(parts.body == NULL); /* not joined */
+    CHECK_EQ(parts.body_len, N);
+    CHECK(parts.header_count > 0 && parts.headers != NULL);
+
+    CHECK_CODE(agent_response_copy_body(r, 0, buf, N, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, N);
+    for (size_t i = 0; i < N; i++) {
+        if (buf[i] != (uint8_t)('a' + i % 26)) {
+            CHECK_MSG(false, "byte %zu is %d", i, buf[i]);
+            break;
+        }
+    }
+    /* From an offset, across pieces, and past the end. */
+    memset(buf, 0, 1000);
+    CHECK_CODE(agent_response_copy_body(r, 12345, buf, 1000, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 1000);
+    CHECK_EQ(buf[0], 'a' + 12345 % 26);
+    CHECK_EQ(buf[999], 'a' + (12345 + 999) % 26);
+    CHECK_CODE(agent_response_copy_body(r, N - 10, buf, 100, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 10);
+    CHECK_CODE(agent_response_copy_body(r, N + 5, buf, 100, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 0);
+    CHECK_CODE(agent_response_copy_body(r, 0, buf, 0, NULL), AGENT_CODE_OK);
+    CHECK_CODE(agent_response_copy_body(r, 0, NULL, 0, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 0);
+    CHECK_CODE(agent_response_copy_body(r, 0, NULL, 10, &copied), AGENT_CODE_INVALID_ARGUMENT);
+    CHECK_CODE(agent_response_copy_body(NULL, 0, buf, 10, &copied), AGENT_CODE_INVALID_ARGUMENT);
+    CHECK_CODE(agent_response_peek(NULL, &parts), AGENT_CODE_INVALID_ARGUMENT);
+    CHECK_CODE(agent_response_peek(r, NULL), AGENT_CODE_INVALID_ARGUMENT);
+
+    /* Asked for in one buffer: joined once, the same pointer from then on. */
+    CHECK_CODE(agent_response_body(r, &p, &n), AGENT_CODE_OK);
+    CHECK_EQ(n, N);
+    CHECK(p != NULL);
+    CHECK_EQ(p[0], 'a');
+    CHECK_EQ(p[N - 1], 'a' + (N - 1) % 26);
+    CHECK_CODE(agent_response_peek(r, &parts), AGENT_CODE_OK);
+    CHECK(parts.body == p);
+    CHECK_CODE(agent_response_read(r, &parts), AGENT_CODE_OK);
+    CHECK(parts.body == p);
+    CHECK_EQ(parts.body_len, N);
+    agent_response_free(r);
+
+    /* A body of one piece: peek gives it as read does. */
+    ts_url(url, sizeof url, "http", ts_srv.http_port, "/");
+    CHECK_CODE(t_get(a, url, &r), AGENT_CODE_OK);
+    CHECK_CODE(agent_response_peek(r, &parts), AGENT_CODE_OK);
+    CHECK(parts.body != NULL);
+    CHECK_EQ(parts.body_len, 13);
+    CHECK_CODE(agent_response_copy_body(r, 0, buf, 100, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 13);
+    CHECK(memcmp(buf, parts.body, 13) == 0);
+    agent_response_free(r);
+    agent_free(a);
+    free(buf);
+}
+
 void test_keep_alive_on(void) {
     char url[256], port0[32], buf[32];
     agent *a = agent_new(true, 1000);

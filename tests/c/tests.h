@@ -22,6 +22,7 @@ void test_basic_get(void);
 void test_timings_ip_literal(void);
 void test_post_echo(void);
 void test_status_and_sizes(void);
+void test_body_in_pieces(void);
 void test_keep_alive_on(void);
 void test_keep_alive_off(void);
 void test_on_and_off_same_process(void);

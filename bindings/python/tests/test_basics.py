@@ -16,7 +16,7 @@ import pytest
 import keepalive_agent
 from keepalive_agent import Agent, Headers, errors
 
-from conftest import wait_until
+from conftest import pattern, wait_until
 
 
 def test_version_matches_library() -> None:
@@ -81,6 +81,43 @@ def test_response_fields(srv) -> None:
         assert s.keep_alive is True
         o = a.origin_stats(srv.http_url.rstrip("/"))
         assert o.requests == 2
+
+
+def test_a_body_in_pieces_is_copied_once_into_its_bytes(srv, monkeypatch) -> None:
+    """A body that arrives in several reads is copied by the engine straight into the
+    ``bytes`` object (``agent_response_copy_body``), not joined natively first."""
+    from keepalive_agent import _agent, _native
+
+    assert _native.new_bytes is not None  # CPython
+    calls = {"copy": 0, "read": 0}
+    copy, read = _agent._copy_body_raw, _agent._response_read_raw
+
+    def counting_copy(*args):
+        calls["copy"] += 1
+        return copy(*args)
+
+    def counting_read(*args):
+        calls["read"] += 1
+        return read(*args)
+
+    monkeypatch.setattr(_agent, "_copy_body_raw", counting_copy)
+    monkeypatch.setattr(_agent, "_response_read_raw", counting_read)
+    url = srv.http_url + "?bytes=200000&chunked=1&chunks=8&chunk_delay_ms=5"
+    with Agent() as a:
+        r = a.get(url)
+        assert type(r.body) is bytes and r.body == pattern(0, 200000)
+        assert calls == {"copy": 1, "read": 0}
+        assert hash(r.body) == hash(pattern(0, 200000))
+        small = a.get(srv.http_url)  # one piece: read as before
+        assert small.body == b"hello, world\n" and calls["copy"] == 1
+
+        async def queued():
+            return await a.request_async("GET", url)
+
+        import asyncio
+
+        r2 = asyncio.run(queued())
+        assert r2.body == r.body and calls["copy"] == 2
 
 
 def test_request_body_headers_and_json(srv) -> None:

@@ -225,6 +225,10 @@ _submit_raw = _native.bare("agent_queue_submit")
 # nor call back, so they keep the GIL. Releasing it around each of them gave 64 threads
 # three GIL hand-offs per request instead of one (the request itself).
 _response_read_raw = _native.bare("agent_response_read", hold_gil=True)
+_response_peek_raw = _native.bare("agent_response_peek", hold_gil=True)
+_copy_body_raw = _native.bare("agent_response_copy_body", hold_gil=True)
+_new_bytes = _native.new_bytes
+_BYTES_DATA = _native.BYTES_DATA
 _response_free = _native.bare("agent_response_free", hold_gil=True)
 _response_trailer_count = _native.bare("agent_response_trailer_count", hold_gil=True)
 _SIZE_0 = _native.SIZE_0
@@ -264,26 +268,33 @@ def make_response_from_handle(
     handle: c_void_p, method: str, url: str, parts_ref: Any, parts_view: memoryview
 ) -> Response:
     """Copies a native response (``handle``: a ``c_void_p``, as the bare functions take
-    it) into a Response and frees the native one: one ``agent_response_read`` (into the
-    caller's :func:`parts_buffers`), one copy of the header block, one of the body; the
-    headers are parsed on first access (:meth:`Headers._from_block`, made inline here).
+    it) into a Response and frees the native one: one ``agent_response_peek`` (into the
+    caller's :func:`parts_buffers`), one copy of the header block, one of the body (a body
+    that arrived in pieces is copied by the engine straight into its ``bytes``:
+    :func:`_body_in_pieces`); the headers are parsed on first access
+    (:meth:`Headers._from_block`, made inline here).
 
     Trailers can only follow an HTTP/2 body or a chunked HTTP/1.1 one (which has a
     ``transfer-encoding`` header): only those responses cost one call more
     (``agent_response_trailer_count``), and one per trailer line when there are some."""
     trailers = None
     try:
-        code = _response_read_raw(handle, parts_ref)
+        code = _response_peek_raw(handle, parts_ref)
         if code:
             raise _native.error_for(code)
         v = _unpack_parts(parts_view)
-        if _memory is not None:
+        if not v[3] and v[4]:
+            # The body arrived in pieces: copied once, straight into the bytes object.
+            body = _body_in_pieces(handle, v[4], parts_ref, parts_view)
+        elif _memory is not None:
             a = v[3]
             body = _memory[a:a + v[4]]
+        else:  # pragma: no cover - 32-bit
+            body = _copy(v[3], v[4])
+        if _memory is not None:
             a = v[5]
             block = _memory[a:a + v[6]]
         else:  # pragma: no cover - 32-bit
-            body = _copy(v[3], v[4])
             block = _copy(v[5], v[6])
         # find, not ``in``: ``bytes in bytes`` first tries the operand as an int and
         # raises and clears a TypeError, which costs twice the search.
@@ -307,6 +318,23 @@ def make_response_from_handle(
     r.method = method
     r._trailers = trailers
     return r
+
+
+def _body_in_pieces(handle: c_void_p, n: int, parts_ref: Any, parts_view: memoryview) -> bytes:
+    """The ``n`` bytes of a body that arrived in pieces: copied by the engine straight into
+    a new bytes object (``agent_response_copy_body``), where the interpreter allows it;
+    otherwise joined by the engine (``agent_response_read``) and copied out."""
+    if _new_bytes is not None:
+        body = _new_bytes(None, n)
+        code = _copy_body_raw(handle, _SIZE_0, c_void_p(id(body) + _BYTES_DATA), c_size_t(n), None)
+        if code:
+            raise _native.error_for(code)
+        return body  # type: ignore[no-any-return]
+    code = _response_read_raw(handle, parts_ref)  # pragma: no cover - other interpreters
+    if code:  # pragma: no cover
+        raise _native.error_for(code)
+    v = _unpack_parts(parts_view)  # pragma: no cover
+    return _copy(v[3], v[4])  # pragma: no cover
 
 
 # [queue events drained, events that found their future] -- for tests (SPEC §6.30).

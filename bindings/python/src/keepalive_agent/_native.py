@@ -520,6 +520,16 @@ _declare("agent_response_body", agent_code, [agent_response_p, POINTER(c_void_p)
 _declare("agent_response_timings", agent_code, [agent_response_p, POINTER(agent_timings)], _check)
 # agent_code agent_response_read(const agent_response *response, agent_response_parts *out);
 _declare("agent_response_read", agent_code, [agent_response_p, POINTER(agent_response_parts)], _check)
+# agent_code agent_response_peek(const agent_response *response, agent_response_parts *out);
+_declare("agent_response_peek", agent_code, [agent_response_p, POINTER(agent_response_parts)], _check)
+# agent_code agent_response_copy_body(const agent_response *response, size_t offset,
+#     uint8_t *dst, size_t len, size_t *copied);
+_declare(
+    "agent_response_copy_body",
+    agent_code,
+    [agent_response_p, c_size_t, c_void_p, c_size_t, POINTER(c_size_t)],
+    _check,
+)
 
 # agent_body_waker *agent_body_source_waker(void);   (NULL outside a body source's read)
 _declare("agent_body_source_waker", agent_body_waker_p, [])
@@ -757,6 +767,32 @@ _MEMORY_SIZE = sys.maxsize
 memory: Optional[Any] = (
     (ctypes.c_char * _MEMORY_SIZE).from_address(0) if _MEMORY_SIZE > 1 << 62 else None
 )
+
+
+def _bytes_maker() -> Tuple[Optional[Any], int]:
+    """CPython's ``PyBytes_FromStringAndSize`` and the offset of a bytes object's data:
+    called with NULL it makes a bytes object of ``n`` bytes not yet written, which the
+    caller fills before anything else sees it (what C extensions do to read straight into
+    a new ``bytes``). ``(None, 0)`` where that is not available or does not behave so."""
+    if sys.implementation.name != "cpython":  # pragma: no cover - other interpreters
+        return None, 0
+    try:
+        f = ctypes.pythonapi.PyBytes_FromStringAndSize
+        f.restype = ctypes.py_object
+        f.argtypes = [c_void_p, ctypes.c_ssize_t]
+        offset = bytes.__basicsize__ - 1  # PyBytesObject.ob_sval
+        probe = f(None, 4)
+        ctypes.memmove(id(probe) + offset, b"\x01\x02\x03\x04", 4)
+        if probe != b"\x01\x02\x03\x04" or len(probe) != 4:  # pragma: no cover
+            return None, 0
+        return f, offset
+    except Exception:  # pragma: no cover - no pythonapi
+        return None, 0
+
+
+# ``new_bytes(None, n)``: a bytes object of ``n`` bytes to fill at ``id(b) + BYTES_DATA``
+# (see _bytes_maker); None where not available.
+new_bytes, BYTES_DATA = _bytes_maker()
 
 
 def copy_out(addr: int, n: int) -> bytes:
