@@ -1,6 +1,7 @@
 //! `agent_response`: a complete response, owned by the caller until `agent_response_free`.
 
 use std::ffi::c_char;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{agent_code, borrow, c_str, guard, guard_value, out_ptr, write_if_wanted};
 use crate::error::{Error, ErrorKind};
@@ -16,15 +17,27 @@ pub struct agent_response {
     pub(crate) resp: Response,
     /// The header block of `agent_response_read`, built on first use.
     header_block: std::sync::OnceLock<Box<[u8]>>,
-    /// The body in one buffer, made on first use when it arrived in pieces (`resp.rest`).
+    /// The body's length: `resp.body` and the pieces after it.
+    body_len: usize,
+    /// The body arrived in more than one piece: `resp.body` is the first.
+    in_pieces: bool,
+    /// The pieces after the first, until `joined` takes them.
+    rest: Mutex<Vec<Bytes>>,
+    /// The body in one buffer, made (under `rest`'s lock) the first time it is asked for
+    /// that way; the pieces are dropped then.
     joined: std::sync::OnceLock<Bytes>,
 }
 
 impl agent_response {
-    pub(crate) fn boxed(resp: Response) -> *mut agent_response {
+    pub(crate) fn boxed(mut resp: Response) -> *mut agent_response {
+        let rest = std::mem::take(&mut resp.rest);
+        let body_len = resp.body.len() + rest.iter().map(Bytes::len).sum::<usize>();
         Box::into_raw(Box::new(agent_response {
             resp,
             header_block: std::sync::OnceLock::new(),
+            body_len,
+            in_pieces: !rest.is_empty(),
+            rest: Mutex::new(rest),
             joined: std::sync::OnceLock::new(),
         }))
     }
@@ -34,57 +47,78 @@ impl agent_response {
             .get_or_init(|| header_block(&self.resp.headers))
     }
 
-    /// The body's pieces in order (the first may be empty).
-    fn pieces(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::once(&self.resp.body).chain(self.resp.rest.iter())
+    fn rest(&self) -> MutexGuard<'_, Vec<Bytes>> {
+        self.rest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn body_len(&self) -> usize {
-        self.pieces().map(Bytes::len).sum()
-    }
-
-    /// The body in one buffer (copied into one on first use if it arrived in pieces).
+    /// The body in one buffer (the pieces copied into one on first use).
     fn body(&self) -> &Bytes {
-        if self.resp.rest.is_empty() {
+        if !self.in_pieces {
             return &self.resp.body;
         }
+        if let Some(b) = self.joined.get() {
+            return b;
+        }
+        let mut rest = self.rest();
         self.joined.get_or_init(|| {
-            let mut b = BytesMut::with_capacity(self.body_len());
-            for p in self.pieces() {
-                b.extend_from_slice(p);
+            let mut b = BytesMut::with_capacity(self.body_len);
+            b.extend_from_slice(&self.resp.body);
+            for p in std::mem::take(&mut *rest) {
+                b.extend_from_slice(&p);
             }
             b.freeze()
         })
     }
 
-    /// The body in one buffer if it is one already (a body that arrived in pieces, until
-    /// `body` joined them: None).
+    /// The body in one buffer if it is one already: None for a body in pieces that
+    /// [`agent_response::body`] has not joined.
     fn body_if_contiguous(&self) -> Option<&Bytes> {
-        if self.resp.rest.is_empty() {
-            Some(&self.resp.body)
-        } else {
+        if self.in_pieces {
             self.joined.get()
+        } else {
+            Some(&self.resp.body)
         }
     }
 
-    /// Copies the body from `offset` into `dst`, piece by piece; returns the bytes copied.
-    fn copy_body(&self, mut offset: usize, dst: &mut [u8]) -> usize {
-        let mut copied = 0;
-        for p in self.pieces() {
-            if copied == dst.len() {
-                break;
-            }
-            if offset >= p.len() {
-                offset -= p.len();
-                continue;
-            }
-            let n = (p.len() - offset).min(dst.len() - copied);
-            dst[copied..copied + n].copy_from_slice(&p[offset..offset + n]);
-            copied += n;
-            offset = 0;
+    /// Copies the body from `offset` into `dst`; returns the bytes copied.
+    fn copy_body(&self, offset: usize, dst: &mut [u8]) -> usize {
+        if !self.in_pieces {
+            return copy_pieces([&self.resp.body], offset, dst);
         }
-        copied
+        let rest = self.rest();
+        match self.joined.get() {
+            Some(b) => copy_pieces([b], offset, dst),
+            None => copy_pieces(
+                std::iter::once(&self.resp.body).chain(rest.iter()),
+                offset,
+                dst,
+            ),
+        }
     }
+}
+
+/// Copies from the concatenation of `pieces`, starting at `offset`, into `dst`; returns
+/// the bytes copied.
+fn copy_pieces<'a>(
+    pieces: impl IntoIterator<Item = &'a Bytes>,
+    mut offset: usize,
+    dst: &mut [u8],
+) -> usize {
+    let mut copied = 0;
+    for p in pieces {
+        if copied == dst.len() {
+            break;
+        }
+        if offset >= p.len() {
+            offset -= p.len();
+            continue;
+        }
+        let n = (p.len() - offset).min(dst.len() - copied);
+        dst[copied..copied + n].copy_from_slice(&p[offset..offset + n]);
+        copied += n;
+        offset = 0;
+    }
+    copied
 }
 
 /// All header lines as `name: value\r\n` (see `agent_response_parts.headers`).
@@ -209,7 +243,7 @@ pub unsafe extern "C" fn agent_response_peek(
         let body = full
             .body_if_contiguous()
             .map_or(std::ptr::null(), |b| b.as_ptr());
-        out.write(parts(full, body, full.body_len()));
+        out.write(parts(full, body, full.body_len));
         Ok(())
     })
 }

@@ -318,6 +318,11 @@ void test_body_in_pieces(void) {
     CHECK_CODE(agent_response_read(r, &parts), AGENT_CODE_OK);
     CHECK(parts.body == p);
     CHECK_EQ(parts.body_len, N);
+    /* Copies come from the joined buffer now (the pieces are gone). */
+    memset(buf, 0, 1000);
+    CHECK_CODE(agent_response_copy_body(r, 12345, buf, 1000, &copied), AGENT_CODE_OK);
+    CHECK_EQ(copied, 1000);
+    CHECK(memcmp(buf, p + 12345, 1000) == 0);
     agent_response_free(r);
 
     /* A body of one piece: peek gives it as read does. */
