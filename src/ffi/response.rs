@@ -196,30 +196,43 @@ pub unsafe extern "C" fn agent_response_read(
     response: *const agent_response,
     out: *mut agent_response_parts,
 ) -> agent_code {
+    // SAFETY: forwarded contract.
+    unsafe { read_parts(response, out, true) }
+}
+
+/// `agent_response_read` (`join`) or `agent_response_peek`.
+///
+/// # Safety
+/// As `agent_response_read`.
+unsafe fn read_parts(
+    response: *const agent_response,
+    out: *mut agent_response_parts,
+    join: bool,
+) -> agent_code {
     guard(|| {
         // SAFETY: forwarded contract.
         let full = unsafe { borrow(response, "response") }?;
         let out = out_ptr(out, "out")?;
-        let body = full.body();
-        out.write(parts(full, body.as_ptr(), body.len()));
+        let body = if join {
+            Some(full.body())
+        } else {
+            full.body_if_contiguous()
+        };
+        let r = &full.resp;
+        let block = full.header_block();
+        out.write(agent_response_parts {
+            status: r.status,
+            version: r.version_number(),
+            reused: r.reused,
+            body: body.map_or(std::ptr::null(), |b| b.as_ptr()),
+            body_len: full.body_len,
+            headers: block.as_ptr(),
+            headers_len: block.len(),
+            header_count: r.headers.len(),
+            timings: timings(r),
+        });
         Ok(())
     })
-}
-
-fn parts(full: &agent_response, body: *const u8, body_len: usize) -> agent_response_parts {
-    let r = &full.resp;
-    let block = full.header_block();
-    agent_response_parts {
-        status: r.status,
-        version: r.version_number(),
-        reused: r.reused,
-        body,
-        body_len,
-        headers: block.as_ptr(),
-        headers_len: block.len(),
-        header_count: r.headers.len(),
-        timings: timings(r),
-    }
 }
 
 /// As `agent_response_read`, without copying a body that arrived in several pieces into
@@ -236,16 +249,8 @@ pub unsafe extern "C" fn agent_response_peek(
     response: *const agent_response,
     out: *mut agent_response_parts,
 ) -> agent_code {
-    guard(|| {
-        // SAFETY: forwarded contract.
-        let full = unsafe { borrow(response, "response") }?;
-        let out = out_ptr(out, "out")?;
-        let body = full
-            .body_if_contiguous()
-            .map_or(std::ptr::null(), |b| b.as_ptr());
-        out.write(parts(full, body, full.body_len));
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { read_parts(response, out, false) }
 }
 
 /// Copies up to `len` bytes of the body, starting `offset` bytes into it, to `dst`; `*copied`
